@@ -1,0 +1,211 @@
+"""Typed events and the ingress parser: bytes in, a valid ``Transaction`` or a typed error out.
+
+Every producer's bytes pass through :func:`parse_transaction` before any state is touched, so a
+malformed event becomes a dead-letter record with a reason instead of an exception in a worker.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+
+#: Reference rates to EUR used to put amounts on one scale for features. They are fixed on purpose:
+#: features must not depend on a live FX feed, or training and serving would drift apart.
+EUR_RATES: Final[dict[str, float]] = {
+    "EUR": 1.0, "USD": 0.92, "GBP": 1.17, "CHF": 1.05, "SEK": 0.088, "NOK": 0.086, "DKK": 0.134,
+    "PLN": 0.23, "CZK": 0.040, "HUF": 0.0025, "JPY": 0.0061, "CNY": 0.127, "INR": 0.011,
+    "BRL": 0.17, "MXN": 0.051, "CAD": 0.67, "AUD": 0.60, "NZD": 0.55, "ZAR": 0.050, "TRY": 0.027,
+    "AED": 0.25, "SGD": 0.69, "HKD": 0.118, "KRW": 0.00068, "RUB": 0.0095, "NGN": 0.00058,
+}
+CHANNELS: Final[frozenset[str]] = frozenset({"pos", "ecom", "atm", "moto"})
+MAX_AMOUNT: Final[float] = 1e9
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+_MCC_RE = re.compile(r"^[0-9]{4}$")
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be processed; ``reason`` is a stable code used in the DLQ and metrics."""
+
+    reason = "invalid_event"
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class MessageTooLarge(InvalidEvent):
+    reason = "message_too_large"
+
+
+class NotJson(InvalidEvent):
+    reason = "invalid_json"
+
+
+class NotAnObject(InvalidEvent):
+    reason = "not_an_object"
+
+
+class MissingField(InvalidEvent):
+    reason = "missing_field"
+
+
+class WrongType(InvalidEvent):
+    reason = "wrong_type"
+
+
+class InvalidValue(InvalidEvent):
+    reason = "invalid_value"
+
+
+class UnknownCurrency(InvalidEvent):
+    reason = "unknown_currency"
+
+
+class DuplicateEvent(InvalidEvent):
+    """A tx_id already scored for this card: counted, never scored or alerted twice."""
+
+    reason = "duplicate"
+
+
+class LateEvent(InvalidEvent):
+    """Older than the card's dedup horizon: it could be a replay that can no longer be recognised."""
+
+    reason = "late_event"
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    tx_id: str
+    card_id: str
+    merchant_id: str
+    amount: float
+    currency: str
+    ts_ms: int
+    country: str
+    channel: str
+    mcc: str
+
+    @property
+    def amount_eur(self) -> float:
+        return self.amount * EUR_RATES[self.currency]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "tx_id": self.tx_id,
+            "card_id": self.card_id,
+            "merchant_id": self.merchant_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "timestamp": format_ts(self.ts_ms),
+            "country": self.country,
+            "channel": self.channel,
+            "mcc": self.mcc,
+        }
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json_dict())
+
+
+def format_ts(ts_ms: int) -> str:
+    """RFC 3339 UTC with milliseconds, the wire format of every timestamp we write."""
+    secs, ms = divmod(ts_ms, 1000)
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+
+
+def parse_ts(value: object, field: str = "timestamp") -> int:
+    """RFC 3339 / ISO 8601 with an explicit offset (a naive time is ambiguous), or epoch ms."""
+    if isinstance(value, bool):
+        raise WrongType(f"{field} must be an RFC 3339 string or epoch milliseconds", field)
+    if isinstance(value, int):
+        if not 0 <= value < 32503680000000:  # year 3000
+            raise InvalidValue(f"{field} epoch milliseconds out of range", field)
+        return value
+    if not isinstance(value, str):
+        raise WrongType(f"{field} must be an RFC 3339 string or epoch milliseconds", field)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidValue(f"{field} is not an RFC 3339 timestamp", field) from None
+    if parsed.tzinfo is None:
+        raise InvalidValue(f"{field} needs a UTC offset (e.g. Z)", field)
+    return (parsed - _EPOCH) // _MS
+
+
+def _str_field(obj: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise MissingField(f"missing field {name}", name)
+    if not isinstance(value, str):
+        raise WrongType(f"{name} must be a string", name)
+    if not pattern.match(value):
+        raise InvalidValue(f"{name} has an invalid format", name)
+    return value
+
+
+def _amount(obj: dict[str, Any]) -> float:
+    value = obj.get("amount")
+    if value is None:
+        raise MissingField("missing field amount", "amount")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WrongType("amount must be a number", "amount")
+    amount = float(value)
+    if not math.isfinite(amount):
+        raise InvalidValue("amount must be finite", "amount")
+    if amount <= 0 or amount > MAX_AMOUNT:
+        raise InvalidValue(f"amount must be in (0, {MAX_AMOUNT:g}]", "amount")
+    return amount
+
+
+def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    """Decode one JSON object, refusing oversized input before spending time on it."""
+    if len(raw) > max_bytes:
+        raise MessageTooLarge(f"message is {len(raw)} bytes, limit {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise NotJson(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise NotAnObject("event must be a JSON object")
+    return obj
+
+
+def transaction_from_dict(obj: dict[str, Any]) -> Transaction:
+    tx_id = _str_field(obj, "tx_id", _ID_RE)
+    card_id = _str_field(obj, "card_id", _ID_RE)
+    merchant_id = _str_field(obj, "merchant_id", _ID_RE)
+    amount = _amount(obj)
+    currency = obj.get("currency")
+    if currency is None:
+        raise MissingField("missing field currency", "currency")
+    if not isinstance(currency, str):
+        raise WrongType("currency must be a string", "currency")
+    if currency not in EUR_RATES:
+        raise UnknownCurrency(f"unknown currency {currency[:8]!r}", "currency")
+    if "timestamp" not in obj:
+        raise MissingField("missing field timestamp", "timestamp")
+    ts_ms = parse_ts(obj["timestamp"])
+    country = _str_field(obj, "country", _COUNTRY_RE)
+    channel = obj.get("channel")
+    if channel is None:
+        raise MissingField("missing field channel", "channel")
+    if not isinstance(channel, str):
+        raise WrongType("channel must be a string", "channel")
+    if channel not in CHANNELS:
+        raise InvalidValue(f"channel must be one of {sorted(CHANNELS)}", "channel")
+    mcc = _str_field(obj, "mcc", _MCC_RE)
+    return Transaction(tx_id, card_id, merchant_id, amount, currency, ts_ms, country, channel, mcc)
+
+
+def parse_transaction(raw: bytes, max_bytes: int = 16384) -> Transaction:
+    """The one ingress parser used by the stream, HTTP and batch paths."""
+    return transaction_from_dict(load_json_object(raw, max_bytes))

@@ -1,0 +1,1 @@
+"""Kafka infrastructure adapters: embedded broker, topic creation, Faust transport."""

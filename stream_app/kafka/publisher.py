@@ -1,0 +1,130 @@
+"""Publishes synthetic traffic to Kafka: transactions at a fixed rate, labels after a delay.
+
+Open loop: the send schedule follows the clock, not the consumer, so a slow worker shows up as
+latency instead of silently lowering the offered load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from stream_app.generator import GeneratorConfig, LabeledTx, label_record, simulate
+from stream_app.malformed import corrupt
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPlan:
+    rate: float = 1000.0  # transactions per second
+    count: int | None = None  # stop after this many transactions (valid + malformed)
+    seconds: float | None = None  # or after this long
+    label_delay_s: float = 5.0  # labels follow their transaction after this long; < 0: no labels
+    malformed_rate: float = 0.0  # share of messages replaced by a malformed variant
+    foreign_key_rate: float = 0.0  # share of valid messages keyed by tx_id instead of card_id
+
+
+@dataclass
+class TrafficReport:
+    sent: int = 0
+    malformed: int = 0
+    labels: int = 0
+    frauds: dict[str, str] = field(default_factory=dict)  # tx_id -> injected pattern
+    valid_ids: set[str] = field(default_factory=set)
+    malformed_reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+async def publish_traffic(
+    bootstrap: str,
+    transactions_topic: str,
+    labels_topic: str,
+    config: GeneratorConfig,
+    plan: TrafficPlan,
+    *,
+    on_progress: Callable[[TrafficReport], None] | None = None,
+    stop: asyncio.Event | None = None,
+    **client_kwargs: Any,
+) -> TrafficReport:
+    rng = random.Random(config.seed ^ 0x5EED)
+    report = TrafficReport()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **client_kwargs)
+    await producer.start()
+    pending_labels: list[tuple[float, int, bytes, bytes]] = []
+    in_flight: list[asyncio.Future[Any]] = []
+    source = simulate(config)
+    start = time.monotonic()
+    last_progress = start
+    try:
+        while not (stop and stop.is_set()):
+            now = time.monotonic()
+            elapsed = now - start
+            if plan.seconds is not None and elapsed >= plan.seconds:
+                break
+            if plan.count is not None and report.sent >= plan.count:
+                break
+            due = int(elapsed * plan.rate) + 1
+            if plan.count is not None:
+                due = min(due, plan.count)
+            while report.sent < due:
+                item = next(source)
+                in_flight.append(await _send_one(producer, transactions_topic, item, plan, rng, report))
+                if plan.label_delay_s >= 0 and item.tx.tx_id in report.valid_ids:
+                    heapq.heappush(pending_labels, (now + plan.label_delay_s, report.sent,
+                                                    item.tx.tx_id.encode(), _label_bytes(item)))
+            while pending_labels and pending_labels[0][0] <= now:
+                _, _, key, value = heapq.heappop(pending_labels)
+                in_flight.append(await producer.send(labels_topic, value, key=key))
+                report.labels += 1
+            if len(in_flight) > 2000:
+                await asyncio.gather(*in_flight)
+                in_flight.clear()
+            if on_progress and now - last_progress >= 1.0:
+                on_progress(report)
+                last_progress = now
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*in_flight)
+        report.seconds = time.monotonic() - start
+        return report
+    finally:
+        await producer.stop()
+
+
+async def publish_due_labels(bootstrap: str, labels_topic: str, items: list[LabeledTx],
+                             **client_kwargs: Any) -> int:
+    """Publish the labels of ``items`` at once (tests and replays that do not wait for a delay)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **client_kwargs)
+    await producer.start()
+    try:
+        futures = [await producer.send(labels_topic, _label_bytes(i), key=i.tx.tx_id.encode()) for i in items]
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()
+
+
+def _label_bytes(item: LabeledTx) -> bytes:
+    return orjson.dumps(label_record(item, int(time.time() * 1000)))
+
+
+async def _send_one(producer: AIOKafkaProducer, topic: str, item: LabeledTx, plan: TrafficPlan,
+                    rng: random.Random, report: TrafficReport) -> asyncio.Future[Any]:
+    tx = item.tx
+    report.sent += 1
+    if plan.malformed_rate and rng.random() < plan.malformed_rate:
+        value, reason = corrupt(tx, rng)
+        report.malformed += 1
+        report.malformed_reasons[reason] = report.malformed_reasons.get(reason, 0) + 1
+        return await producer.send(topic, value, key=tx.card_id.encode())
+    report.valid_ids.add(tx.tx_id)
+    if item.is_fraud:
+        report.frauds[tx.tx_id] = item.pattern or "fraud"
+    key = tx.tx_id if plan.foreign_key_rate and rng.random() < plan.foreign_key_rate else tx.card_id
+    return await producer.send(topic, tx.to_bytes(), key=key.encode())

@@ -1,0 +1,83 @@
+"""Output records (scores, fraud-alerts, dead letters) as plain dicts, one builder each.
+
+Their JSON Schemas are in schemas/; a unit test validates every builder's output against them.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from stream_app.decision import ReasonModel
+from stream_app.events import InvalidEvent, format_ts
+from stream_app.features import FEATURE_NAMES
+from stream_app.scoring import Scored
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from; ``timestamp_ms`` is the broker/producer timestamp of the message."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+def score_record(s: Scored, source: Source, scored_at_ms: int, policy_name: str = "weighted") -> dict[str, Any]:
+    tx = s.tx
+    return {
+        "tx_id": tx.tx_id,
+        "card_id": tx.card_id,
+        "event_time": format_ts(tx.ts_ms),
+        "decision": s.decision,
+        "risk_score": round(s.risk, 6),
+        "scores": {"onnx": round(s.onnx_score, 6), "river": round(s.river_score, 6)},
+        "model_versions": {"onnx": s.onnx_version, "river": s.river_version},
+        "policy": policy_name,
+        "features": dict(zip(FEATURE_NAMES, s.features, strict=True)),
+        "source": source.as_dict(),
+        "timing": {
+            "source_timestamp_ms": source.timestamp_ms,
+            "scored_at_ms": scored_at_ms,
+            "latency_ms": scored_at_ms - source.timestamp_ms,
+        },
+    }
+
+
+def alert_record(s: Scored, reasons: ReasonModel, alerted_at_ms: int) -> dict[str, Any]:
+    tx = s.tx
+    return {
+        "alert_id": tx.tx_id,
+        "tx_id": tx.tx_id,
+        "card_id": tx.card_id,
+        "merchant_id": tx.merchant_id,
+        "amount": tx.amount,
+        "currency": tx.currency,
+        "country": tx.country,
+        "event_time": format_ts(tx.ts_ms),
+        "decision": s.decision,
+        "risk_score": round(s.risk, 6),
+        "scores": {"onnx": round(s.onnx_score, 6), "river": round(s.river_score, 6)},
+        "model_versions": {"onnx": s.onnx_version, "river": s.river_version},
+        "reasons": reasons.top_reasons(s.features),
+        "alerted_at": format_ts(alerted_at_ms),
+    }
+
+
+def dead_letter_record(raw: bytes | None, error: InvalidEvent, source: Source, key: bytes | None,
+                       at_ms: int) -> dict[str, Any]:
+    """The original bytes travel base64-encoded, so nothing about the bad event is lost."""
+    return {
+        "reason": error.reason,
+        "detail": error.detail,
+        "field": error.field,
+        "source": source.as_dict(),
+        "key_b64": None if key is None else base64.b64encode(key).decode(),
+        "original_b64": base64.b64encode(raw or b"").decode(),
+        "dead_lettered_at": format_ts(at_ms),
+    }

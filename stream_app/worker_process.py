@@ -1,0 +1,64 @@
+"""A `stream-app worker` child process: started, awaited until ready, stopped without orphans.
+
+Used by the demo and the integration tests, so both run the worker exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from stream_app.kafka.broker import free_port
+
+READY_TIMEOUT_S = 90.0
+
+
+class WorkerProcess:
+    def __init__(self, bootstrap: str, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.web_port = free_port()
+        self.env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+                        STREAM_APP_DATA_DIR=str(workdir / "data"), STREAM_APP_WEB_PORT=str(self.web_port),
+                        **(env or {}))
+        self.log_path = workdir / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, after: int = 0) -> None:
+        """Wait for the worker's `worker.ready` log event (tables recovered, agents running)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.log().count('"worker.ready"') > after:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout_s:.0f} s:\n{self.log()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
