@@ -102,9 +102,9 @@ class StreamApp:
         # use_partitioner: the changelog partition is the key's partition (murmur2 of card_id /
         # tx_id), i.e. the partition the event came from, also when a batch mixes partitions.
         self.cards = app.Table("cards", partitions=s.partitions, use_partitioner=True,
-                               key_serializer="raw", value_serializer="raw", help="per-card feature state")
+                               key_type=bytes, value_type=bytes, help="per-card feature state")
         self.captured = app.Table("captured-features", partitions=s.partitions, use_partitioner=True,
-                                  key_serializer="raw", value_serializer="raw",
+                                  key_type=bytes, value_type=bytes,
                                   help="feature vectors used at scoring time, until their label")
         app.agent(self.transactions, name="score")(self._score_agent)
         app.agent(self.scores_in, name="capture")(self._capture_agent)

@@ -139,8 +139,8 @@ def _money(amount: float, zero_decimal: bool) -> float:
 
 
 def _cash(amount: float) -> float:
-    """ATM withdrawals come in round notes: two significant digits (e.g. 237 -> 240)."""
-    unit = 10.0 ** max(0, int(math.log10(max(amount, 1.0))) - 1)
+    """ATM withdrawals come in round notes: two significant digits, tens at least (237 -> 240)."""
+    unit = 10.0 ** max(1, int(math.log10(max(amount, 1.0))) - 1)
     return max(unit, round(amount / unit) * unit)
 
 
@@ -186,9 +186,11 @@ class _World:
                      else r.choice(foreign_codes) for _ in range(n_m)]
         m_mcc = r.choices(mccs, mcc_w, k=n_m)
         # Small configs must still have every kind of merchant the fraud patterns need.
-        for i, mcc in enumerate(("4816", "5732", "5944", "6011", "4816", "5732")):
-            if m_mcc.count(mcc) < 2:
-                m_mcc[n_m - 1 - i] = mcc
+        need = {"4816": 2, "5732": 2, "5944": 1, "6011": 1}
+        spare = [i for i in range(n_m) if m_mcc[i] not in need]
+        for mcc, k in need.items():
+            for _ in range(k - m_mcc.count(mcc)):
+                m_mcc[spare.pop()] = mcc
         self.m_id = [f"m_{i:05d}" for i in range(n_m)]
         self.m_country = m_country
         self.m_mcc = m_mcc
@@ -217,7 +219,8 @@ class _World:
         self.online = [i for i in range(n_m) if "ecom" in self.m_chan[i]]
         self.digital = [i for i in range(n_m) if m_mcc[i] == "4816"]
         self.spike = [i for i in range(n_m) if m_mcc[i] in _SPIKE_MCCS]
-        self.terminals = [i for i in range(n_m) if m_mcc[i] in _TERMINAL_MCCS and "pos" in self.m_chan[i]]
+        terminals = [i for i in range(n_m) if m_mcc[i] in _TERMINAL_MCCS and "pos" in self.m_chan[i]]
+        self.terminals = [i for i in terminals if COUNTRIES[m_country[i]][2] > 0] or terminals
         self.visitable = [c for c in codes if c in self.physical_by_country]
 
         # --- customers
@@ -235,6 +238,9 @@ class _World:
             seen_ids.add(card)
             self.card_id.append(card)
         self.home = r.choices(home_codes, home_w, k=n_c)
+        self.by_home: dict[str, list[int]] = {}
+        for i, c in enumerate(self.home):
+            self.by_home.setdefault(c, []).append(i)
         # Typical amount (EUR): lognormal across customers, clipped to 5-200.
         self.typical = [min(200.0, max(5.0, r.lognormvariate(math.log(30.0), 0.75))) for _ in range(n_c)]
         self.sigma = [r.uniform(0.35, 0.8) for _ in range(n_c)]
@@ -370,12 +376,13 @@ class _World:
         local = eur * self.m_per_eur[m]
         return _cash(local) if channel == "atm" else _money(local, self.m_zero[m])
 
-    def _card_without(self, merchants: list[int] | tuple[int, ...], exclude: set[int] | None = None) -> int | None:
-        """A random card that has used none of ``merchants`` (and is not in ``exclude``)."""
-        r, n = self.r, len(self.card_id)
+    def _card_without(self, m: int, exclude: set[int]) -> int | None:
+        """A card that never used merchant ``m`` (and is not in ``exclude``), mostly a local one."""
+        r = self.r
+        local = self.by_home.get(self.m_country[m])
         for _ in range(50):
-            c = r.randrange(n)
-            if (exclude is None or c not in exclude) and not any(m in self.used[c] for m in merchants):
+            c = r.choice(local) if local and r.random() < 0.7 else r.randrange(len(self.card_id))
+            if c not in exclude and m not in self.used[c]:
                 return c
         return None
 
@@ -453,7 +460,7 @@ class _World:
         for night in range(r.randint(2, 7)):
             base = start + night * DAY_MS
             for _ in range(r.randint(3, 12)):
-                c = self._card_without((m,), cards)
+                c = self._card_without(m, cards)
                 if c is None:
                     break
                 cards.add(c)
@@ -490,9 +497,10 @@ def simulate(config: GeneratorConfig, days: float | None = None) -> Iterator[Lab
         return config.drift_patterns if drift_ts is not None and ts >= drift_ts else config.patterns
 
     odds = config.fraud_rate / (1.0 - config.fraud_rate)
-    # Each budget starts at minus a random part of an episode: starting at 0 would spawn every
-    # pattern at once on day 0 and overshoot the rate in short runs by one episode per pattern.
-    budget = {p: -r.uniform(0.0, 0.0 * _MEAN_EPISODE[p]) for p in FRAUD_PATTERNS}
+    # Each budget starts at minus a random part of half an episode: at 0 every pattern would
+    # spawn at once on day 0 and short runs would overshoot the rate; this offset measured least
+    # biased (episodes overshoot their budget, and the last day's budget is partly unspent).
+    budget = {p: -r.uniform(0.0, 0.5 * _MEAN_EPISODE[p]) for p in FRAUD_PATTERNS}
     pending: list[tuple[int, int, _Event]] = []
     seq = 0
     n = 0

@@ -143,6 +143,11 @@ def test_legit_traffic_looks_like_payments(big: list[LabeledTx], homes: dict[str
     assert evening > 4 / 24 * 1.3  # and more than average in the evening
     at_home = sum(tx.country == homes[tx.card_id] for tx in legit) / len(legit)
     assert 0.9 < at_home < 0.995  # mostly at home, yet some legit foreign spending exists
+    # ...both online abroad and in person on trips, so "foreign" alone does not mean fraud.
+    abroad = [tx for tx in legit if tx.country != homes[tx.card_id]]
+    assert sum(tx.channel == "ecom" for tx in abroad) > 0.25 * len(abroad)
+    travellers = Counter(tx.card_id for tx in abroad if tx.channel in {"pos", "atm"})
+    assert sum(n >= 3 for n in travellers.values()) > 50
     # Most of a card's spending is at a few usual merchants.
     per_card: dict[str, Counter[str]] = defaultdict(Counter)
     for tx in legit:
