@@ -100,6 +100,8 @@ _by_ts = itemgetter(0)
 
 @dataclass(frozen=True, slots=True)
 class GeneratorConfig:
+    """Everything that determines a simulated stream: equal configs give equal streams."""
+
     seed: int = 42
     n_customers: int = 5000
     n_merchants: int = 800
@@ -126,6 +128,8 @@ class GeneratorConfig:
 
 @dataclass(frozen=True, slots=True)
 class LabeledTx:
+    """A transaction and its ground truth, kept apart so the truth cannot leak into features."""
+
     tx: Transaction
     is_fraud: bool
     pattern: str | None  # the fraud pattern, None for legit
@@ -176,7 +180,6 @@ class _World:
         home_codes = [c for c in codes if COUNTRIES[c][2] > 0]
         home_w = [COUNTRIES[c][2] for c in home_codes]
         foreign_codes = [c for c in codes if COUNTRIES[c][2] == 0]
-        self.home_codes, self.home_w, self.foreign_codes = home_codes, home_w, foreign_codes
 
         # --- merchants
         mccs = list(MCCS)
@@ -524,13 +527,15 @@ def simulate(config: GeneratorConfig, days: float | None = None) -> Iterator[Lab
             share = len(events) * odds * (hi - lo) / DAY_MS / len(active)
             for pattern in active:
                 budget[pattern] += share
-                while budget[pattern] > 0:
+                misses = 0
+                while budget[pattern] > 0 and misses < 10:
                     planned = planners[pattern](r.randint(lo, hi - 1))
                     # An episode is cut where its pattern stops being active (drift) and where
                     # the run ends; only what is yielded counts against the budget.
                     kept = [e for e in planned if pattern in active_at(e[0]) and (end is None or e[0] < end)]
-                    if not kept:
-                        break
+                    if not kept:  # nothing fitted (no card/merchant to use, or all past the end)
+                        misses += 1
+                        continue
                     budget[pattern] -= len(kept)
                     for e in kept:
                         heapq.heappush(pending, (e[0], seq, e))
