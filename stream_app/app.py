@@ -94,6 +94,7 @@ class StreamApp:
             value_serializer="raw",
             consumer_auto_offset_reset="earliest",
         )
+        app.fetch_max_wait_ms = s.fetch_max_wait_ms  # read by stream_app.kafka.faust_transport
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                                "value_serializer": "raw"}
         self.transactions = app.topic(s.transactions_topic, s.rekeyed_topic, **raw)

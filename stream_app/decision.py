@@ -18,7 +18,7 @@ Decision = Literal["approve", "review", "decline"]
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    review_threshold: float = 0.5
+    review_threshold: float = 0.3
     decline_threshold: float = 0.8
     river_max_weight: float = 0.4
     river_warmup_labels: int = 2000

@@ -80,6 +80,7 @@ class Demo:
     async def read_outputs(self, stop: asyncio.Event) -> None:
         s = self.settings
         consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
+                                    fetch_max_wait_ms=s.fetch_max_wait_ms,
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:

@@ -48,7 +48,7 @@ class Settings:
         "STREAM_APP_BATCH_WINDOW_MS", "Longest wait to fill a micro-batch (bounds added latency)."))
     fetch_max_wait_ms: int = field(default=10, metadata=_env(
         "STREAM_APP_FETCH_MAX_WAIT_MS", "Longest time the broker may hold the worker's fetch when no data is there."))
-    review_threshold: float = field(default=0.5, metadata=_env(
+    review_threshold: float = field(default=0.3, metadata=_env(
         "STREAM_APP_REVIEW_THRESHOLD", "Combined risk at or above this: decision `review` and an alert."))
     decline_threshold: float = field(default=0.8, metadata=_env(
         "STREAM_APP_DECLINE_THRESHOLD", "Combined risk at or above this: decision `decline` and an alert."))

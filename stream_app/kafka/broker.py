@@ -80,9 +80,11 @@ class EmbeddedBroker:
     ) -> None:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
-        self.log_path = log_path or Path(
-            tempfile.mkstemp(prefix="tansu-", suffix=".log")[1]
-        )
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 

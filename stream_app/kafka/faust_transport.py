@@ -16,8 +16,8 @@ importing this module registers the URL scheme ``tansu://`` in ``faust.transport
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any, List, Mapping, cast
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport import drivers
@@ -74,9 +74,19 @@ async def verified_highwaters(
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """aiokafka consumer thread whose ``highwaters()`` (used by table recovery) are fetch-verified."""
+    """aiokafka consumer thread whose ``highwaters()`` (used by table recovery) are fetch-verified,
+    and whose fetch wait is the app's ``fetch_max_wait_ms`` attribute when it has one."""
 
-    async def _highwaters(self, partitions: List[TP]) -> Mapping[TP, int]:
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # faust hard-codes fetch_max_wait_ms=1500: at low load every hop could wait that long.
+        # aiokafka reads the attribute when the consumer starts, which happens after this.
+        wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = int(wait_ms)
+        return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         if self.consumer.in_transaction:
             # Transactional reads stop at the last stable offset, which comes from Fetch already.
             return await super()._highwaters(partitions)

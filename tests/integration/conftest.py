@@ -46,9 +46,10 @@ def _docker_engine_answers() -> bool:
 @pytest.fixture(scope="session")
 def kafka_under_test() -> Iterator[KafkaUnderTest]:
     if _docker_engine_answers():
-        from testcontainers.kafka import KafkaContainer
+        # testcontainers >= 4.15 location; ``testcontainers.kafka`` is a deprecated alias there.
+        from testcontainers.community.kafka import KafkaContainer
 
-        with KafkaContainer() as kafka:
+        with KafkaContainer().with_kraft() as kafka:
             yield KafkaUnderTest(kafka.get_bootstrap_server(), is_tansu=False)
     else:
         with EmbeddedBroker() as broker:

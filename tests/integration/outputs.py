@@ -25,7 +25,7 @@ async def read_until(bootstrap: str, topics: list[str], partitions: int, done: C
                      timeout_s: float) -> Outputs:
     """Read every record of ``topics`` until ``done(outputs)`` holds or ``timeout_s`` passes."""
     out = Outputs()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:

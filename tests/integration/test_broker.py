@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.transport import by_url
 
 import stream_app.kafka
 from stream_app.kafka.broker import EmbeddedBroker
-from stream_app.kafka.faust_transport import broker_url, verified_highwaters
+from stream_app.kafka.faust_transport import Transport, broker_url, verified_highwaters
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 
 BATCH_RECORDS = 150
@@ -141,11 +142,8 @@ def test_verified_highwaters_match_the_log(kafka_bootstrap: str, topic_factory: 
     assert highwaters == {batched: BATCH_RECORDS, empty: 0, single: 5}
 
 
+@pytest.mark.timeout(10)
 def test_broker_url_selects_the_transport() -> None:
-    from faust.transport import by_url
-
-    from stream_app.kafka.faust_transport import Transport
-
     assert broker_url("h:1,h:2", fetch_verified_offsets=True) == "tansu://h:1;tansu://h:2"
     assert by_url(broker_url("h:1", fetch_verified_offsets=True)) is Transport
     assert by_url(broker_url("h:1", fetch_verified_offsets=False)) is not Transport
