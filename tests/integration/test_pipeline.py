@@ -109,3 +109,18 @@ def test_scores_alerts_dlq_and_replay(kafka_bootstrap: str, app_env: dict[str, s
     assert max(replay_scores.values()) == 1, "a replay adds no score record"
     assert sorted(a["tx_id"] for a in after.of(s.alerts_topic) if a["tx_id"] in valid_ids) == sorted(alert_ids)
     assert worker.process is not None and worker.process.poll() is None, "the worker survived all of it"
+
+
+def test_web_server_is_loopback_only_and_hides_tables(worker: WorkerProcess) -> None:
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    assert worker.process is not None
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout
+    mine = [line for line in listening.splitlines() if f"pid={worker.process.pid}," in line]
+    assert mine, listening
+    assert all(line.split()[3].startswith("127.0.0.1:") for line in mine), mine
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/table/cards/", timeout=5)
+    assert info.value.code == 404
