@@ -31,7 +31,7 @@ DRAIN_TIMEOUT_S = 20.0
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
     seconds: float = 60.0
-    rate: float = 1000.0
+    rate: float = 500.0
     seed: int = 42
     customers: int = 5000
     label_delay_s: float = 5.0
