@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +22,24 @@ from typing import Any
 import faust
 import orjson
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.decision import Policy
-from stream_app.events import DuplicateEvent, InvalidEvent, Transaction, parse_transaction
+from stream_app.events import (
+    DuplicateEvent,
+    InvalidEvent,
+    Transaction,
+    UnknownTransaction,
+    parse_label,
+    parse_transaction,
+)
 from stream_app.features import CardState, featurize
 from stream_app.kafka.faust_transport import broker_url
+from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, PrequentialMetrics
+from stream_app.models import checkpoint
 from stream_app.models.onnx_model import OnnxScorer
+from stream_app.models.registry import ModelSlot, ModelWatcher
+from stream_app.models.stacker import Stacker
 from stream_app.models.river_model import RiverScorer
 from stream_app.records import Source, alert_record, dead_letter_record, score_record
 from stream_app.scoring import FraudScorer, Scored
@@ -45,10 +58,22 @@ class WorkerStats:
     dead_lettered: int = 0
     duplicates: int = 0
     rekeyed: int = 0
+    labels_joined: int = 0
     labels_learned: int = 0
+    labels_duplicate: int = 0
     labels_unknown: int = 0
     labels_invalid: int = 0
+    label_lag_ms: int = 0
+    captured: int = 0
+    checkpoint_at_ms: int = 0
+    models_refused: int = 0
     dlq_reasons: dict[str, int] = field(default_factory=dict)
+
+    def count_label(self, reason: str) -> None:
+        if reason == "unknown_tx":
+            self.labels_unknown += 1
+        else:
+            self.labels_invalid += 1
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -63,12 +88,22 @@ def _now_ms() -> int:
 class StreamApp:
     """Builds the Faust app and holds what its agents share (scorer, stats)."""
 
-    def __init__(self, settings: Settings, scorer: FraudScorer | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.scorer = scorer or FraudScorer(
-            OnnxScorer.load(settings.onnx_model_path or None), RiverScorer(), policy_from(settings))
+        stacker = Stacker(settings.stacker_warmup_labels) if settings.combiner == "stacked" else None
+        challenger = (ModelSlot(OnnxScorer.load(settings.challenger_model_path))
+                      if settings.challenger_model_path else None)
+        self.scorer = FraudScorer(OnnxScorer.load(settings.onnx_model_path or None), RiverScorer(),
+                                  policy_from(settings), stacker, challenger)
+        self.learner = OnlineLearner(self.scorer.river, stacker,
+                                     PrequentialMetrics(settings.quality_window, settings.review_threshold),
+                                     learning=settings.river_learning)
+        self.checkpoint_dir = Path(settings.data_dir) / "checkpoints"
+        self.checkpoint_key = settings.checkpoint_key.encode() or None
+        self._checkpointed_offset = -1
         self.stats = WorkerStats()
         self.horizon_ms = settings.dedup_horizon_s * 1000
+        self.restore_checkpoint()
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -109,8 +144,19 @@ class StreamApp:
                                   help="feature vectors used at scoring time, until their label")
         app.agent(self.transactions, name="score")(self._score_agent)
         app.agent(self.scores_in, name="capture")(self._capture_agent)
-        app.agent(self.labels, name="learn")(self._learn_agent)
+        app.agent(self.labels, name="label-join")(self._label_agent)
+        app.task(self._learner)
+        app.timer(s.checkpoint_interval_s)(self.save_checkpoint)
+        app.timer(3600.0)(self._expire_captured)
+        if s.model_watch_path:
+            self.watcher = ModelWatcher(s.model_watch_path)
+            app.timer(s.model_poll_s)(self._poll_model)
         app.timer(30.0)(self._log_stats)
+
+        @app.on_before_shutdown.connect
+        async def _final_checkpoint(*_: Any, **__: Any) -> None:
+            await self.save_checkpoint()
+
         return app
 
     # -- hot path ---------------------------------------------------------------------------------
@@ -189,38 +235,125 @@ class StreamApp:
 
     # -- feedback path ----------------------------------------------------------------------------
     async def _capture_agent(self, stream: faust.StreamT[bytes]) -> None:
+        """Keep, per tx_id, the vector and scores the models saw, until the label comes."""
         async for events in stream.take_events(self.settings.batch_size, within=0.05):
+            now = _now_ms()
             for event in events:
                 try:
-                    record = orjson.loads(event.value)
-                    self.captured[event.key] = orjson.dumps(record["features"])
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    captured = Captured.from_score_record(orjson.loads(event.value), now)
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     log.warning("capture.unreadable_score_record", offset=event.message.offset)
+                    continue
+                if self.captured.get(event.key) != LEARNED:
+                    self.captured[event.key] = captured.to_bytes()
 
-    async def _learn_agent(self, stream: faust.StreamT[bytes]) -> None:
-        from stream_app.features import FEATURE_NAMES  # local: the learn path is cold
-
-        async for events in stream.take_events(self.settings.batch_size, within=0.05):
+    async def _label_agent(self, stream: faust.StreamT[bytes]) -> None:
+        """Join each label with its captured vector; publish the example to the examples log."""
+        s = self.settings
+        async for events in stream.take_events(s.batch_size, within=0.05):
+            sends: list[Awaitable[Any]] = []
             for event in events:
+                msg = event.message
+                source = Source(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
                 try:
-                    label = orjson.loads(event.value)
-                    tx_key = str(label["tx_id"]).encode()
-                    is_fraud = {"fraud": True, "legit": False}[label["label"]]
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    self.stats.labels_invalid += 1
+                    label = parse_label(event.value, s.max_message_bytes)
+                    key = label.tx_id.encode()
+                    stored = self.captured.get(key)
+                    if stored is None:
+                        raise UnknownTransaction("no captured features for this tx_id (never scored, or expired)",
+                                                 "tx_id")
+                except InvalidEvent as exc:
+                    self.stats.count_label(exc.reason)
+                    record = dead_letter_record(event.value, exc, source, event.key, _now_ms())
+                    sends.append(self._send(s.labels_dlq_topic, event.key, orjson.dumps(record)))
                     continue
-                stored = self.captured.get(tx_key)
-                if stored is None:
-                    self.stats.labels_unknown += 1
+                if stored == LEARNED:
+                    self.stats.labels_duplicate += 1
                     continue
-                features = orjson.loads(stored)
-                self.scorer.learn_one([features[n] for n in FEATURE_NAMES], is_fraud)
-                del self.captured[tx_key]
-                self.stats.labels_learned += 1
+                captured = Captured.from_bytes(stored)
+                example = Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source,
+                                  label.label_ts_ms)
+                sends.append(self._send(s.examples_topic, key, example.to_bytes()))
+                self.captured[key] = LEARNED
+                self.stats.labels_joined += 1
+            if sends:
+                await asyncio.gather(*sends)
+
+    async def _learner(self) -> None:
+        """Apply the examples log, in order, to this worker's online models (every worker does)."""
+        s = self.settings
+        tp = TopicPartition(s.examples_topic, 0)
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
+                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            if self.learner.offset >= 0:
+                consumer.seek(tp, self.learner.offset + 1)
+            else:
+                await consumer.seek_to_beginning(tp)
+            while True:
+                batches = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
+                for message in batches.get(tp, []):
+                    try:
+                        example = Example.from_bytes(message.value)
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        log.warning("learner.unreadable_example", offset=message.offset)
+                        continue
+                    self.learner.apply(example, message.offset)
+                    self.stats.labels_learned += 1
+                    self.stats.label_lag_ms = _now_ms() - message.timestamp
+        finally:
+            await consumer.stop()
+
+    def restore_checkpoint(self) -> None:
+        ckpt, refused = checkpoint.latest(self.checkpoint_dir, self.checkpoint_key)
+        for reason in refused:
+            log.error("checkpoint.refused", reason=reason)
+        if ckpt is None:
+            log.info("checkpoint.none", directory=str(self.checkpoint_dir))
+            return
+        river, stacker = ckpt.state
+        self.scorer.river = self.learner.river = river
+        if self.learner.stacker is not None and stacker is not None:  # stacked combiner configured
+            self.scorer.stacker = self.learner.stacker = stacker
+        self.learner.offset = ckpt.offset
+        log.info("checkpoint.restored", version=ckpt.version, offset=ckpt.offset)
+
+    async def save_checkpoint(self) -> None:
+        if self.learner.offset < 0 or self.learner.offset == self._checkpointed_offset:
+            return
+        path = checkpoint.save(self.checkpoint_dir, self.scorer.river.version, self.learner.offset,
+                               (self.learner.river, self.learner.stacker), self.checkpoint_key)
+        self._checkpointed_offset = self.learner.offset
+        self.stats.checkpoint_at_ms = _now_ms()
+        log.info("checkpoint.saved", version=self.scorer.river.version, offset=self.learner.offset,
+                 path=str(path))
+
+    async def _expire_captured(self) -> None:
+        """Drop captured vectors (and learned markers) older than the retention: memory stays bounded."""
+        cutoff = _now_ms() - self.settings.feature_retention_s * 1000
+        expired = [k for k, v in self.captured.items() if v != LEARNED and Captured.from_bytes(v).captured_at_ms < cutoff]
+        for key in expired:
+            del self.captured[key]
+        self.stats.captured = len(self.captured)
+
+    async def _poll_model(self) -> None:
+        """Hot swap: a new model file is validated off the event loop, then swapped in; a bad one is
+        refused (logged once per content) and the serving model stays."""
+        candidate = self.watcher.poll()
+        if candidate is None:
+            return
+        result = await asyncio.to_thread(self.scorer.slot.try_swap, candidate)
+        if result.ok:
+            log.info("model.swapped", version=result.version, previous=result.previous, path=str(candidate))
+        else:
+            self.stats.models_refused += 1
+            log.error("model.refused", error=result.error, serving=result.version, path=str(candidate))
 
     async def _log_stats(self) -> None:
         log.info("worker.stats", **{k: v for k, v in vars(self.stats).items()},
-                 river_version=self.scorer.river.version, onnx_version=self.scorer.onnx.version)
+                 versions=self.scorer.versions(), quality=self.learner.metrics.snapshot())
 
 
 async def _delivered(send: Awaitable[Awaitable[Any]]) -> Any:

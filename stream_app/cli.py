@@ -19,9 +19,13 @@ from stream_app.settings import Settings, env_table
 def _topic_specs(settings: Settings) -> list:  # type: ignore[type-arg]
     from stream_app.kafka.topics import TopicSpec
 
-    names = (settings.transactions_topic, settings.rekeyed_topic, settings.dlq_topic,
-             settings.scores_topic, settings.alerts_topic, settings.labels_topic)
-    return [TopicSpec(n, settings.partitions, config={"retention.ms": str(7 * 86400 * 1000)}) for n in names]
+    week = {"retention.ms": str(7 * 86400 * 1000)}
+    names = (settings.transactions_topic, settings.rekeyed_topic, settings.dlq_topic, settings.scores_topic,
+             settings.alerts_topic, settings.labels_topic, settings.labels_dlq_topic)
+    # The examples log has one partition: one order of examples, hence one model on every worker.
+    examples = TopicSpec(settings.examples_topic, 1,
+                         config={"retention.ms": str(settings.feature_retention_s * 1000)})
+    return [*(TopicSpec(n, settings.partitions, config=week) for n in names), examples]
 
 
 def create_topics(settings: Settings) -> None:

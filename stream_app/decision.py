@@ -20,7 +20,7 @@ Decision = Literal["approve", "review", "decline"]
 class Policy:
     review_threshold: float = 0.3
     decline_threshold: float = 0.8
-    river_max_weight: float = 0.4
+    river_max_weight: float = 0.1
     river_warmup_labels: int = 2000
 
     def river_weight(self, river_labels: int) -> float:

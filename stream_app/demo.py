@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.generator import GeneratorConfig
 from stream_app.kafka.broker import EmbeddedBroker
+from stream_app.learning import PrequentialMetrics
 from stream_app.kafka.publisher import TrafficPlan, TrafficReport, publish_traffic
 from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess
@@ -50,6 +51,8 @@ class OutputTally:
     dlq: int = 0
     dlq_reasons: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    examples: int = 0
+    quality: PrequentialMetrics = field(default_factory=PrequentialMetrics)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -85,7 +88,7 @@ class Demo:
         await consumer.start()
         try:
             tps = [TopicPartition(t, p) for t in (s.scores_topic, s.alerts_topic, s.dlq_topic)
-                   for p in range(s.partitions)]
+                   for p in range(s.partitions)] + [TopicPartition(s.examples_topic, 0)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             while not stop.is_set():
@@ -110,6 +113,9 @@ class Demo:
             t.alerts.add(record["tx_id"])
             if not self.options.quiet:
                 print(format_alert(record, self.patterns.get(record["tx_id"])), flush=True)
+        elif topic == s.examples_topic:
+            t.examples += 1
+            t.quality.update(bool(record["label"]), record["scores"])
         else:
             t.dlq += 1
             t.dlq_reasons[record["reason"]] = t.dlq_reasons.get(record["reason"], 0) + 1
@@ -144,6 +150,17 @@ class Demo:
         return report
 
 
+def quality_lines(quality: PrequentialMetrics) -> list[str]:
+    """Rolling quality of each score over the last labels, measured on scores given before the label."""
+    lines = [f"  rolling quality       (last {quality.window} labels, scores given before each label)"]
+    names = {"onnx": "ONNX", "river": "River (online)", "risk": "combined", "challenger": "challenger"}
+    for key, m in quality.snapshot().items():
+        lines.append(f"    {names.get(key, key):15} AP {m['average_precision']:.3f}  ROC AUC {m['roc_auc']:.3f}  "
+                     f"precision {m['precision_at_threshold']:.3f}  recall {m['recall_at_threshold']:.3f}"
+                     f"  (at {quality.threshold})")
+    return lines
+
+
 def summary(report: TrafficReport, tally: OutputTally) -> str:
     frauds = set(report.frauds)
     alerted = len(frauds & tally.alerts)
@@ -160,7 +177,8 @@ def summary(report: TrafficReport, tally: OutputTally) -> str:
         f"  injected frauds       {len(frauds)}, alerted {alerted}"
         f" ({100 * alerted / max(1, len(frauds)):.1f} %); alert precision "
         f"{100 * alerted / max(1, len(tally.alerts)):.1f} %",
-        f"  labels published      {report.labels}",
+        f"  labels published      {report.labels}, learned {tally.examples} (joined with their scoring-time features)",
+        *quality_lines(tally.quality),
         f"  end-to-end latency    p50 {p50:.1f} ms, p99 {p99:.1f} ms (produce -> score record consumed)",
         f"RESULT scored={len(tally.scored)} alerts={len(tally.alerts)} dlq={tally.dlq} "
         f"frauds_injected={len(frauds)} frauds_alerted={alerted} p50_ms={p50:.1f} p99_ms={p99:.1f}",

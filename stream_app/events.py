@@ -77,6 +77,12 @@ class DuplicateEvent(InvalidEvent):
     reason = "duplicate"
 
 
+class UnknownTransaction(InvalidEvent):
+    """A label for a tx_id this service never scored (or whose features have expired)."""
+
+    reason = "unknown_tx"
+
+
 class LateEvent(InvalidEvent):
     """Older than the card's dedup horizon: it could be a replay that can no longer be recognised."""
 
@@ -209,3 +215,40 @@ def transaction_from_dict(obj: dict[str, Any]) -> Transaction:
 def parse_transaction(raw: bytes, max_bytes: int = 16384) -> Transaction:
     """The one ingress parser used by the stream, HTTP and batch paths."""
     return transaction_from_dict(load_json_object(raw, max_bytes))
+
+
+LABELS: Final[dict[str, bool]] = {"fraud": True, "legit": False}
+LABEL_SOURCES: Final[frozenset[str]] = frozenset({"chargeback", "analyst", "customer"})
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    tx_id: str
+    card_id: str
+    is_fraud: bool
+    source: str
+    label_ts_ms: int
+
+
+def parse_label(raw: bytes, max_bytes: int = 16384) -> Label:
+    """The labels topic's parser: same error vocabulary as transactions."""
+    obj = load_json_object(raw, max_bytes)
+    tx_id = _str_field(obj, "tx_id", _ID_RE)
+    card_id = _str_field(obj, "card_id", _ID_RE)
+    label = obj.get("label")
+    if label is None:
+        raise MissingField("missing field label", "label")
+    if not isinstance(label, str):
+        raise WrongType("label must be a string", "label")
+    if label not in LABELS:
+        raise InvalidValue("label must be fraud or legit", "label")
+    source = obj.get("source")
+    if source is None:
+        raise MissingField("missing field source", "source")
+    if not isinstance(source, str):
+        raise WrongType("source must be a string", "source")
+    if source not in LABEL_SOURCES:
+        raise InvalidValue(f"source must be one of {sorted(LABEL_SOURCES)}", "source")
+    if "label_time" not in obj:
+        raise MissingField("missing field label_time", "label_time")
+    return Label(tx_id, card_id, LABELS[label], source, parse_ts(obj["label_time"], "label_time"))

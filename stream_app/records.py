@@ -28,7 +28,14 @@ class Source:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
-def score_record(s: Scored, source: Source, scored_at_ms: int, policy_name: str = "weighted") -> dict[str, Any]:
+def _scores(s: Scored) -> dict[str, float]:
+    scores = {"onnx": round(s.onnx_score, 6), "river": round(s.river_score, 6)}
+    if s.challenger_score is not None:
+        scores["challenger"] = round(s.challenger_score, 6)
+    return scores
+
+
+def score_record(s: Scored, source: Source, scored_at_ms: int) -> dict[str, Any]:
     tx = s.tx
     return {
         "tx_id": tx.tx_id,
@@ -36,9 +43,9 @@ def score_record(s: Scored, source: Source, scored_at_ms: int, policy_name: str 
         "event_time": format_ts(tx.ts_ms),
         "decision": s.decision,
         "risk_score": round(s.risk, 6),
-        "scores": {"onnx": round(s.onnx_score, 6), "river": round(s.river_score, 6)},
-        "model_versions": {"onnx": s.onnx_version, "river": s.river_version},
-        "policy": policy_name,
+        "scores": _scores(s),
+        "model_versions": s.versions,
+        "policy": s.policy,
         "features": dict(zip(FEATURE_NAMES, s.features, strict=True)),
         "source": source.as_dict(),
         "timing": {
@@ -62,8 +69,8 @@ def alert_record(s: Scored, reasons: ReasonModel, alerted_at_ms: int) -> dict[st
         "event_time": format_ts(tx.ts_ms),
         "decision": s.decision,
         "risk_score": round(s.risk, 6),
-        "scores": {"onnx": round(s.onnx_score, 6), "river": round(s.river_score, 6)},
-        "model_versions": {"onnx": s.onnx_version, "river": s.river_version},
+        "scores": _scores(s),
+        "model_versions": s.versions,
         "reasons": reasons.top_reasons(s.features),
         "alerted_at": format_ts(alerted_at_ms),
     }

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 from stream_app.decision import Decision, Policy, ReasonModel
 from stream_app.events import Transaction
+from stream_app.learning import combine
 from stream_app.models.onnx_model import OnnxScorer
+from stream_app.models.registry import ModelSlot
 from stream_app.models.river_model import RiverScorer
+from stream_app.models.stacker import Stacker
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +26,9 @@ class Scored:
     river_score: float
     risk: float
     decision: Decision
-    onnx_version: str
-    river_version: str
+    versions: dict[str, str]
+    policy: str = "weighted"
+    challenger_score: float | None = None
 
     @property
     def is_alert(self) -> bool:
@@ -32,23 +36,44 @@ class Scored:
 
 
 class FraudScorer:
-    def __init__(self, onnx: OnnxScorer, river: RiverScorer, policy: Policy) -> None:
-        self.onnx = onnx
+    """Champion ONNX + River decide (fixed or stacked combination); a challenger only scores."""
+
+    def __init__(self, onnx: ModelSlot | OnnxScorer, river: RiverScorer, policy: Policy,
+                 stacker: Stacker | None = None, challenger: ModelSlot | None = None) -> None:
+        self.slot = onnx if isinstance(onnx, ModelSlot) else ModelSlot(onnx)
         self.river = river
         self.policy = policy
-        self.reasons = ReasonModel.from_card(onnx.card)
+        self.stacker = stacker
+        self.challenger = challenger
+
+    @property
+    def onnx(self) -> OnnxScorer:
+        return self.slot.current
+
+    @property
+    def reasons(self) -> ReasonModel:
+        return ReasonModel.from_card(self.slot.current.card)
+
+    def versions(self, onnx: OnnxScorer | None = None, challenger: OnnxScorer | None = None) -> dict[str, str]:
+        versions = {"onnx": (onnx or self.onnx).version, "river": self.river.version}
+        if self.stacker is not None:
+            versions["stacker"] = self.stacker.version
+        if self.challenger is not None:
+            versions["challenger"] = (challenger or self.challenger.current).version
+        return versions
 
     def score_many(self, txs: Sequence[Transaction], rows: Sequence[list[float]]) -> list[Scored]:
         """Score a micro-batch: one onnxruntime call for all rows, River row by row."""
-        onnx_scores = self.onnx.predict_proba_many(rows)
+        onnx = self.slot.current  # read once: a hot swap mid-batch must not mislabel versions
+        challenger = self.challenger.current if self.challenger else None
+        onnx_scores = onnx.predict_proba_many(rows)
         river_scores = self.river.predict_proba_many(rows)
+        challenger_scores: Sequence[float | None] = (
+            challenger.predict_proba_many(rows) if challenger else [None] * len(rows))
         labels = self.river.n_learned
-        onnx_version, river_version = self.onnx.version, self.river.version
+        versions = self.versions(onnx, challenger)
         out = []
-        for tx, row, o, r in zip(txs, rows, onnx_scores, river_scores, strict=True):
-            risk = self.policy.combine(o, r, labels)
-            out.append(Scored(tx, row, o, r, risk, self.policy.decide(risk), onnx_version, river_version))
+        for tx, row, o, r, c in zip(txs, rows, onnx_scores, river_scores, challenger_scores, strict=True):
+            risk, policy = combine(self.policy, self.stacker, row, o, r, labels)
+            out.append(Scored(tx, row, o, r, risk, self.policy.decide(risk), versions, policy, c))
         return out
-
-    def learn_one(self, features: Sequence[float], is_fraud: bool) -> None:
-        self.river.learn_one(features, is_fraud)

@@ -35,6 +35,11 @@ class Settings:
         "STREAM_APP_ALERTS_TOPIC", "One alert per risky transaction, keyed by card_id."))
     labels_topic: str = field(default="labels", metadata=_env(
         "STREAM_APP_LABELS_TOPIC", "Labeled feedback (fraud / legit), keyed by tx_id."))
+    labels_dlq_topic: str = field(default="labels.dlq", metadata=_env(
+        "STREAM_APP_LABELS_DLQ_TOPIC", "Dead-letter topic of labels: malformed, or for a tx_id never scored."))
+    examples_topic: str = field(default="river-examples", metadata=_env(
+        "STREAM_APP_EXAMPLES_TOPIC",
+        "Joined examples (features at scoring time + label), one partition: the log every worker learns from."))
     partitions: int = field(default=4, metadata=_env(
         "STREAM_APP_PARTITIONS", "Partitions of the topics the app creates (input, re-key, outputs, labels)."))
     max_message_bytes: int = field(default=16384, metadata=_env(
@@ -52,11 +57,34 @@ class Settings:
         "STREAM_APP_REVIEW_THRESHOLD", "Combined risk at or above this: decision `review` and an alert."))
     decline_threshold: float = field(default=0.8, metadata=_env(
         "STREAM_APP_DECLINE_THRESHOLD", "Combined risk at or above this: decision `decline` and an alert."))
-    river_max_weight: float = field(default=0.4, metadata=_env(
+    river_max_weight: float = field(default=0.1, metadata=_env(
         "STREAM_APP_RIVER_MAX_WEIGHT", "Largest weight of the River score in the combined risk."))
     river_warmup_labels: int = field(default=2000, metadata=_env(
         "STREAM_APP_RIVER_WARMUP_LABELS",
         "Labels the River model must learn before its weight reaches STREAM_APP_RIVER_MAX_WEIGHT."))
+    river_learning: bool = field(default=True, metadata=_env(
+        "STREAM_APP_RIVER_LEARNING", "false: the River model is frozen (it still scores), e.g. for a baseline."))
+    combiner: str = field(default="stacked", metadata=_env(
+        "STREAM_APP_COMBINER",
+        "weighted: the fixed policy; stacked: an online model learns how to combine the scores (after warm-up)."))
+    stacker_warmup_labels: int = field(default=2000, metadata=_env(
+        "STREAM_APP_STACKER_WARMUP_LABELS", "Labels the stacked combiner learns before it decides."))
+    feature_retention_s: int = field(default=30 * 86400, metadata=_env(
+        "STREAM_APP_FEATURE_RETENTION_S", "How long the feature vector of a scored transaction waits for its label."))
+    checkpoint_interval_s: float = field(default=30.0, metadata=_env(
+        "STREAM_APP_CHECKPOINT_INTERVAL_S", "Seconds between checkpoints of the online models (also at shutdown)."))
+    checkpoint_key: str = field(default="", metadata=_env(
+        "STREAM_APP_CHECKPOINT_KEY",
+        "Secret for the checkpoints' HMAC-SHA256. Empty: plain SHA-256 (detects corruption, not tampering)."))
+    quality_window: int = field(default=5000, metadata=_env(
+        "STREAM_APP_QUALITY_WINDOW", "Labels in the rolling (prequential) quality metrics."))
+    model_watch_path: str = field(default="", metadata=_env(
+        "STREAM_APP_MODEL_WATCH_PATH",
+        "A directory or .onnx file watched for a new ONNX model (with its card); validated, then hot-swapped."))
+    model_poll_s: float = field(default=5.0, metadata=_env(
+        "STREAM_APP_MODEL_POLL_S", "Seconds between looks at STREAM_APP_MODEL_WATCH_PATH."))
+    challenger_model_path: str = field(default="", metadata=_env(
+        "STREAM_APP_CHALLENGER_MODEL", "ONNX challenger scored in shadow: recorded in `scores`, never decides."))
     onnx_model_path: str = field(default="", metadata=_env(
         "STREAM_APP_ONNX_MODEL", "ONNX model file; empty: the model shipped in the package."))
     web_host: str = field(default="127.0.0.1", metadata=_env(
@@ -89,6 +117,8 @@ class Settings:
             raise ValueError("need 0 <= review_threshold <= decline_threshold <= 1")
         if self.partitions < 1 or self.batch_size < 1:
             raise ValueError("partitions and batch_size must be >= 1")
+        if self.combiner not in {"weighted", "stacked"}:
+            raise ValueError("combiner must be weighted or stacked")
         if not 0 <= self.river_max_weight <= 1:
             raise ValueError("river_max_weight must be in [0, 1]")
 

@@ -29,7 +29,8 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 @pytest.fixture
 def scored() -> Scored:
     row = featurize({}, TX, 7 * 86_400_000)
-    return Scored(TX, row, 0.91, 0.4, 0.85, "decline", "gbt-test", "river-logreg@10")
+    return Scored(TX, row, 0.91, 0.4, 0.85, "decline", {"onnx": "gbt-test", "river": "river-logreg@10"},
+                  "weighted", 0.7)
 
 
 def reasons() -> ReasonModel:

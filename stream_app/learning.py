@@ -1,0 +1,139 @@
+"""Learning from labels: joined examples, the online learner and prequential quality. No Kafka here.
+
+A label is joined to the feature vector and the scores captured when its transaction was scored;
+the result is an :class:`Example`. Every worker applies the same ordered sequence of examples
+(one partition of the ``river-examples`` topic) to the same starting model, so all workers hold
+the same River model without shipping it around: a replicated state machine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from stream_app.decision import Policy
+from stream_app.evaluation import average_precision, roc_auc
+from stream_app.features import FEATURE_NAMES
+from stream_app.models.river_model import RiverScorer
+from stream_app.models.stacker import Stacker
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """What the label join needs from a score record: the vector the models saw, and their scores."""
+
+    features: list[float]
+    scores: dict[str, float]  # onnx, river, risk, and challenger when one ran
+    captured_at_ms: int
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([self.features, self.scores, self.captured_at_ms])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Captured:
+        features, scores, at = orjson.loads(raw)
+        return cls(features, scores, at)
+
+    @classmethod
+    def from_score_record(cls, record: dict[str, Any], now_ms: int) -> Captured:
+        scores = dict(record["scores"])
+        scores["risk"] = record["risk_score"]
+        return cls([float(record["features"][n]) for n in FEATURE_NAMES], scores, now_ms)
+
+
+#: Value kept in the captured table once a label was learned: a second label is a duplicate.
+LEARNED = b"L"
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    tx_id: str
+    features: list[float]
+    is_fraud: bool
+    scores: dict[str, float]
+    source: str
+    label_ts_ms: int
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"tx_id": self.tx_id, "features": self.features, "label": int(self.is_fraud),
+                             "scores": self.scores, "source": self.source, "label_ts_ms": self.label_ts_ms})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Example:
+        d = orjson.loads(raw)
+        return cls(d["tx_id"], d["features"], bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"])
+
+
+class PrequentialMetrics:
+    """Rolling quality over the last ``window`` labels, from the scores given *before* the label."""
+
+    def __init__(self, window: int = 5000, threshold: float = 0.3) -> None:
+        self.window = window
+        self.threshold = threshold
+        self.labels: deque[bool] = deque(maxlen=window)
+        self.scores: dict[str, deque[float]] = {}
+
+    def update(self, is_fraud: bool, scores: dict[str, float]) -> None:
+        self.labels.append(is_fraud)
+        for name, value in scores.items():
+            column = self.scores.get(name)
+            if column is None:  # a model that appeared later: pad so columns stay aligned
+                column = self.scores[name] = deque([math.nan] * (len(self.labels) - 1), maxlen=self.window)
+            column.append(value)
+        for name, column in self.scores.items():
+            if name not in scores:
+                column.append(math.nan)
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for name, column in self.scores.items():
+            pairs = [(y, s) for y, s in zip(self.labels, column, strict=True) if not math.isnan(s)]
+            if not pairs:
+                continue
+            y = [p[0] for p in pairs]
+            s = [p[1] for p in pairs]
+            flagged = [yy for yy, ss in pairs if ss >= self.threshold]
+            positives = sum(y)
+            out[name] = {
+                "labels": float(len(pairs)),
+                "roc_auc": roc_auc(y, s),
+                "average_precision": average_precision(y, s),
+                "precision_at_threshold": sum(flagged) / len(flagged) if flagged else math.nan,
+                "recall_at_threshold": sum(flagged) / positives if positives else math.nan,
+            }
+        return out
+
+
+class OnlineLearner:
+    """Applies examples in log order: quality first (on the scores given before), then learning."""
+
+    def __init__(self, river: RiverScorer, stacker: Stacker | None, metrics: PrequentialMetrics,
+                 learning: bool = True) -> None:
+        self.river = river
+        self.stacker = stacker
+        self.metrics = metrics
+        self.learning = learning
+        self.offset = -1  # last applied offset of the examples log
+
+    def apply(self, example: Example, offset: int) -> None:
+        if offset <= self.offset:
+            return  # already applied (replay after a checkpoint restore)
+        self.metrics.update(example.is_fraud, example.scores)
+        if self.learning:
+            self.river.learn_one(example.features, example.is_fraud)
+            if self.stacker is not None:
+                self.stacker.learn_one(example.features, example.scores, example.is_fraud)
+        self.offset = offset
+
+
+def combine(policy: Policy, stacker: Stacker | None, features: Sequence[float], onnx: float, river: float,
+            river_labels: int) -> tuple[float, str]:
+    """The combined risk and the name of the policy that produced it."""
+    if stacker is not None and stacker.ready:
+        return stacker.predict_proba_one(features, onnx, river), "stacked"
+    return policy.combine(onnx, river, river_labels), "weighted"

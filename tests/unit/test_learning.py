@@ -1,0 +1,143 @@
+"""Labels, joined examples, the online learner, prequential quality and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_app.events import InvalidEvent, parse_label
+from stream_app.features import FEATURE_NAMES, featurize
+from stream_app.generator import GeneratorConfig, simulate
+from stream_app.learning import Captured, Example, OnlineLearner, PrequentialMetrics
+from stream_app.models import checkpoint
+from stream_app.models.river_model import RiverScorer
+from stream_app.models.stacker import Stacker
+
+LABEL = {"tx_id": "tx-1", "card_id": "card_1", "label": "fraud", "source": "chargeback",
+         "label_time": "2026-01-02T00:00:00Z"}
+
+
+def test_label_parses() -> None:
+    label = parse_label(orjson.dumps(LABEL))
+    assert (label.tx_id, label.is_fraud, label.source) == ("tx-1", True, "chargeback")
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"label": "maybe"}, "invalid_value"), ({"label": 1}, "wrong_type"), ({"source": "psychic"}, "invalid_value"),
+    ({"tx_id": None}, "missing_field"), ({"label_time": "later"}, "invalid_value"),
+])
+def test_bad_labels_have_reasons(change: dict[str, object], reason: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse_label(orjson.dumps({**LABEL, **change}))
+    assert info.value.reason == reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_label_bytes_only_raise_invalid_event(raw: bytes) -> None:
+    try:
+        parse_label(raw)
+    except InvalidEvent as exc:
+        assert exc.reason
+
+
+def test_captured_and_example_round_trip() -> None:
+    record = {"features": {n: float(i) for i, n in enumerate(FEATURE_NAMES)}, "scores": {"onnx": 0.9, "river": 0.2},
+              "risk_score": 0.7}
+    captured = Captured.from_score_record(record, 123)
+    assert Captured.from_bytes(captured.to_bytes()) == captured
+    assert captured.scores == {"onnx": 0.9, "river": 0.2, "risk": 0.7}
+    example = Example("tx-1", captured.features, True, captured.scores, "analyst", 5)
+    assert Example.from_bytes(example.to_bytes()) == example
+
+
+def test_prequential_metrics_score_before_learning() -> None:
+    m = PrequentialMetrics(window=4, threshold=0.5)
+    for y, s in [(False, 0.1), (True, 0.9), (False, 0.6), (True, 0.4), (False, 0.2)]:
+        m.update(y, {"onnx": s})
+    snap = m.snapshot()["onnx"]
+    assert snap["labels"] == 4  # window
+    assert snap["roc_auc"] == pytest.approx(0.75)
+    assert snap["precision_at_threshold"] == 0.5 and snap["recall_at_threshold"] == 0.5
+
+
+def test_a_model_that_appears_later_is_aligned() -> None:
+    m = PrequentialMetrics(window=10)
+    m.update(True, {"onnx": 0.9})
+    m.update(False, {"onnx": 0.1, "challenger": 0.2})
+    assert m.snapshot()["challenger"]["labels"] == 1 and math.isnan(m.snapshot()["challenger"]["roc_auc"])
+
+
+def _examples(n: int) -> list[Example]:
+    states: dict = {}
+    items = list(simulate(GeneratorConfig(seed=5, n_customers=300, fraud_rate=0.05), days=8))[:n]
+    return [Example(i.tx.tx_id, featurize(states, i.tx, 7 * 86_400_000), i.is_fraud, {"onnx": 0.5, "river": 0.5},
+                    "analyst", 0) for i in items]
+
+
+def test_learners_fed_the_same_log_are_identical_and_replays_are_ignored() -> None:
+    examples = _examples(600)
+    a = OnlineLearner(RiverScorer(), Stacker(10), PrequentialMetrics())
+    b = OnlineLearner(RiverScorer(), Stacker(10), PrequentialMetrics())
+    for offset, ex in enumerate(examples):
+        a.apply(ex, offset)
+        b.apply(ex, offset)
+    for offset, ex in enumerate(examples[:100]):  # redelivered part of the log
+        b.apply(ex, offset)
+    assert a.river.n_learned == b.river.n_learned == 600 and a.offset == 599
+    probe = [ex.features for ex in examples[:20]]
+    assert a.river.predict_proba_many(probe) == b.river.predict_proba_many(probe)
+
+
+def test_frozen_learner_measures_but_does_not_learn() -> None:
+    frozen = OnlineLearner(RiverScorer(), Stacker(10), PrequentialMetrics(), learning=False)
+    for offset, ex in enumerate(_examples(50)):
+        frozen.apply(ex, offset)
+    assert frozen.river.n_learned == 0 and frozen.metrics.snapshot()["onnx"]["labels"] == 50
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
+    river = RiverScorer()
+    for ex in _examples(200):
+        river.learn_one(ex.features, ex.is_fraud)
+    probe = [ex.features for ex in _examples(20)]
+    path = checkpoint.save(tmp_path, river.version, 199, (river, Stacker()), b"secret")
+    restored = checkpoint.load(path, b"secret")
+    assert restored.version == river.version and restored.offset == 199
+    assert restored.state[0].predict_proba_many(probe) == river.predict_proba_many(probe)
+
+    with pytest.raises(checkpoint.CheckpointRejected):
+        checkpoint.load(path, b"another key")
+    tampered = tmp_path / "river-999999999999.ckpt"
+    head, _, payload = path.read_bytes().partition(b"\n")
+    evil = pickle.dumps("not what we wrote")
+    tampered.write_bytes(head + b"\n" + evil)
+    with pytest.raises(checkpoint.CheckpointRejected):
+        checkpoint.load(tampered, b"secret")
+    best, refused = checkpoint.latest(tmp_path, b"secret")
+    assert best is not None and best.offset == 199 and len(refused) == 1
+
+
+def test_checkpoints_keep_only_the_newest(tmp_path: Path) -> None:
+    for offset in range(5):
+        checkpoint.save(tmp_path, f"v{offset}", offset, {"n": offset}, None, keep=3)
+    assert len(list(tmp_path.glob("river-*.ckpt"))) == 3
+    assert checkpoint.latest(tmp_path, None)[0].state == {"n": 4}  # type: ignore[union-attr]
+
+
+def test_stacker_learns_to_trust_the_better_score() -> None:
+    stacker = Stacker(warmup=100)
+    examples = _examples(1500)
+    assert not stacker.ready
+    for ex in examples[:1000]:  # onnx is informative here, river is noise
+        stacker.learn_one(ex.features, {"onnx": 0.9 if ex.is_fraud else 0.1, "river": 0.5}, ex.is_fraud)
+    assert stacker.ready and stacker.version.endswith("@1000")
+    high = stacker.predict_proba_one(examples[0].features, 0.9, 0.5)
+    low = stacker.predict_proba_one(examples[0].features, 0.1, 0.5)
+    assert high > low + 0.3
