@@ -16,7 +16,11 @@ import docker
 import pytest
 
 from stream_app.kafka.broker import EmbeddedBroker
+from outputs import PARTITIONS
+
+from stream_app.cli import create_topics
 from stream_app.kafka.topics import TopicSpec, ensure_topics
+from stream_app.settings import Settings
 
 HERE = Path(__file__).parent
 
@@ -86,3 +90,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def app_env(kafka_bootstrap: str) -> dict[str, str]:
+    """Environment of a worker with its own app id and topics, so tests never share state."""
+    prefix = f"it-{uuid.uuid4().hex[:8]}"
+    env = {
+        "STREAM_APP_ID": prefix,
+        "STREAM_APP_PARTITIONS": str(PARTITIONS),
+        "STREAM_APP_TRANSACTIONS_TOPIC": f"{prefix}.transactions",
+        "STREAM_APP_REKEYED_TOPIC": f"{prefix}.transactions.by-card",
+        "STREAM_APP_DLQ_TOPIC": f"{prefix}.transactions.dlq",
+        "STREAM_APP_SCORES_TOPIC": f"{prefix}.scores",
+        "STREAM_APP_ALERTS_TOPIC": f"{prefix}.fraud-alerts",
+        "STREAM_APP_LABELS_TOPIC": f"{prefix}.labels",
+        "STREAM_APP_LABELS_DLQ_TOPIC": f"{prefix}.labels.dlq",
+        "STREAM_APP_EXAMPLES_TOPIC": f"{prefix}.river-examples",
+    }
+    create_topics(Settings.from_env({**env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}))
+    return env

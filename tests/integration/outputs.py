@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+PARTITIONS = 4  # of every topic the tests' workers use
+
 
 @dataclass
 class Outputs:

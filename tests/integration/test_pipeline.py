@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,29 +17,9 @@ import pytest
 from stream_app.generator import GeneratorConfig, simulate
 from stream_app.malformed import corrupt
 from stream_app.settings import Settings
-from stream_app.cli import create_topics
 from stream_app.worker_process import WorkerProcess
 
-from outputs import produce, read_until
-
-PARTITIONS = 4
-
-
-@pytest.fixture
-def app_env(kafka_bootstrap: str) -> dict[str, str]:
-    prefix = f"it-{uuid.uuid4().hex[:8]}"
-    env = {
-        "STREAM_APP_ID": prefix,
-        "STREAM_APP_PARTITIONS": str(PARTITIONS),
-        "STREAM_APP_TRANSACTIONS_TOPIC": f"{prefix}.transactions",
-        "STREAM_APP_REKEYED_TOPIC": f"{prefix}.transactions.by-card",
-        "STREAM_APP_DLQ_TOPIC": f"{prefix}.transactions.dlq",
-        "STREAM_APP_SCORES_TOPIC": f"{prefix}.scores",
-        "STREAM_APP_ALERTS_TOPIC": f"{prefix}.fraud-alerts",
-        "STREAM_APP_LABELS_TOPIC": f"{prefix}.labels",
-    }
-    create_topics(Settings.from_env({**env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}))
-    return env
+from outputs import PARTITIONS, produce, read_until
 
 
 @pytest.fixture
