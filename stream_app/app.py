@@ -28,6 +28,7 @@ from stream_app.decision import Policy
 from stream_app.events import (
     DuplicateEvent,
     InvalidEvent,
+    Label,
     Transaction,
     UnknownTransaction,
     parse_label,
@@ -35,7 +36,7 @@ from stream_app.events import (
 )
 from stream_app.features import CardState, featurize
 from stream_app.kafka.faust_transport import broker_url
-from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, PrequentialMetrics
+from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, ParkedLabel, PrequentialMetrics
 from stream_app.models import checkpoint
 from stream_app.models.onnx_model import OnnxScorer
 from stream_app.models.registry import ModelSlot, ModelWatcher
@@ -61,6 +62,7 @@ class WorkerStats:
     labels_joined: int = 0
     labels_learned: int = 0
     labels_duplicate: int = 0
+    labels_parked: int = 0
     labels_unknown: int = 0
     labels_invalid: int = 0
     label_lag_ms: int = 0
@@ -142,9 +144,13 @@ class StreamApp:
         self.captured = app.Table("captured-features", partitions=s.partitions, use_partitioner=True,
                                   key_type=bytes, value_type=bytes,
                                   help="feature vectors used at scoring time, until their label")
+        self.parked_labels = app.Table("parked-labels", partitions=s.partitions, use_partitioner=True,
+                                       key_type=bytes, value_type=bytes,
+                                       help="labels that arrived before their score record")
         app.agent(self.transactions, name="score")(self._score_agent)
         app.agent(self.scores_in, name="capture")(self._capture_agent)
         app.agent(self.labels, name="label-join")(self._label_agent)
+        app.timer(max(0.5, min(60.0, s.label_wait_s / 2)))(self._expire_parked_labels)
         app.task(self._learner)
         app.timer(s.checkpoint_interval_s)(self.save_checkpoint)
         app.timer(3600.0)(self._expire_captured)
@@ -235,49 +241,80 @@ class StreamApp:
 
     # -- feedback path ----------------------------------------------------------------------------
     async def _capture_agent(self, stream: faust.StreamT[bytes]) -> None:
-        """Keep, per tx_id, the vector and scores the models saw, until the label comes."""
+        """Keep, per tx_id, the vector and scores the models saw, until the label comes; a label
+        that arrived first (parked) is joined now."""
         async for events in stream.take_events(self.settings.batch_size, within=0.05):
             now = _now_ms()
+            sends: list[Awaitable[Any]] = []
             for event in events:
                 try:
                     captured = Captured.from_score_record(orjson.loads(event.value), now)
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     log.warning("capture.unreadable_score_record", offset=event.message.offset)
                     continue
-                if self.captured.get(event.key) != LEARNED:
+                if self.captured.get(event.key) == LEARNED:
+                    continue
+                parked = self.parked_labels.get(event.key)
+                if parked is None:
                     self.captured[event.key] = captured.to_bytes()
+                else:
+                    del self.parked_labels[event.key]
+                    sends.append(self._join(event.key, parse_label(ParkedLabel.from_bytes(parked).raw), captured))
+            if sends:
+                await asyncio.gather(*sends)
 
     async def _label_agent(self, stream: faust.StreamT[bytes]) -> None:
-        """Join each label with its captured vector; publish the example to the examples log."""
+        """Join each label with its captured vector; a label for a tx_id not captured (yet) is parked
+        for STREAM_APP_LABEL_WAIT_S, in case its score record is still on its way."""
         s = self.settings
         async for events in stream.take_events(s.batch_size, within=0.05):
             sends: list[Awaitable[Any]] = []
+            now = _now_ms()
             for event in events:
                 msg = event.message
-                source = Source(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
                 try:
                     label = parse_label(event.value, s.max_message_bytes)
-                    key = label.tx_id.encode()
-                    stored = self.captured.get(key)
-                    if stored is None:
-                        raise UnknownTransaction("no captured features for this tx_id (never scored, or expired)",
-                                                 "tx_id")
                 except InvalidEvent as exc:
-                    self.stats.count_label(exc.reason)
-                    record = dead_letter_record(event.value, exc, source, event.key, _now_ms())
-                    sends.append(self._send(s.labels_dlq_topic, event.key, orjson.dumps(record)))
+                    source = Source(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
+                    sends.append(self._dead_letter_label(event.value, exc, source, event.key))
                     continue
-                if stored == LEARNED:
+                key = label.tx_id.encode()
+                stored = self.captured.get(key)
+                if stored == LEARNED or (stored is None and key in self.parked_labels):
                     self.stats.labels_duplicate += 1
-                    continue
-                captured = Captured.from_bytes(stored)
-                example = Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source,
-                                  label.label_ts_ms)
-                sends.append(self._send(s.examples_topic, key, example.to_bytes()))
-                self.captured[key] = LEARNED
-                self.stats.labels_joined += 1
+                elif stored is None:
+                    parked = ParkedLabel(event.value, msg.topic, msg.partition, msg.offset, event.key, now)
+                    self.parked_labels[key] = parked.to_bytes()
+                    self.stats.labels_parked += 1
+                else:
+                    sends.append(self._join(key, label, Captured.from_bytes(stored)))
             if sends:
                 await asyncio.gather(*sends)
+
+    def _join(self, key: bytes, label: Label, captured: Captured) -> Awaitable[Any]:
+        example = Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source,
+                          label.label_ts_ms)
+        self.captured[key] = LEARNED
+        self.stats.labels_joined += 1
+        return self._send(self.settings.examples_topic, key, example.to_bytes())
+
+    def _dead_letter_label(self, raw: bytes, exc: InvalidEvent, source: Source, key: bytes | None) -> Awaitable[Any]:
+        self.stats.count_label(exc.reason)
+        record = dead_letter_record(raw, exc, source, key, _now_ms())
+        return self._send(self.settings.labels_dlq_topic, key, orjson.dumps(record))
+
+    async def _expire_parked_labels(self) -> None:
+        """A label still without its transaction after the wait is for a tx_id we never scored."""
+        cutoff = _now_ms() - int(self.settings.label_wait_s * 1000)
+        sends = []
+        for key, value in list(self.parked_labels.items()):
+            parked = ParkedLabel.from_bytes(value)
+            if parked.parked_at_ms < cutoff:
+                del self.parked_labels[key]
+                exc = UnknownTransaction("no scored transaction with this tx_id (never seen, or expired)", "tx_id")
+                sends.append(self._dead_letter_label(parked.raw, exc, parked.source, parked.key))
+        if sends:
+            await asyncio.gather(*sends)
 
     async def _learner(self) -> None:
         """Apply the examples log, in order, to this worker's online models (every worker does)."""

@@ -8,19 +8,19 @@ the same River model without shipping it around: a replicated state machine.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from stream_app.decision import Policy
 from stream_app.evaluation import average_precision, roc_auc
 from stream_app.features import FEATURE_NAMES
 from stream_app.models.river_model import RiverScorer
 from stream_app.models.stacker import Stacker
+from stream_app.records import Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,32 @@ class Captured:
         scores = dict(record["scores"])
         scores["risk"] = record["risk_score"]
         return cls([float(record["features"][n]) for n in FEATURE_NAMES], scores, now_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedLabel:
+    """A label that came before its score record: the original bytes and where they came from."""
+
+    raw: bytes
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    parked_at_ms: int
+
+    @property
+    def source(self) -> Source:
+        return Source(self.topic, self.partition, self.offset, self.parked_at_ms)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([base64.b64encode(self.raw).decode(), self.topic, self.partition, self.offset,
+                             None if self.key is None else base64.b64encode(self.key).decode(), self.parked_at_ms])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ParkedLabel:
+        value, topic, partition, offset, key, at = orjson.loads(raw)
+        return cls(base64.b64decode(value), topic, partition, offset,
+                   None if key is None else base64.b64decode(key), at)
 
 
 #: Value kept in the captured table once a label was learned: a second label is a duplicate.
@@ -129,11 +155,3 @@ class OnlineLearner:
             if self.stacker is not None:
                 self.stacker.learn_one(example.features, example.scores, example.is_fraud)
         self.offset = offset
-
-
-def combine(policy: Policy, stacker: Stacker | None, features: Sequence[float], onnx: float, river: float,
-            river_labels: int) -> tuple[float, str]:
-    """The combined risk and the name of the policy that produced it."""
-    if stacker is not None and stacker.ready:
-        return stacker.predict_proba_one(features, onnx, river), "stacked"
-    return policy.combine(onnx, river, river_labels), "weighted"

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from stream_app.decision import Decision, Policy, ReasonModel
 from stream_app.events import Transaction
-from stream_app.learning import combine
 from stream_app.models.onnx_model import OnnxScorer
 from stream_app.models.registry import ModelSlot
 from stream_app.models.river_model import RiverScorer
@@ -33,6 +32,14 @@ class Scored:
     @property
     def is_alert(self) -> bool:
         return self.decision != "approve"
+
+
+def combine(policy: Policy, stacker: Stacker | None, features: Sequence[float], onnx: float, river: float,
+            river_labels: int) -> tuple[float, str]:
+    """The combined risk and the name of the policy that produced it."""
+    if stacker is not None and stacker.ready:
+        return stacker.predict_proba_one(features, onnx, river), "stacked"
+    return policy.combine(onnx, river, river_labels), "weighted"
 
 
 class FraudScorer:

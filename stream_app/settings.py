@@ -71,6 +71,9 @@ class Settings:
         "STREAM_APP_STACKER_WARMUP_LABELS", "Labels the stacked combiner learns before it decides."))
     feature_retention_s: int = field(default=30 * 86400, metadata=_env(
         "STREAM_APP_FEATURE_RETENTION_S", "How long the feature vector of a scored transaction waits for its label."))
+    label_wait_s: float = field(default=3600.0, metadata=_env(
+        "STREAM_APP_LABEL_WAIT_S",
+        "A label whose transaction has no score record yet waits this long, then is dead-lettered as unknown_tx."))
     checkpoint_interval_s: float = field(default=30.0, metadata=_env(
         "STREAM_APP_CHECKPOINT_INTERVAL_S", "Seconds between checkpoints of the online models (also at shutdown)."))
     checkpoint_key: str = field(default="", metadata=_env(

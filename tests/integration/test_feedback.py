@@ -72,7 +72,7 @@ def wait_checkpoint(directory: Path, offset: int, timeout_s: float = 60) -> chec
 @pytest.fixture
 def feedback_env(app_env: dict[str, str]) -> dict[str, str]:
     return {**app_env, "STREAM_APP_CHECKPOINT_INTERVAL_S": "1", "STREAM_APP_CHECKPOINT_KEY": KEY,
-            "STREAM_APP_MODEL_POLL_S": "0.5"}
+            "STREAM_APP_MODEL_POLL_S": "0.5", "STREAM_APP_LABEL_WAIT_S": "2"}
 
 
 def test_bad_duplicate_and_unknown_labels_are_counted_never_crash(

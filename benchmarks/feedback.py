@@ -1,0 +1,104 @@
+"""Label learning throughput and label-to-model lag, on the embedded broker with a real worker.
+
+1. In process: examples applied per second by the online learner (River + stacker + quality).
+2. End to end: N transactions are scored, then their N labels published at once; prints labels/s
+   joined into the examples log, and the lag from a label's publication to its example in the log
+   (the model applies an example as soon as its consumer fetches it; the worker logs that lag too).
+Run: python benchmarks/feedback.py [--n 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream_app.cli import create_topics
+from stream_app.features import featurize
+from stream_app.generator import GeneratorConfig, label_record, simulate
+from stream_app.kafka.broker import EmbeddedBroker
+from stream_app.learning import Example, OnlineLearner, PrequentialMetrics
+from stream_app.models.river_model import RiverScorer
+from stream_app.models.stacker import Stacker
+from stream_app.settings import Settings
+from stream_app.worker_process import WorkerProcess
+
+
+def in_process(items: list) -> float:  # type: ignore[type-arg]
+    states: dict = {}
+    examples = [Example(i.tx.tx_id, featurize(states, i.tx, 7 * 86_400_000), i.is_fraud,
+                        {"onnx": 0.1, "river": 0.1, "risk": 0.1}, "analyst", 0) for i in items]
+    learner = OnlineLearner(RiverScorer(), Stacker(), PrequentialMetrics())
+    start = time.perf_counter()
+    for offset, ex in enumerate(examples):
+        learner.apply(ex, offset)
+    return len(examples) / (time.perf_counter() - start)
+
+
+async def count_until(bootstrap: str, topics: list[tuple[str, int]], n: int, timeout_s: float) -> list[int]:
+    """Timestamps (ms) at which records arrived, until n of them."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=10, auto_offset_reset="earliest")
+    await consumer.start()
+    arrivals: list[int] = []
+    try:
+        tps = [TopicPartition(t, p) for t, parts in topics for p in range(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while len(arrivals) < n and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            now = int(time.time() * 1000)
+            arrivals += [now] * sum(len(m) for m in batches.values())
+        return arrivals
+    finally:
+        await consumer.stop()
+
+
+async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, v, key=k) for k, v in messages])
+    finally:
+        await producer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=20000)
+    args = parser.parse_args()
+    items = list(simulate(GeneratorConfig(seed=5, n_customers=3000), days=30))[: args.n]
+    print(f"in process: {in_process(items):,.0f} examples/s applied (River + stacker + quality)", flush=True)
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        s = Settings.from_env(bootstrap_servers=broker.bootstrap)
+        create_topics(s)
+        worker = WorkerProcess(broker.bootstrap, Path(tmp) / "w").start()
+        try:
+            worker.wait_ready()
+            asyncio.run(publish(broker.bootstrap, s.transactions_topic,
+                                [(i.tx.card_id.encode(), i.tx.to_bytes()) for i in items]))
+            scored = asyncio.run(count_until(broker.bootstrap, [(s.scores_topic, s.partitions)], len(items), 300))
+            print(f"scored {len(scored)} transactions", flush=True)
+            labels = [(i.tx.tx_id.encode(), orjson.dumps(label_record(i, i.tx.ts_ms))) for i in items]
+            start_ms = int(time.time() * 1000)
+            asyncio.run(publish(broker.bootstrap, s.labels_topic, labels))
+            arrivals = asyncio.run(count_until(broker.bootstrap, [(s.examples_topic, 1)], len(items), 120))
+            if len(arrivals) < len(items):
+                print(f"only {len(arrivals)} labels joined; worker log tail:\n{worker.log()[-3000:]}", flush=True)
+        finally:
+            worker.stop()
+    seconds = (arrivals[-1] - start_ms) / 1000 if arrivals else float("nan")
+    lags = sorted(a - start_ms for a in arrivals)
+    print(f"end to end: {len(arrivals)} of {len(items)} labels joined in {seconds:.1f} s = "
+          f"{len(arrivals) / seconds:,.0f} labels/s; first example after {lags[0]} ms")
+    print(f"RESULT labels={len(arrivals)} labels_per_s={len(arrivals) / seconds:.0f}", file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
