@@ -184,7 +184,7 @@ class StreamApp:
         sources: list[Source] = []
         for event in events:
             msg = event.message
-            source = Source(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
+            source = Source.of(msg)
             raw = event.value
             try:
                 tx = parse_transaction(raw, s.max_message_bytes)
@@ -275,8 +275,7 @@ class StreamApp:
                 try:
                     label = parse_label(event.value, s.max_message_bytes)
                 except InvalidEvent as exc:
-                    source = Source(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
-                    sends.append(self._dead_letter_label(event.value, exc, source, event.key))
+                    sends.append(self._dead_letter_label(event.value, exc, Source.of(msg), event.key))
                     continue
                 key = label.tx_id.encode()
                 stored = self.captured.get(key)

@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from collections.abc import Collection
 from typing import Any, Final
 
 import orjson
@@ -158,6 +159,17 @@ def _str_field(obj: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
+def _enum_field(obj: dict[str, Any], name: str, allowed: Collection[str]) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise MissingField(f"missing field {name}", name)
+    if not isinstance(value, str):
+        raise WrongType(f"{name} must be a string", name)
+    if value not in allowed:
+        raise InvalidValue(f"{name} must be one of {sorted(allowed)}", name)
+    return value
+
+
 def _amount(obj: dict[str, Any]) -> float:
     value = obj.get("amount")
     if value is None:
@@ -201,13 +213,7 @@ def transaction_from_dict(obj: dict[str, Any]) -> Transaction:
         raise MissingField("missing field timestamp", "timestamp")
     ts_ms = parse_ts(obj["timestamp"])
     country = _str_field(obj, "country", _COUNTRY_RE)
-    channel = obj.get("channel")
-    if channel is None:
-        raise MissingField("missing field channel", "channel")
-    if not isinstance(channel, str):
-        raise WrongType("channel must be a string", "channel")
-    if channel not in CHANNELS:
-        raise InvalidValue(f"channel must be one of {sorted(CHANNELS)}", "channel")
+    channel = _enum_field(obj, "channel", CHANNELS)
     mcc = _str_field(obj, "mcc", _MCC_RE)
     return Transaction(tx_id, card_id, merchant_id, amount, currency, ts_ms, country, channel, mcc)
 
@@ -235,20 +241,8 @@ def parse_label(raw: bytes, max_bytes: int = 16384) -> Label:
     obj = load_json_object(raw, max_bytes)
     tx_id = _str_field(obj, "tx_id", _ID_RE)
     card_id = _str_field(obj, "card_id", _ID_RE)
-    label = obj.get("label")
-    if label is None:
-        raise MissingField("missing field label", "label")
-    if not isinstance(label, str):
-        raise WrongType("label must be a string", "label")
-    if label not in LABELS:
-        raise InvalidValue("label must be fraud or legit", "label")
-    source = obj.get("source")
-    if source is None:
-        raise MissingField("missing field source", "source")
-    if not isinstance(source, str):
-        raise WrongType("source must be a string", "source")
-    if source not in LABEL_SOURCES:
-        raise InvalidValue(f"source must be one of {sorted(LABEL_SOURCES)}", "source")
+    label = _enum_field(obj, "label", LABELS)
+    source = _enum_field(obj, "source", LABEL_SOURCES)
     if "label_time" not in obj:
         raise MissingField("missing field label_time", "label_time")
     return Label(tx_id, card_id, LABELS[label], source, parse_ts(obj["label_time"], "label_time"))

@@ -24,6 +24,11 @@ class Source:
     offset: int
     timestamp_ms: int
 
+    @classmethod
+    def of(cls, message: Any) -> Source:
+        """From a Faust message (topic, partition, offset, timestamp in seconds)."""
+        return cls(message.topic, message.partition, message.offset, int(message.timestamp * 1000))
+
     def as_dict(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
