@@ -22,7 +22,7 @@ from typing import Any
 import faust
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 
 from stream_app.decision import Policy
 from stream_app.events import (
@@ -103,6 +103,8 @@ class StreamApp:
         self.checkpoint_dir = Path(settings.data_dir) / "checkpoints"
         self.checkpoint_key = settings.checkpoint_key.encode() or None
         self._checkpointed_offset = -1
+        self._broker_ok_at = -1e9
+        self._client: AIOKafkaClient | None = None
         self.stats = WorkerStats()
         self.horizon_ms = settings.dedup_horizon_s * 1000
         self.restore_checkpoint()
@@ -158,6 +160,10 @@ class StreamApp:
             self.watcher = ModelWatcher(s.model_watch_path)
             app.timer(s.model_poll_s)(self._poll_model)
         app.timer(30.0)(self._log_stats)
+        app.timer(5.0)(self._check_broker)
+        from stream_app.http import register  # the HTTP door; imported here to keep faust.web off the core
+
+        register(self, app)
 
         @app.on_before_shutdown.connect
         async def _final_checkpoint(*_: Any, **__: Any) -> None:
@@ -386,6 +392,44 @@ class StreamApp:
         else:
             self.stats.models_refused += 1
             log.error("model.refused", error=result.error, serving=result.version, path=str(candidate))
+
+    async def _check_broker(self) -> None:
+        """Readiness needs to know the broker answers; a metadata round trip, bounded."""
+        try:
+            if self._client is None:
+                client = AIOKafkaClient(bootstrap_servers=self.settings.bootstrap_servers)
+                await asyncio.wait_for(client.bootstrap(), timeout=3.0)
+                self._client = client
+            await asyncio.wait_for(self._client.fetch_all_metadata(), timeout=3.0)
+            self._broker_ok_at = time.monotonic()
+        except Exception as exc:  # any failure means "not reachable now"; logged, retried in 5 s
+            log.warning("broker.unreachable", error=repr(exc))
+
+    def readiness(self) -> dict[str, bool]:
+        recovery = self.app.tables.recovery if self.app.tables else None
+        return {
+            "tables_recovered": bool(recovery is not None and recovery.completed.is_set()),
+            "not_rebalancing": not self.app.rebalancing,
+            "broker_reachable": time.monotonic() - self._broker_ok_at < 15.0,
+            "models_loaded": self.scorer.onnx is not None and self.scorer.river is not None,
+        }
+
+    def models_info(self) -> dict[str, Any]:
+        card = {k: v for k, v in self.scorer.onnx.card.items() if k not in {"feature_stats", "params"}}
+        info: dict[str, Any] = {
+            "versions": self.scorer.versions(),
+            "onnx": card,
+            "onnx_swaps": [{"at_ms": e.at_ms, "path": str(e.path), "ok": e.result.ok, "version": e.result.version,
+                            "error": e.result.error} for e in self.scorer.slot.history],
+            "river": {"version": self.scorer.river.version, "labels_learned": self.scorer.river.n_learned,
+                      "examples_offset": self.learner.offset, "learning": self.learner.learning},
+            "combiner": "stacked" if self.scorer.stacker is not None else "weighted",
+            "quality": self.learner.metrics.snapshot(),
+        }
+        if self.scorer.challenger is not None:
+            info["challenger"] = {k: v for k, v in self.scorer.challenger.current.card.items()
+                                  if k not in {"feature_stats", "params"}}
+        return info
 
     async def _log_stats(self) -> None:
         log.info("worker.stats", **{k: v for k, v in vars(self.stats).items()},

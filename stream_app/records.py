@@ -40,7 +40,8 @@ def _scores(s: Scored) -> dict[str, float]:
     return scores
 
 
-def score_record(s: Scored, source: Source, scored_at_ms: int) -> dict[str, Any]:
+def _decision(s: Scored) -> dict[str, Any]:
+    """What every door answers about a scored transaction (stream, HTTP, batch)."""
     tx = s.tx
     return {
         "tx_id": tx.tx_id,
@@ -52,6 +53,17 @@ def score_record(s: Scored, source: Source, scored_at_ms: int) -> dict[str, Any]
         "model_versions": s.versions,
         "policy": s.policy,
         "features": dict(zip(FEATURE_NAMES, s.features, strict=True)),
+    }
+
+
+def prediction_record(s: Scored, reasons: ReasonModel) -> dict[str, Any]:
+    """The HTTP answer: the decision with its reasons, without stream metadata."""
+    return {**_decision(s), "reasons": reasons.top_reasons(s.features)}
+
+
+def score_record(s: Scored, source: Source, scored_at_ms: int) -> dict[str, Any]:
+    return {
+        **_decision(s),
         "source": source.as_dict(),
         "timing": {
             "source_timestamp_ms": source.timestamp_ms,

@@ -1,0 +1,171 @@
+"""The HTTP door of the worker: translate requests to the scoring core and back, nothing else.
+
+`POST /score` answers what the stream would answer for the given transactions if they arrived now:
+the same parser, the same per-card state (read from this worker's table, never written), the same
+`featurize` and `FraudScorer`. It does not change state, publish records or alert.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+
+from stream_app.events import InvalidEvent, load_json_object, transaction_from_dict
+from stream_app.features import CardState, featurize
+from stream_app.records import prediction_record
+from stream_app.scoring import Scored
+
+if TYPE_CHECKING:
+    from stream_app.app import StreamApp
+
+MAX_BATCH = 1000
+
+
+class RequestError(ValueError):
+    """A 4xx answer: ``status``, a stable ``error`` code and details for the caller."""
+
+    def __init__(self, status: int, error: str, detail: str, items: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.items = status, error, detail, items or []
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.error, "detail": self.detail}
+        if self.items:
+            body["items"] = self.items
+        return body
+
+
+def parse_score_request(raw: bytes, max_bytes: int) -> tuple[list[Any], bool]:
+    """One transaction object or a list of them; every item is validated before anything is scored."""
+    if not raw:
+        raise RequestError(400, "empty_body", "send one transaction object or a list of them")
+    try:
+        body = orjson.loads(raw) if raw.lstrip()[:1] == b"[" else load_json_object(raw, max_bytes * MAX_BATCH)
+    except (orjson.JSONDecodeError, InvalidEvent) as exc:
+        raise RequestError(400, "invalid_json", str(exc)) from None
+    single = isinstance(body, dict)
+    items = [body] if single else body
+    if not items or len(items) > MAX_BATCH:
+        raise RequestError(400, "batch_size", f"send 1 to {MAX_BATCH} transactions")
+    txs, errors = [], []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise InvalidEvent("a transaction must be a JSON object")
+            txs.append(transaction_from_dict(item))
+        except InvalidEvent as exc:
+            errors.append({"index": i, "reason": exc.reason, "detail": exc.detail, "field": exc.field})
+    if errors:
+        raise RequestError(422, "invalid_transaction", f"{len(errors)} of {len(items)} transactions are invalid",
+                           errors)
+    return txs, single
+
+
+def preview(stream_app: StreamApp, txs: list[Any], load_state: Callable[[str], CardState | None]
+            ) -> list[dict[str, Any]]:
+    """Score on private copies of the cards' states: a list behaves as the stream would for that
+    sequence, and the table is left as it was."""
+    states: dict[str, CardState] = {}
+    answers: list[dict[str, Any] | None] = []
+    to_score: list[tuple[int, Any, list[float]]] = []
+    for i, tx in enumerate(txs):
+        if tx.card_id not in states:
+            state = load_state(tx.card_id)
+            if state is not None:
+                states[tx.card_id] = state
+        try:
+            row = featurize(states, tx, stream_app.horizon_ms)
+        except InvalidEvent as exc:  # duplicate or late: the stream would not score it either
+            answers.append({"tx_id": tx.tx_id, "status": exc.reason, "detail": exc.detail})
+            continue
+        answers.append(None)
+        to_score.append((i, tx, row))
+    scored: list[Scored] = stream_app.scorer.score_many([t for _, t, _ in to_score], [r for _, _, r in to_score])
+    for (i, _, _), item in zip(to_score, scored, strict=True):
+        answers[i] = {"status": "scored", **prediction_record(item, stream_app.scorer.reasons)}
+    return [a for a in answers if a is not None]
+
+
+def register(stream_app: StreamApp, app: faust.App) -> None:
+    """Add the service's pages to the Faust app's web server."""
+    def load_state(card_id: str) -> CardState | None:
+        stored = stream_app.cards.get(card_id.encode())
+        return None if stored is None else orjson.loads(stored)
+
+    def json(view: View, body: Mapping[str, Any] | list[Any], status: int = 200) -> Response:
+        return view.bytes(orjson.dumps(body), content_type="application/json", status=status)
+
+    @app.page("/score")
+    class Score(View):
+        async def post(self, request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                txs, single = parse_score_request(await request.read(), stream_app.settings.max_message_bytes)
+            except RequestError as exc:
+                return json(self, exc.body(), exc.status)
+            results = preview(stream_app, txs, load_state)
+            took_ms = round(1000 * (time.perf_counter() - started), 3)
+            return json(self, {**results[0], "took_ms": took_ms} if single else {"results": results,
+                                                                                   "took_ms": took_ms})
+
+        async def get(self, request: Request) -> Response:
+            return json(self, {"error": "method_not_allowed", "detail": "POST transactions to /score"}, 405)
+
+    @app.page("/health")
+    async def health(view: View, request: Request) -> Response:
+        """Alive: the event loop answers."""
+        return json(view, {"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(view: View, request: Request) -> Response:
+        """Ready: tables recovered, not rebalancing, the broker answered recently, models loaded."""
+        checks = stream_app.readiness()
+        return json(view, {"ready": all(checks.values()), "checks": checks}, 200 if all(checks.values()) else 503)
+
+    @app.page("/models")
+    async def models(view: View, request: Request) -> Response:
+        return json(view, stream_app.models_info())
+
+    @app.page("/openapi.json")
+    async def openapi(view: View, request: Request) -> Response:
+        return json(view, openapi_document())
+
+
+def openapi_document() -> dict[str, Any]:
+    from stream_app.schemas import load_schema
+
+    error = {"type": "object", "required": ["error", "detail"],
+             "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
+                            "items": {"type": "array", "items": {"type": "object"}}}}
+    transaction = load_schema("transaction")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "stream_app worker", "version": "1",
+                 "description": "Real-time fraud scoring. POST /score answers what the stream would, without "
+                                "changing state or publishing."},
+        "paths": {
+            "/score": {"post": {
+                "summary": "Score one transaction or a list (1-1000), read-only",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "oneOf": [transaction, {"type": "array", "items": transaction, "minItems": 1,
+                                            "maxItems": MAX_BATCH}]}}}},
+                "responses": {
+                    "200": {"description": "One result (object) or {results: [...]}: status scored, duplicate or "
+                                           "late_event; decision, risk_score, scores, model_versions, features, "
+                                           "reasons"},
+                    "400": {"description": "Not JSON, empty, or wrong batch size",
+                            "content": {"application/json": {"schema": error}}},
+                    "422": {"description": "Invalid transactions, with per-item reasons",
+                            "content": {"application/json": {"schema": error}}}}}},
+            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+            "/ready": {"get": {"summary": "Readiness: tables recovered, broker reachable, models loaded",
+                               "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/models": {"get": {"summary": "Model versions and cards",
+                                "responses": {"200": {"description": "versions, cards, swap history"}}}},
+        },
+    }

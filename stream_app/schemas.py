@@ -1,0 +1,125 @@
+"""JSON Schemas of every record, built from the code's own constants (currencies, channels, features).
+
+`schemas/*.json` are written from here (`python -m stream_app.schemas schemas/`) and a test checks
+they are current, so the published schemas cannot drift from what the parser accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from stream_app.events import CHANNELS, EUR_RATES, LABEL_SOURCES, LABELS
+from stream_app.features import FEATURE_NAMES
+
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"}
+_TS = {"type": "string", "format": "date-time", "description": "RFC 3339 with a UTC offset"}
+DLQ_REASONS = ("message_too_large", "invalid_json", "not_an_object", "missing_field", "wrong_type", "invalid_value",
+               "unknown_currency", "late_event", "unknown_tx")
+
+
+def _schema(name: str, title: str, desc: str, props: dict[str, Any], required: list[str],
+            extra: bool = False) -> dict[str, Any]:
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"stream_app/{name}.schema.json",
+            "title": title, "description": desc, "type": "object", "properties": props,
+            "required": required, "additionalProperties": extra}
+
+
+def _build() -> dict[str, dict[str, Any]]:
+    versions = {"type": "object", "properties": {"onnx": {"type": "string"}, "river": {"type": "string"}},
+                "required": ["onnx", "river"], "additionalProperties": {"type": "string"},
+                "description": "Versions of the models that produced the scores (stacker, challenger when used)."}
+    probability = {"type": "number", "minimum": 0, "maximum": 1}
+    scores = {"type": "object", "properties": {"onnx": probability, "river": probability, "challenger": probability},
+              "required": ["onnx", "river"], "additionalProperties": False,
+              "description": "Each model's fraud probability; challenger only when one runs in shadow."}
+    source = {"type": "object", "description": "Topic, partition and offset of the input message.",
+              "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"},
+                             "offset": {"type": "integer"}},
+              "required": ["topic", "partition", "offset"], "additionalProperties": False}
+    features = {"type": "object", "description": "The feature vector used, by name (what the label will train on).",
+                "properties": {n: {"type": "number"} for n in FEATURE_NAMES}, "required": list(FEATURE_NAMES),
+                "additionalProperties": False}
+    reasons = {"type": "array", "maxItems": 3, "description": "Features that pushed the score up the most.",
+               "items": {"type": "object", "properties": {"feature": {"enum": list(FEATURE_NAMES)},
+                                                          "value": {"type": "number"}, "push": {"type": "number"}},
+                         "required": ["feature", "value", "push"], "additionalProperties": False}}
+    tx_fields = ["tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp", "country", "channel", "mcc"]
+    return {
+        "transaction": _schema("transaction", "Transaction",
+                               "A payment event published to `transactions`, keyed by card_id.", {
+            "tx_id": {**_ID, "description": "Unique transaction id (replays with the same id are recognised)."},
+            "card_id": {**_ID, "description": "Card token; never a raw card number."},
+            "merchant_id": {**_ID, "description": "Merchant / terminal id."},
+            "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e9,
+                       "description": "Amount in `currency`, > 0, finite."},
+            "currency": {"enum": sorted(EUR_RATES), "description": "ISO 4217 code (the currencies with a reference rate)."},
+            "timestamp": {"oneOf": [_TS, {"type": "integer", "minimum": 0, "description": "epoch milliseconds"}],
+                          "description": "Event time: RFC 3339 with offset, or epoch ms."},
+            "country": {"type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2 of the merchant."},
+            "channel": {"enum": sorted(CHANNELS), "description": "pos (card present), ecom, atm, moto (mail/phone)."},
+            "mcc": {"type": "string", "pattern": "^[0-9]{4}$", "description": "ISO 18245 merchant category code."},
+        }, tx_fields, extra=True),
+        "label": _schema("label", "Label", "Feedback on a transaction, published to `labels`, keyed by tx_id.", {
+            "tx_id": {**_ID, "description": "The transaction this label is about."},
+            "card_id": {**_ID, "description": "Card token of the transaction."},
+            "label": {"enum": sorted(LABELS), "description": "Verdict."},
+            "source": {"enum": sorted(LABEL_SOURCES), "description": "Who gave the verdict."},
+            "label_time": {**_TS, "description": "When the verdict was given."},
+        }, ["tx_id", "card_id", "label", "source", "label_time"]),
+        "score": _schema("score", "Score", "One decision per valid transaction, published to `scores`, keyed by tx_id.", {
+            "tx_id": _ID, "card_id": _ID, "event_time": {**_TS, "description": "The transaction's event time."},
+            "decision": {"enum": ["approve", "review", "decline"],
+                         "description": "approve below the review threshold, review at or above it, decline at or "
+                                        "above the decline threshold."},
+            "risk_score": {**probability, "description": "Combined risk."},
+            "scores": scores, "model_versions": versions,
+            "policy": {"enum": ["weighted", "stacked"], "description": "The combination that produced risk_score."},
+            "features": features, "source": source,
+            "timing": {"type": "object",
+                       "description": "source_timestamp_ms: the input message's timestamp; scored_at_ms: when the "
+                                      "decision was made; latency_ms: their difference.",
+                       "properties": {"source_timestamp_ms": {"type": "integer"}, "scored_at_ms": {"type": "integer"},
+                                      "latency_ms": {"type": "integer"}},
+                       "required": ["source_timestamp_ms", "scored_at_ms", "latency_ms"], "additionalProperties": False},
+        }, ["tx_id", "card_id", "event_time", "decision", "risk_score", "scores", "model_versions", "policy",
+            "features", "source", "timing"]),
+        "alert": _schema("alert", "Fraud alert", "One alert per transaction decided review or decline, published to "
+                         "`fraud-alerts`, keyed by card_id.", {
+            "alert_id": {**_ID, "description": "Equals tx_id: one alert per transaction; consumers can de-duplicate."},
+            "tx_id": _ID, "card_id": _ID, "merchant_id": _ID,
+            "amount": {"type": "number"}, "currency": {"type": "string"}, "country": {"type": "string"},
+            "event_time": _TS, "decision": {"enum": ["review", "decline"]},
+            "risk_score": probability, "scores": scores, "model_versions": versions, "reasons": reasons,
+            "alerted_at": _TS,
+        }, ["alert_id", "tx_id", "card_id", "merchant_id", "amount", "currency", "country", "event_time", "decision",
+            "risk_score", "scores", "model_versions", "reasons", "alerted_at"]),
+        "dead_letter": _schema("dead_letter", "Dead-letter record", "An input message that could not be processed, "
+                               "published to `transactions.dlq` (or `labels.dlq`) with the reason.", {
+            "reason": {"enum": list(DLQ_REASONS), "description": "Stable reason code."},
+            "detail": {"type": "string", "description": "Human-readable explanation."},
+            "field": {"type": ["string", "null"], "description": "The offending field, when one is to blame."},
+            "source": source,
+            "key_b64": {"type": ["string", "null"], "description": "The message key, base64."},
+            "original_b64": {"type": "string", "description": "The original message bytes, base64 (nothing is lost)."},
+            "dead_lettered_at": _TS,
+        }, ["reason", "detail", "field", "source", "key_b64", "original_b64", "dead_lettered_at"]),
+    }
+
+
+SCHEMAS: dict[str, dict[str, Any]] = _build()
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    return SCHEMAS[name]
+
+
+def write_all(directory: Path) -> None:
+    for name, schema in SCHEMAS.items():
+        (directory / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    write_all(Path(sys.argv[1] if len(sys.argv) > 1 else "schemas"))

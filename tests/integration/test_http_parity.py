@@ -1,0 +1,107 @@
+"""HTTP on a running worker, and parity: the stream, POST /score and batch give the same answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from outputs import PARTITIONS, produce, read_until
+
+from stream_app.features import FEATURE_NAMES
+from stream_app.generator import GeneratorConfig, simulate
+from stream_app.settings import Settings
+from stream_app.worker_process import WorkerProcess
+
+
+@pytest.fixture
+def worker(kafka_bootstrap: str, app_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(kafka_bootstrap, tmp_path / "worker", app_env).start()
+    try:
+        w.wait_ready()
+        yield w
+    finally:
+        w.stop()
+
+
+def call(w: WorkerProcess, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{w.web_port}{path}", data=body,
+                                     method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def test_pages_answer_and_bad_bodies_are_4xx(worker: WorkerProcess) -> None:
+    assert call(worker, "/health") == (200, {"status": "ok"})
+    deadline = time.monotonic() + 20
+    while call(worker, "/ready")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status, body = call(worker, "/ready")
+    assert status == 200 and all(body["checks"].values()), body
+    status, models = call(worker, "/models")
+    assert status == 200 and models["versions"]["onnx"] == models["onnx"]["version"]
+    assert call(worker, "/openapi.json")[1]["openapi"].startswith("3.")
+    rng = random.Random(7)
+    bodies = [b"", b"{", b"[]", b"null", b"[1]", b'{"amount": NaN}', bytes(rng.randrange(256) for _ in range(64))]
+    bodies += [orjson.dumps({"tx_id": "t", "amount": rng.choice([-1, "x", None, 1e300])})
+               for _ in range(20)]
+    for body in bodies:
+        status, answer = call(worker, "/score", body)
+        assert 400 <= status < 500 and answer["error"], (body, status)
+
+
+def test_stream_http_and_batch_agree(kafka_bootstrap: str, app_env: dict[str, str], worker: WorkerProcess,
+                                     tmp_path: Path) -> None:
+    s = Settings.from_env({**app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    items = list(simulate(GeneratorConfig(seed=91, n_customers=150, fraud_rate=0.03), days=2))
+    history, probes = items[: int(len(items) * 0.8)], items[int(len(items) * 0.8):]
+
+    def scored(ids: set[str]) -> dict[str, dict[str, Any]]:
+        out = asyncio.run(read_until(kafka_bootstrap, [s.scores_topic], PARTITIONS,
+                                     lambda o: ids <= {r["tx_id"] for r in o.of(s.scores_topic)}, 120))
+        return {r["tx_id"]: r for r in out.of(s.scores_topic) if r["tx_id"] in ids}
+
+    asyncio.run(produce(kafka_bootstrap, s.transactions_topic,
+                        [(i.tx.card_id.encode(), i.tx.to_bytes()) for i in history]))
+    scored({i.tx.tx_id for i in history})
+    # HTTP first (read-only), then the same probes through the stream.
+    status, http = call(worker, "/score", orjson.dumps([i.tx.to_json_dict() for i in probes]))
+    assert status == 200
+    by_http = {r["tx_id"]: r for r in http["results"]}
+    asyncio.run(produce(kafka_bootstrap, s.transactions_topic,
+                        [(i.tx.card_id.encode(), i.tx.to_bytes()) for i in probes]))
+    by_stream = scored({i.tx.tx_id for i in probes})
+    status, again = call(worker, "/score", probes[0].tx.to_bytes())
+    assert again["status"] == "duplicate"  # the stream has seen it now: it would not score it again
+
+    batch_in, batch_out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch_in.write_bytes(b"\n".join(i.tx.to_bytes() for i in items) + b"\n")
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env["STREAM_APP_DATA_DIR"] = str(tmp_path / "batch-data")
+    proc = subprocess.run([sys.executable, "-m", "stream_app.cli", "batch", "--input", str(batch_in),
+                           "--output", str(batch_out)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    by_batch = {r["tx_id"]: r for r in map(orjson.loads, batch_out.read_bytes().splitlines())}
+
+    assert set(by_http) == set(by_stream) == {i.tx.tx_id for i in probes} <= set(by_batch)
+    for tx_id, stream in by_stream.items():
+        for door, other in (("http", by_http[tx_id]), ("batch", by_batch[tx_id])):
+            assert [other["features"][n] for n in FEATURE_NAMES] == pytest.approx(
+                [stream["features"][n] for n in FEATURE_NAMES], rel=1e-9, abs=1e-9), (door, tx_id)
+            assert other["scores"]["onnx"] == pytest.approx(stream["scores"]["onnx"], abs=1e-6), (door, tx_id)
+            assert other["scores"]["river"] == pytest.approx(stream["scores"]["river"], abs=1e-6), (door, tx_id)
+            assert other["risk_score"] == pytest.approx(stream["risk_score"], abs=1e-6), (door, tx_id)
+            assert other["decision"] == stream["decision"], (door, tx_id)
