@@ -16,10 +16,11 @@ import asyncio
 import time
 from pathlib import Path
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
+from prometheus_client import CollectorRegistry
 import orjson
 import structlog
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
@@ -36,6 +37,8 @@ from stream_app.events import (
 )
 from stream_app.features import CardState, featurize
 from stream_app.kafka.faust_transport import broker_url
+from stream_app.drift import DriftEvent, DriftMonitor
+from stream_app.metrics import Metrics
 from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, ParkedLabel, PrequentialMetrics
 from stream_app.models import checkpoint
 from stream_app.models.onnx_model import OnnxScorer
@@ -47,35 +50,6 @@ from stream_app.scoring import FraudScorer, Scored
 from stream_app.settings import Settings
 
 log = structlog.get_logger("stream_app.worker")
-
-
-@dataclass
-class WorkerStats:
-    """What this worker did, for logs and the summary line it writes when it stops."""
-
-    consumed: int = 0
-    scored: int = 0
-    alerts: int = 0
-    dead_lettered: int = 0
-    duplicates: int = 0
-    rekeyed: int = 0
-    labels_joined: int = 0
-    labels_learned: int = 0
-    labels_duplicate: int = 0
-    labels_parked: int = 0
-    labels_unknown: int = 0
-    labels_invalid: int = 0
-    label_lag_ms: int = 0
-    captured: int = 0
-    checkpoint_at_ms: int = 0
-    models_refused: int = 0
-    dlq_reasons: dict[str, int] = field(default_factory=dict)
-
-    def count_label(self, reason: str) -> None:
-        if reason == "unknown_tx":
-            self.labels_unknown += 1
-        else:
-            self.labels_invalid += 1
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -90,7 +64,7 @@ def _now_ms() -> int:
 class StreamApp:
     """Builds the Faust app and holds what its agents share (scorer, stats)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         stacker = Stacker(settings.stacker_warmup_labels) if settings.combiner == "stacked" else None
         challenger = (ModelSlot(OnnxScorer.load(settings.challenger_model_path))
@@ -105,7 +79,9 @@ class StreamApp:
         self._checkpointed_offset = -1
         self._broker_ok_at = -1e9
         self._client: AIOKafkaClient | None = None
-        self.stats = WorkerStats()
+        self.metrics = Metrics(registry)
+        self._positions: dict[tuple[str, int], int] = {}
+        self.drift = self._drift_monitor()
         self.horizon_ms = settings.dedup_horizon_s * 1000
         self.restore_checkpoint()
         self.app = self._build_app()
@@ -160,6 +136,7 @@ class StreamApp:
             self.watcher = ModelWatcher(s.model_watch_path)
             app.timer(s.model_poll_s)(self._poll_model)
         app.timer(30.0)(self._log_stats)
+        app.timer(5.0)(self._refresh_gauges)
         app.timer(5.0)(self._check_broker)
         from stream_app.http import register  # the HTTP door; imported here to keep faust.web off the core
 
@@ -181,8 +158,10 @@ class StreamApp:
 
     def process_batch(self, events: list[faust.EventT]) -> list[Awaitable[Any]]:
         """Score a batch; returns the delivery futures the caller awaits before acknowledging."""
-        s = self.settings
-        self.stats.consumed += len(events)
+        s, m = self.settings, self.metrics
+        m.consumed.inc(len(events))
+        m.batch_size.observe(len(events))
+        decode_s = features_s = 0.0
         sends: list[Awaitable[Any]] = []
         states: dict[str, CardState] = {}
         txs: list[Transaction] = []
@@ -191,21 +170,26 @@ class StreamApp:
         for event in events:
             msg = event.message
             source = Source.of(msg)
+            self._positions[(msg.topic, msg.partition)] = msg.offset
             raw = event.value
+            t0 = time.perf_counter()
             try:
                 tx = parse_transaction(raw, s.max_message_bytes)
                 card_key = tx.card_id.encode()
+                t1 = time.perf_counter()
+                decode_s += t1 - t0
                 if event.key != card_key and msg.topic == s.transactions_topic:
                     sends.append(self._send(s.rekeyed_topic, card_key, raw))
-                    self.stats.rekeyed += 1
+                    m.rekeyed.inc()
                     continue
                 if tx.card_id not in states:
                     stored = self.cards.get(card_key)
                     if stored is not None:
                         states[tx.card_id] = orjson.loads(stored)
                 row = featurize(states, tx, self.horizon_ms)
+                features_s += time.perf_counter() - t1
             except DuplicateEvent:
-                self.stats.duplicates += 1
+                m.duplicates.inc()
                 continue
             except InvalidEvent as exc:
                 sends.append(self._dead_letter(raw, exc, source, event.key))
@@ -213,30 +197,66 @@ class StreamApp:
             txs.append(tx)
             rows.append(row)
             sources.append(source)
+        t2 = time.perf_counter()
         for card_id, state in states.items():
-            self.cards[card_id.encode()] = orjson.dumps(state)
+            stored = orjson.dumps(state)
+            m.card_state_bytes.observe(len(stored))
+            self.cards[card_id.encode()] = stored
+        m.stage_seconds.labels("decode").inc(decode_s)
+        m.stage_seconds.labels("features").inc(features_s + time.perf_counter() - t2)
         if txs:
-            sends.extend(self._publish(self.scorer.score_many(txs, rows), sources))
+            scored = self.scorer.score_many(txs, rows, observe=self._observe_stage)
+            t3 = time.perf_counter()
+            sends.extend(self._publish(scored, sources))
+            m.stage_seconds.labels("produce").inc(time.perf_counter() - t3)
+            if self.drift is not None:
+                for event in self.drift.update_many(rows, [x.onnx_score for x in scored]):
+                    self._on_drift(event)
         return sends
 
+    def _drift_monitor(self) -> DriftMonitor | None:
+        """Drift of the features and of the ONNX score against the held-out period recorded in the model
+        card (the distribution the model was validated on), when the card has one."""
+        reference = self.scorer.onnx.card.get("drift_reference")
+        if reference is None:
+            log.warning("drift.no_reference", onnx_version=self.scorer.onnx.version)
+            return None
+        window = self.settings.drift_window
+        return DriftMonitor(reference, window=window, psi_threshold=self.settings.drift_psi,
+                            min_count=min(1000, window))
+
+    def _on_drift(self, event: DriftEvent) -> None:
+        self.metrics.drift_detected.labels(event.name).set(1.0 if event.detected else 0.0)
+        if event.detected:
+            log.warning("drift.detected", feature=event.name, psi=round(event.psi, 4))
+        else:
+            log.info("drift.resolved", feature=event.name, psi=round(event.psi, 4))
+
+    def _observe_stage(self, stage: str, seconds: float) -> None:
+        self.metrics.stage_seconds.labels(stage).inc(seconds)
+
     def _publish(self, scored: list[Scored], sources: list[Source]) -> list[Awaitable[Any]]:
-        s = self.settings
+        s, m = self.settings, self.metrics
         now = _now_ms()
         sends = []
+        reasons = self.scorer.reasons
+        since_message, since_event = m.latency.labels("message_timestamp"), m.latency.labels("event_time")
         for item, source in zip(scored, sources, strict=True):
             record = score_record(item, source, now)
             sends.append(self._send(s.scores_topic, item.tx.tx_id.encode(), orjson.dumps(record)))
+            since_message.observe(max(0.0, (now - source.timestamp_ms) / 1000))
+            since_event.observe(max(0.0, (now - item.tx.ts_ms) / 1000))
+            m.risk.observe(item.risk)
             if item.is_alert:
-                alert = alert_record(item, self.scorer.reasons, now)
+                alert = alert_record(item, reasons, now)
                 sends.append(self._send(s.alerts_topic, item.tx.card_id.encode(), orjson.dumps(alert)))
-                self.stats.alerts += 1
-        self.stats.scored += len(scored)
+                m.alerts.labels(item.decision).inc()
+        m.scored.inc(len(scored))
         return sends
 
     def _dead_letter(self, raw: bytes | None, exc: InvalidEvent, source: Source,
                      key: bytes | None) -> Awaitable[Any]:
-        self.stats.dead_lettered += 1
-        self.stats.dlq_reasons[exc.reason] = self.stats.dlq_reasons.get(exc.reason, 0) + 1
+        self.metrics.dead_lettered.labels(self.settings.dlq_topic, exc.reason).inc()
         log.debug("event.dead_lettered", reason=exc.reason, topic=source.topic,
                   partition=source.partition, offset=source.offset)
         record = dead_letter_record(raw, exc, source, key, _now_ms())
@@ -286,11 +306,11 @@ class StreamApp:
                 key = label.tx_id.encode()
                 stored = self.captured.get(key)
                 if stored == LEARNED or (stored is None and key in self.parked_labels):
-                    self.stats.labels_duplicate += 1
+                    self.metrics.labels.labels("duplicate").inc()
                 elif stored is None:
                     parked = ParkedLabel(event.value, msg.topic, msg.partition, msg.offset, event.key, now)
                     self.parked_labels[key] = parked.to_bytes()
-                    self.stats.labels_parked += 1
+                    self.metrics.labels.labels("parked").inc()
                 else:
                     sends.append(self._join(key, label, Captured.from_bytes(stored)))
             if sends:
@@ -300,11 +320,12 @@ class StreamApp:
         example = Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source,
                           label.label_ts_ms)
         self.captured[key] = LEARNED
-        self.stats.labels_joined += 1
+        self.metrics.labels.labels("joined").inc()
         return self._send(self.settings.examples_topic, key, example.to_bytes())
 
     def _dead_letter_label(self, raw: bytes, exc: InvalidEvent, source: Source, key: bytes | None) -> Awaitable[Any]:
-        self.stats.count_label(exc.reason)
+        self.metrics.labels.labels("unknown" if exc.reason == "unknown_tx" else "invalid").inc()
+        self.metrics.dead_lettered.labels(self.settings.labels_dlq_topic, exc.reason).inc()
         record = dead_letter_record(raw, exc, source, key, _now_ms())
         return self._send(self.settings.labels_dlq_topic, key, orjson.dumps(record))
 
@@ -343,8 +364,8 @@ class StreamApp:
                         log.warning("learner.unreadable_example", offset=message.offset)
                         continue
                     self.learner.apply(example, message.offset)
-                    self.stats.labels_learned += 1
-                    self.stats.label_lag_ms = _now_ms() - message.timestamp
+                    self.metrics.examples_applied.inc()
+                    self.metrics.label_lag.set(max(0.0, (_now_ms() - message.timestamp) / 1000))
         finally:
             await consumer.stop()
 
@@ -368,7 +389,7 @@ class StreamApp:
         path = checkpoint.save(self.checkpoint_dir, self.scorer.river.version, self.learner.offset,
                                (self.learner.river, self.learner.stacker), self.checkpoint_key)
         self._checkpointed_offset = self.learner.offset
-        self.stats.checkpoint_at_ms = _now_ms()
+        self.metrics.checkpoint_time.set(time.time())
         log.info("checkpoint.saved", version=self.scorer.river.version, offset=self.learner.offset,
                  path=str(path))
 
@@ -378,7 +399,7 @@ class StreamApp:
         expired = [k for k, v in self.captured.items() if v != LEARNED and Captured.from_bytes(v).captured_at_ms < cutoff]
         for key in expired:
             del self.captured[key]
-        self.stats.captured = len(self.captured)
+        self.metrics.captured.set(len(self.captured))
 
     async def _poll_model(self) -> None:
         """Hot swap: a new model file is validated off the event loop, then swapped in; a bad one is
@@ -390,7 +411,7 @@ class StreamApp:
         if result.ok:
             log.info("model.swapped", version=result.version, previous=result.previous, path=str(candidate))
         else:
-            self.stats.models_refused += 1
+            self.metrics.models_refused.inc()
             log.error("model.refused", error=result.error, serving=result.version, path=str(candidate))
 
     async def _check_broker(self) -> None:
@@ -431,8 +452,25 @@ class StreamApp:
                                   if k not in {"feature_stats", "params"}}
         return info
 
+    async def _refresh_gauges(self) -> None:
+        """Gauges that are cheaper to read now and then than to keep up to date per event."""
+        m = self.metrics
+        consumer = self.app.consumer
+        for (topic, partition), offset in list(self._positions.items()):
+            highwater = consumer.highwater(TP(topic, partition))
+            if highwater is not None:
+                m.lag.labels(topic, str(partition)).set(max(0, highwater - offset - 1))
+        m.cards.set(len(self.cards))
+        if self.drift is not None:
+            for feature, psi in self.drift.psi().items():
+                m.drift_psi.labels(feature).set(psi)
+        m.model_info.info(self.scorer.versions())
+        for model, values in self.learner.metrics.snapshot().items():
+            for metric, value in values.items():
+                m.quality.labels(model, metric).set(value)
+
     async def _log_stats(self) -> None:
-        log.info("worker.stats", **{k: v for k, v in vars(self.stats).items()},
+        log.info("worker.stats", **self.metrics.snapshot(),
                  versions=self.scorer.versions(), quality=self.learner.metrics.snapshot())
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_app.events import InvalidEvent, load_json_object, transaction_from_dict
 from stream_app.features import CardState, featurize
@@ -130,6 +131,12 @@ def register(stream_app: StreamApp, app: faust.App) -> None:
     @app.page("/models")
     async def models(view: View, request: Request) -> Response:
         return json(view, stream_app.models_info())
+
+    @app.page("/metrics")
+    async def metrics(view: View, request: Request) -> Response:
+        """Prometheus exposition of this worker's registry."""
+        # aiohttp wants the charset apart from the content type
+        return view.bytes(generate_latest(stream_app.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/openapi.json")
     async def openapi(view: View, request: Request) -> Response:

@@ -6,7 +6,8 @@ turns bytes into transactions and decisions into records.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stream_app.decision import Decision, Policy, ReasonModel
@@ -69,14 +70,22 @@ class FraudScorer:
             versions["challenger"] = (challenger or self.challenger.current).version
         return versions
 
-    def score_many(self, txs: Sequence[Transaction], rows: Sequence[list[float]]) -> list[Scored]:
-        """Score a micro-batch: one onnxruntime call for all rows, River row by row."""
+    def score_many(self, txs: Sequence[Transaction], rows: Sequence[list[float]],
+                   observe: Callable[[str, float], None] | None = None) -> list[Scored]:
+        """Score a micro-batch: one onnxruntime call for all rows, River row by row.
+
+        ``observe(stage, seconds)`` receives the time spent in the ONNX and River stages (metrics)."""
         onnx = self.slot.current  # read once: a hot swap mid-batch must not mislabel versions
         challenger = self.challenger.current if self.challenger else None
+        t0 = time.perf_counter()
         onnx_scores = onnx.predict_proba_many(rows)
-        river_scores = self.river.predict_proba_many(rows)
         challenger_scores: Sequence[float | None] = (
             challenger.predict_proba_many(rows) if challenger else [None] * len(rows))
+        t1 = time.perf_counter()
+        river_scores = self.river.predict_proba_many(rows)
+        if observe is not None:
+            observe("onnx", t1 - t0)
+            observe("river", time.perf_counter() - t1)
         labels = self.river.n_learned
         versions = self.versions(onnx, challenger)
         out = []

@@ -81,6 +81,10 @@ class Settings:
         "Secret for the checkpoints' HMAC-SHA256. Empty: plain SHA-256 (detects corruption, not tampering)."))
     quality_window: int = field(default=5000, metadata=_env(
         "STREAM_APP_QUALITY_WINDOW", "Labels in the rolling (prequential) quality metrics."))
+    drift_window: int = field(default=5000, metadata=_env(
+        "STREAM_APP_DRIFT_WINDOW", "Recent transactions compared with the training distribution for drift."))
+    drift_psi: float = field(default=0.2, metadata=_env(
+        "STREAM_APP_DRIFT_PSI", "Population stability index above which a feature's drift is reported."))
     model_watch_path: str = field(default="", metadata=_env(
         "STREAM_APP_MODEL_WATCH_PATH",
         "A directory or .onnx file watched for a new ONNX model (with its card); validated, then hot-swapped."))
