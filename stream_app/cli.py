@@ -108,12 +108,37 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from stream_app.training import TrainConfig, train_and_export
+    from stream_app.training import ModelRefused, TrainConfig, train_and_export
 
-    card = train_and_export(TrainConfig(seed=args.seed, n_customers=args.customers, days=args.days,
-                                        output_dir=args.output_dir, n_estimators=args.trees))
-    print(f"RESULT version={card['version']} roc_auc={card['metrics']['test']['roc_auc']:.4f} "
-          f"average_precision={card['metrics']['test']['average_precision']:.4f}")
+    columns: dict[str, str] = {}
+    for spec in args.column:
+        name, sep, column = spec.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            print(f"stream-app train: --column expects FIELD=COLUMN, got {spec!r}", file=sys.stderr)
+            return 2
+        columns[name.strip()] = column.strip()
+    if (columns or args.label_column) and not args.data:
+        print("stream-app train: --column and --label-column need --data", file=sys.stderr)
+        return 2
+    config = TrainConfig(seed=args.seed, n_customers=args.customers, days=args.days, output_dir=args.output_dir,
+                         n_estimators=args.trees, label_delay_days=args.label_delay_days, test_days=args.test_days,
+                         data_path=args.data, columns=columns or None,
+                         label_column=args.label_column or "is_fraud", force=args.force,
+                         review_threshold=settings.review_threshold, dedup_horizon_s=settings.dedup_horizon_s,
+                         edge_trees=args.edge_trees)
+    try:
+        card = train_and_export(config)
+    except ModelRefused as exc:
+        print(f"stream-app train: {exc}", file=sys.stderr)
+        print(f"RESULT refused new_average_precision={exc.comparison['new_average_precision']:.4f} "
+              f"current_average_precision={exc.comparison['current_average_precision']:.4f}")
+        return 3
+    except ValueError as exc:
+        print(f"stream-app train: {exc}", file=sys.stderr)
+        return 2
+    test = card["metrics"]["test"]
+    print(f"RESULT version={card['version']} roc_auc={test['roc_auc']:.4f} "
+          f"average_precision={test['average_precision']:.4f} replaced={card['replaced']['decision']}")
     return 0
 
 
@@ -123,6 +148,55 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, DemoOptions(seconds=args.seconds, rate=args.rate, seed=args.seed,
                                           customers=args.customers, label_delay_s=args.label_delay,
                                           malformed_rate=args.malformed_rate, quiet=args.quiet))
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    from stream_app.batch import Position, Progress, RawRow, file_format, load_scorer, read_file, run
+    from stream_app.events import parse_ts
+
+    ranged = (args.start_offset, args.end_offset, args.start_time, args.end_time) != (None,) * 4
+    rows: Iterable[tuple[Position, RawRow]] | None = None
+    try:
+        if args.input and ranged:
+            raise ValueError("--start-/--end-offset and --start-/--end-time need --from-topic")
+        if args.from_topic and not settings.bootstrap_servers:
+            raise ValueError("--from-topic needs KAFKA_BOOTSTRAP_SERVERS")
+        if min(args.start_offset or 0, args.end_offset or 0, args.batch_rows - 1) < 0:
+            raise ValueError("offsets must be >= 0 and --batch-rows >= 1")
+        output = Path(args.output)
+        file_format(output)
+        if args.input:
+            rows = read_file(Path(args.input))
+        start_ms = None if args.start_time is None else parse_ts(args.start_time, "--start-time")
+        end_ms = None if args.end_time is None else parse_ts(args.end_time, "--end-time")
+        loaded = load_scorer(settings, Path(args.checkpoint_dir) if args.checkpoint_dir else None)
+    except ValueError as exc:
+        print(f"stream-app batch: {exc}", file=sys.stderr)
+        return 2
+    for reason in loaded.refused:
+        print(f"checkpoint refused: {reason}", file=sys.stderr)
+    versions = " ".join(f"{name}={version}" for name, version in loaded.scorer.versions().items())
+    print(f"models: {versions}; river from {loaded.origin}", flush=True)
+    progress = Progress(sys.stderr)
+    if rows is None:
+        from stream_app.kafka.topic_reader import TopicRange, read_topic
+
+        bounds = TopicRange(args.start_offset or 0, args.end_offset, start_ms, end_ms)
+        progress.start(f"fetching {args.from_topic}")
+        try:
+            messages = read_topic(settings.bootstrap_servers, args.from_topic, bounds, on_progress=progress.update)
+        except (ConnectionError, ValueError) as exc:
+            print(f"stream-app batch: {exc}", file=sys.stderr)
+            return 1
+        progress.finish(len(messages))
+        rows = messages
+    result = run(rows, output, loaded.scorer, horizon_ms=settings.dedup_horizon_s * 1000,
+                 max_bytes=settings.max_message_bytes, batch_rows=args.batch_rows, progress=progress)
+    print(result.summary())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--no-wait", dest="wait", action="store_false", help="start, print, stop (a smoke check)")
     broker.set_defaults(func=cmd_broker)
 
+    batch = sub.add_parser("batch", help="score a file or a topic range with the stream's code into a file")
+    source = batch.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="transactions: .csv, .jsonl or .parquet")
+    source.add_argument("--from-topic", metavar="TOPIC", help="rescore this topic's messages (KAFKA_BOOTSTRAP_SERVERS)")
+    batch.add_argument("--output", required=True,
+                       help="scores: .jsonl, .csv or .parquet; refused rows go to OUTPUT.errors.jsonl")
+    batch.add_argument("--checkpoint-dir", default=None,
+                       help="River checkpoints to restore (default $STREAM_APP_DATA_DIR/checkpoints)")
+    batch.add_argument("--start-offset", type=int, default=None, help="first offset read in each partition")
+    batch.add_argument("--end-offset", type=int, default=None, help="offset where each partition stops (exclusive)")
+    batch.add_argument("--start-time", default=None, help="first message timestamp read (RFC 3339)")
+    batch.add_argument("--end-time", default=None, help="message timestamp where each partition stops (RFC 3339)")
+    batch.add_argument("--batch-rows", type=int, default=4096, help="rows per scoring call (default 4096)")
+    batch.set_defaults(func=cmd_batch)
+
     gen = sub.add_parser("generate", help="publish synthetic transactions and their labels")
     gen.add_argument("--rate", type=float, default=1000.0, help="transactions per second")
     gen.add_argument("--count", type=int, default=None, help="stop after this many transactions")
@@ -164,11 +253,51 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=42, help="generator seed (same seed, same traffic)")
     gen.set_defaults(func=cmd_generate)
 
-    train = sub.add_parser("train", help="train the offline model on generated history and export ONNX")
-    train.add_argument("--days", type=int, default=60, help="simulated days of history")
-    train.add_argument("--customers", type=int, default=3000, help="simulated customers")
+    train = sub.add_parser(
+        "train", help="train the offline model on generated history (or --data FILE) and export ONNX",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the offline model with a temporal split (train period, a gap as long as the label "
+                    "delay, test period) on generated history or on your labeled transactions (--data), and "
+                    "export fraud_gbt.onnx, its card (.card.json) and a precision-recall curve (fraud_gbt.pr.png). "
+                    "A model already in the output directory is scored on the same test rows; a new model whose "
+                    "average precision is lower by more than 0.005 is refused (exit code 3, nothing written) "
+                    "unless --force.",
+        epilog="""data file (--data), CSV (.csv, .csv.gz) or Parquet (.parquet, .pq), one row per transaction:
+  tx_id         unique id, [A-Za-z0-9_.:-]{1,64}
+  card_id       card token (same format), never a raw card number
+  merchant_id   merchant id (same format)
+  amount        number > 0, in currency
+  currency      ISO 4217 code known to stream_app (see README)
+  timestamp     event time: RFC 3339 with an offset (2026-01-03T02:10:00Z) or epoch milliseconds
+                (Parquet: also a timezone-aware timestamp column)
+  country       ISO 3166-1 alpha-2 of the merchant
+  channel       pos, ecom, atm or moto
+  mcc           4-digit merchant category code (an integer column is zero-padded)
+  is_fraud      the label: 1/0, true/false, fraud/legit (case-insensitive)
+Other columns are ignored. When your columns are named differently, map them:
+  --column amount=amt --column timestamp=event_time --label-column chargeback
+Every row is validated like a stream event; invalid rows are counted per reason, printed and written
+to OUTPUT_DIR/training_rejects.jsonl (row number, reason, column, values). Valid rows are sorted by
+event time and replayed through the stream's own feature code.
+
+exit codes: 0 written, 2 bad arguments or unusable data, 3 refused (the current model is better)""")
+    train.add_argument("--days", type=int, default=60, help="simulated days of history (generated history only)")
+    train.add_argument("--customers", type=int, default=3000, help="simulated customers (generated history only)")
     train.add_argument("--trees", type=int, default=150, help="boosting rounds")
-    train.add_argument("--seed", type=int, default=7, help="generator seed of the training history")
+    train.add_argument("--seed", type=int, default=7, help="seed of the generated history and of the trees")
+    train.add_argument("--label-delay-days", type=int, default=7,
+                       help="days between the train and test periods, as long as labels take to arrive (default 7)")
+    train.add_argument("--test-days", type=int, default=14, help="days at the end used as test period (default 14)")
+    train.add_argument("--data", metavar="FILE", default=None,
+                       help="train on labeled transactions from this CSV or Parquet file (columns below)")
+    train.add_argument("--column", metavar="FIELD=COLUMN", action="append", default=[],
+                       help="read transaction field FIELD from column COLUMN of --data (repeatable)")
+    train.add_argument("--label-column", metavar="NAME", default=None,
+                       help="the label column of --data (default is_fraud)")
+    train.add_argument("--force", action="store_true",
+                       help="replace the current model even when the new one scores worse on the same test rows")
+    train.add_argument("--edge-trees", type=int, default=0,
+                       help="also export a small model (this many trees of depth 4) to OUTPUT_DIR/edge/ (default: none)")
     train.add_argument("--output-dir", default=None, help="where to write the model (default: the package)")
     train.set_defaults(func=cmd_train)
     return parser

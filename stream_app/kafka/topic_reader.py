@@ -1,0 +1,92 @@
+"""Read a bounded range of a topic, for batch rescoring: raw messages with their position.
+
+Bounds are applied by reading and filtering, never with ``offsets_for_times``, ``end_offsets`` or
+``seek_to_end``: on the embedded broker (Tansu) ListOffsets answers wrong ends when producer batches
+hold several records (see shared notes). A partition is finished when its end bound is passed or when
+it has caught up with the high watermark of a fetch response; the read stops when every partition is
+finished or none has delivered anything for ``idle_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from stream_app.records import Source
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRange:
+    """Per partition: offsets in ``[start_offset, end_offset)`` and message timestamps (ms) in
+    ``[start_ms, end_ms)``; ``None`` is unbounded. A partition ends at its first message stamped at or
+    after ``end_ms`` (the offset ``offsets_for_times(end_ms)`` would answer)."""
+
+    start_offset: int = 0
+    end_offset: int | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+    def passed(self, m: ConsumerRecord[bytes, bytes]) -> bool:
+        return ((self.end_offset is not None and m.offset >= self.end_offset)
+                or (self.end_ms is not None and m.timestamp >= self.end_ms))
+
+    def includes(self, m: ConsumerRecord[bytes, bytes]) -> bool:
+        return self.start_ms is None or m.timestamp >= self.start_ms
+
+
+def read_topic(bootstrap: str, topic: str, bounds: TopicRange, *, idle_s: float = 1.0,
+               on_progress: Callable[[int], None] | None = None) -> list[tuple[Source, bytes]]:
+    """Messages of ``topic`` within ``bounds``, ordered by partition then offset (a deterministic
+    "file order" for ties in event time). ``on_progress(n)`` is called with the count read so far.
+    Raises ``ConnectionError`` when the broker cannot be reached, ``ValueError`` for an unknown topic."""
+    return asyncio.run(_read(bootstrap, topic, bounds, idle_s, on_progress or (lambda n: None)))
+
+
+async def _read(bootstrap: str, topic: str, bounds: TopicRange, idle_s: float,
+                on_progress: Callable[[int], None]) -> list[tuple[Source, bytes]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    try:
+        await consumer.start()
+        await consumer.topics()  # a metadata round trip, so that the partitions are known
+    except KafkaError as exc:
+        await consumer.stop()
+        raise ConnectionError(f"cannot read {topic!r} from {bootstrap}: {exc!r}") from exc
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        position = {}
+        for tp in tps:
+            consumer.seek(tp, bounds.start_offset)
+            position[tp] = bounds.start_offset
+        out: list[tuple[Source, bytes]] = []
+        open_tps = set(tps)
+        last_data = time.monotonic()
+        while open_tps and time.monotonic() - last_data < idle_s:
+            batches = await consumer.getmany(*open_tps, timeout_ms=200, max_records=10_000)
+            for tp, messages in batches.items():
+                last_data = time.monotonic()
+                for m in messages:
+                    if bounds.passed(m):
+                        open_tps.discard(tp)
+                        break
+                    position[tp] = m.offset + 1
+                    if bounds.includes(m):
+                        out.append((Source(m.topic, m.partition, m.offset, m.timestamp), m.value or b""))
+            for tp in list(open_tps):
+                highwater = consumer.highwater(tp)
+                if highwater is not None and position[tp] >= highwater:
+                    open_tps.discard(tp)
+            on_progress(len(out))
+        out.sort(key=lambda item: (item[0].partition, item[0].offset))
+        return out
+    finally:
+        await consumer.stop()
