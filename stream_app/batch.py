@@ -344,7 +344,7 @@ def run(rows: Iterable[tuple[Position, RawRow]], output: Path, scorer: FraudScor
             writer.write([decision_record(s) for s in batch])
             scored += len(batch)
             progress.update(scored)
-        progress.finish(scored)
+        progress.finish(len(ordered))
     finally:
         writer.close()
         errors.close()

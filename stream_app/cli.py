@@ -229,17 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = sub.add_parser("batch", help="score a file or a topic range with the stream's code into a file")
     source = batch.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="transactions: .csv, .jsonl or .parquet")
+    source.add_argument("--input", metavar="FILE", help="transactions: .csv, .jsonl or .parquet")
     source.add_argument("--from-topic", metavar="TOPIC", help="rescore this topic's messages (KAFKA_BOOTSTRAP_SERVERS)")
-    batch.add_argument("--output", required=True,
+    batch.add_argument("--output", required=True, metavar="FILE",
                        help="scores: .jsonl, .csv or .parquet; refused rows go to OUTPUT.errors.jsonl")
-    batch.add_argument("--checkpoint-dir", default=None,
+    batch.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                        help="River checkpoints to restore (default $STREAM_APP_DATA_DIR/checkpoints)")
-    batch.add_argument("--start-offset", type=int, default=None, help="first offset read in each partition")
-    batch.add_argument("--end-offset", type=int, default=None, help="offset where each partition stops (exclusive)")
-    batch.add_argument("--start-time", default=None, help="first message timestamp read (RFC 3339)")
-    batch.add_argument("--end-time", default=None, help="message timestamp where each partition stops (RFC 3339)")
-    batch.add_argument("--batch-rows", type=int, default=4096, help="rows per scoring call (default 4096)")
+    batch.add_argument("--start-offset", type=int, metavar="N", help="first offset read in each partition")
+    batch.add_argument("--end-offset", type=int, metavar="N", help="offset where each partition stops (exclusive)")
+    batch.add_argument("--start-time", metavar="RFC3339", help="first message timestamp read (RFC 3339)")
+    batch.add_argument("--end-time", metavar="RFC3339", help="message timestamp where each partition stops (RFC 3339)")
+    batch.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="rows per scoring call (default 4096)")
     batch.set_defaults(func=cmd_batch)
 
     gen = sub.add_parser("generate", help="publish synthetic transactions and their labels")
