@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import urllib.request
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -120,6 +121,22 @@ class Demo:
             t.dlq += 1
             t.dlq_reasons[record["reason"]] = t.dlq_reasons.get(record["reason"], 0) + 1
 
+    def observability_lines(self) -> list[str]:
+        """What the worker itself reported: drift events from its log, and where its metrics went."""
+        lines = []
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.worker.web_port}/metrics", timeout=5) as r:
+                path = self.workdir / "metrics.txt"
+                path.write_bytes(r.read())
+                lines.append(f"worker metrics (GET /metrics) saved to {path}")
+        except OSError as exc:
+            lines.append(f"worker metrics not available: {exc}")
+        detected = sorted({orjson.loads(line)["feature"] for line in self.worker.log().splitlines()
+                           if line.startswith("{") and '"drift.detected"' in line})
+        lines.append(f"drift detected (PSI >= {self.settings.drift_psi} vs the model's held-out period): "
+                     f"{', '.join(detected) or 'none'}")
+        return lines
+
     def progress(self, report: TrafficReport) -> None:
         self.patterns = report.frauds
         t = self.tally
@@ -199,6 +216,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         create_topics(settings)
         demo = Demo(settings, options)
         report = asyncio.run(_run_with_signals(demo))
+        for line in demo.observability_lines():
+            print(line, flush=True)
         print(summary(report, demo.tally), flush=True)
         ok = len(demo.tally.scored) > 0
         return 0 if ok else 1

