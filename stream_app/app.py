@@ -25,7 +25,6 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 
-from stream_app.decision import Policy
 from stream_app.events import (
     DuplicateEvent,
     InvalidEvent,
@@ -41,20 +40,12 @@ from stream_app.drift import DriftEvent, DriftMonitor
 from stream_app.metrics import Metrics
 from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, ParkedLabel, PrequentialMetrics
 from stream_app.models import checkpoint
-from stream_app.models.onnx_model import OnnxScorer
-from stream_app.models.registry import ModelSlot, ModelWatcher
-from stream_app.models.stacker import Stacker
-from stream_app.models.river_model import RiverScorer
+from stream_app.models.registry import ModelWatcher
 from stream_app.records import Source, alert_record, dead_letter_record, score_record
 from stream_app.scoring import FraudScorer, Scored
 from stream_app.settings import Settings
 
 log = structlog.get_logger("stream_app.worker")
-
-
-def policy_from(settings: Settings) -> Policy:
-    return Policy(settings.review_threshold, settings.decline_threshold,
-                  settings.river_max_weight, settings.river_warmup_labels)
 
 
 def _now_ms() -> int:
@@ -66,12 +57,8 @@ class StreamApp:
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        stacker = Stacker(settings.stacker_warmup_labels) if settings.combiner == "stacked" else None
-        challenger = (ModelSlot(OnnxScorer.load(settings.challenger_model_path))
-                      if settings.challenger_model_path else None)
-        self.scorer = FraudScorer(OnnxScorer.load(settings.onnx_model_path or None), RiverScorer(),
-                                  policy_from(settings), stacker, challenger)
-        self.learner = OnlineLearner(self.scorer.river, stacker,
+        self.scorer = FraudScorer.from_settings(settings)
+        self.learner = OnlineLearner(self.scorer.river, self.scorer.stacker,
                                      PrequentialMetrics(settings.quality_window, settings.review_threshold),
                                      learning=settings.river_learning)
         self.checkpoint_dir = Path(settings.data_dir) / "checkpoints"
@@ -376,10 +363,8 @@ class StreamApp:
         if ckpt is None:
             log.info("checkpoint.none", directory=str(self.checkpoint_dir))
             return
-        river, stacker = ckpt.state
-        self.scorer.river = self.learner.river = river
-        if self.learner.stacker is not None and stacker is not None:  # stacked combiner configured
-            self.scorer.stacker = self.learner.stacker = stacker
+        self.scorer.adopt(*ckpt.state)
+        self.learner.river, self.learner.stacker = self.scorer.river, self.scorer.stacker
         self.learner.offset = ckpt.offset
         log.info("checkpoint.restored", version=ckpt.version, offset=ckpt.offset)
 

@@ -29,12 +29,8 @@ import orjson
 from stream_app.events import DuplicateEvent, InvalidEvent, Transaction, parse_transaction, transaction_from_dict
 from stream_app.features import CardState, featurize
 from stream_app.models import checkpoint
-from stream_app.models.onnx_model import OnnxScorer
-from stream_app.models.registry import ModelSlot
-from stream_app.models.river_model import RiverScorer
-from stream_app.models.stacker import Stacker
 from stream_app.records import Source
-from stream_app.records import _decision as decision_record  # score_record minus source and timing
+from stream_app.records import decision_record
 from stream_app.scoring import FraudScorer, Scored
 from stream_app.settings import Settings
 
@@ -366,20 +362,12 @@ def load_scorer(settings: Settings, checkpoint_dir: Path | None = None) -> Loade
 
     ``checkpoint_dir`` defaults to ``$STREAM_APP_DATA_DIR/checkpoints``, where a missing checkpoint
     means a fresh River model; a directory given explicitly must hold a valid one."""
-    from stream_app.app import policy_from  # the worker's own mapping; imported here to keep Faust off the core
-
-    stacker = Stacker(settings.stacker_warmup_labels) if settings.combiner == "stacked" else None
-    challenger = (ModelSlot(OnnxScorer.load(settings.challenger_model_path))
-                  if settings.challenger_model_path else None)
-    scorer = FraudScorer(OnnxScorer.load(settings.onnx_model_path or None), RiverScorer(),
-                         policy_from(settings), stacker, challenger)
+    scorer = FraudScorer.from_settings(settings)
     directory = checkpoint_dir or Path(settings.data_dir) / "checkpoints"
     ckpt, refused = checkpoint.latest(directory, settings.checkpoint_key.encode() or None)
     if ckpt is None:
         if checkpoint_dir is not None:
             raise ValueError(f"no valid checkpoint in {directory}" + "".join(f"; {r}" for r in refused))
         return LoadedScorer(scorer, f"fresh, no checkpoint in {directory}", refused)
-    scorer.river, saved_stacker = ckpt.state
-    if stacker is not None and saved_stacker is not None:  # stacked combiner configured
-        scorer.stacker = saved_stacker
+    scorer.adopt(*ckpt.state)
     return LoadedScorer(scorer, f"checkpoint at examples offset {ckpt.offset} in {directory}", refused)

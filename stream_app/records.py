@@ -40,7 +40,7 @@ def _scores(s: Scored) -> dict[str, float]:
     return scores
 
 
-def _decision(s: Scored) -> dict[str, Any]:
+def decision_record(s: Scored) -> dict[str, Any]:
     """What every door answers about a scored transaction (stream, HTTP, batch)."""
     tx = s.tx
     return {
@@ -58,12 +58,12 @@ def _decision(s: Scored) -> dict[str, Any]:
 
 def prediction_record(s: Scored, reasons: ReasonModel) -> dict[str, Any]:
     """The HTTP answer: the decision with its reasons, without stream metadata."""
-    return {**_decision(s), "reasons": reasons.top_reasons(s.features)}
+    return {**decision_record(s), "reasons": reasons.top_reasons(s.features)}
 
 
 def score_record(s: Scored, source: Source, scored_at_ms: int) -> dict[str, Any]:
     return {
-        **_decision(s),
+        **decision_record(s),
         "source": source.as_dict(),
         "timing": {
             "source_timestamp_ms": source.timestamp_ms,

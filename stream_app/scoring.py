@@ -16,6 +16,7 @@ from stream_app.models.onnx_model import OnnxScorer
 from stream_app.models.registry import ModelSlot
 from stream_app.models.river_model import RiverScorer
 from stream_app.models.stacker import Stacker
+from stream_app.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,22 @@ class FraudScorer:
         self.policy = policy
         self.stacker = stacker
         self.challenger = challenger
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FraudScorer:
+        """The scorer a worker (or batch run) with these settings serves, with a fresh River model."""
+        stacker = Stacker(settings.stacker_warmup_labels) if settings.combiner == "stacked" else None
+        challenger = (ModelSlot(OnnxScorer.load(settings.challenger_model_path))
+                      if settings.challenger_model_path else None)
+        policy = Policy(settings.review_threshold, settings.decline_threshold, settings.river_max_weight,
+                        settings.river_warmup_labels)
+        return cls(OnnxScorer.load(settings.onnx_model_path or None), RiverScorer(), policy, stacker, challenger)
+
+    def adopt(self, river: RiverScorer, stacker: Stacker | None) -> None:
+        """Take the online models of a checkpoint; its stacker only when this scorer uses one."""
+        self.river = river
+        if self.stacker is not None and stacker is not None:
+            self.stacker = stacker
 
     @property
     def onnx(self) -> OnnxScorer:

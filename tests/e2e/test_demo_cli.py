@@ -30,7 +30,7 @@ def test_demo_runs_scores_alerts_and_summarises() -> None:
 
 
 def test_every_command_has_help() -> None:
-    for command in ([], ["demo"], ["worker"], ["broker"], ["generate"], ["train"]):
+    for command in ([], ["demo"], ["worker"], ["broker"], ["batch"], ["generate"], ["train"]):
         proc = subprocess.run([sys.executable, "-m", "stream_app.cli", *command, "--help"],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage: stream-app" in proc.stdout, command
