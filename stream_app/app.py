@@ -238,6 +238,8 @@ class StreamApp:
                 alert = alert_record(item, reasons, now)
                 sends.append(self._send(s.alerts_topic, item.tx.card_id.encode(), orjson.dumps(alert)))
                 m.alerts.labels(item.decision).inc()
+                log.debug("alert.raised", tx_id=item.tx.tx_id, card_id=item.tx.card_id, decision=item.decision,
+                          risk=round(item.risk, 4))
         m.scored.inc(len(scored))
         return sends
 
