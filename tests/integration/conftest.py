@@ -21,6 +21,7 @@ from outputs import PARTITIONS
 from stream_app.cli import create_topics
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 from stream_app.settings import Settings
+from stream_app.worker_process import WorkerProcess
 
 HERE = Path(__file__).parent
 
@@ -110,3 +111,14 @@ def app_env(kafka_bootstrap: str) -> dict[str, str]:
     }
     create_topics(Settings.from_env({**env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}))
     return env
+
+
+@pytest.fixture
+def worker(kafka_bootstrap: str, app_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A ready `stream-app worker` process on the test's own topics, stopped afterwards."""
+    w = WorkerProcess(kafka_bootstrap, tmp_path / "worker", app_env).start()
+    try:
+        w.wait_ready()
+        yield w
+    finally:
+        w.stop()

@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,6 @@ from stream_app.features import FEATURE_NAMES
 from stream_app.generator import GeneratorConfig, simulate
 from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess
-
-
-@pytest.fixture
-def worker(kafka_bootstrap: str, app_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(kafka_bootstrap, tmp_path / "worker", app_env).start()
-    try:
-        w.wait_ready()
-        yield w
-    finally:
-        w.stop()
 
 
 def call(w: WorkerProcess, path: str, body: bytes | None = None) -> tuple[int, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess
 
 from outputs import PARTITIONS, produce, read_until
-
-
-@pytest.fixture
-def worker(kafka_bootstrap: str, app_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(kafka_bootstrap, tmp_path / "worker", app_env).start()
-    try:
-        w.wait_ready()
-        yield w
-    finally:
-        w.stop()
 
 
 def test_scores_alerts_dlq_and_replay(kafka_bootstrap: str, app_env: dict[str, str], worker: WorkerProcess) -> None:
