@@ -36,6 +36,7 @@ from stream_app.events import (
 )
 from stream_app.features import CardState, featurize
 from stream_app.kafka.faust_transport import broker_url
+from stream_app.kafka.security import kafka_security
 from stream_app.drift import DriftEvent, DriftMonitor
 from stream_app.metrics import Metrics
 from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, ParkedLabel, PrequentialMetrics
@@ -70,6 +71,7 @@ class StreamApp:
         self._positions: dict[tuple[str, int], int] = {}
         self.drift = self._drift_monitor()
         self.horizon_ms = settings.dedup_horizon_s * 1000
+        self.kafka_security = kafka_security(settings)  # files read once; every Kafka client uses it
         self.restore_checkpoint()
         self.app = self._build_app()
 
@@ -78,6 +80,7 @@ class StreamApp:
         app = faust.App(
             s.app_id,
             broker=broker_url(s.bootstrap_servers, fetch_verified_offsets=s.fetch_verified_offsets),
+            broker_credentials=self.kafka_security.faust_credentials(),
             store="memory://",
             datadir=s.data_dir,
             topic_partitions=s.partitions,
@@ -336,7 +339,8 @@ class StreamApp:
         s = self.settings
         tp = TopicPartition(s.examples_topic, 0)
         consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
-                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest")
+                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest",
+                                    **self.kafka_security.client_kwargs())
         await consumer.start()
         try:
             consumer.assign([tp])
@@ -405,7 +409,8 @@ class StreamApp:
         """Readiness needs to know the broker answers; a metadata round trip, bounded."""
         try:
             if self._client is None:
-                client = AIOKafkaClient(bootstrap_servers=self.settings.bootstrap_servers)
+                client = AIOKafkaClient(bootstrap_servers=self.settings.bootstrap_servers,
+                                        **self.kafka_security.client_kwargs())
                 await asyncio.wait_for(client.bootstrap(), timeout=3.0)
                 self._client = client
             await asyncio.wait_for(self._client.fetch_all_metadata(), timeout=3.0)

@@ -29,9 +29,10 @@ def _topic_specs(settings: Settings) -> list:  # type: ignore[type-arg]
 
 
 def create_topics(settings: Settings) -> None:
+    from stream_app.kafka.security import client_kwargs
     from stream_app.kafka.topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings.bootstrap_servers, _topic_specs(settings)))
+    asyncio.run(ensure_topics(settings.bootstrap_servers, _topic_specs(settings), **client_kwargs(settings)))
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,7 +65,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
             structlog.get_logger("stream_app.worker").info(
                 "worker.ready", onnx_version=stream_app.scorer.onnx.version,
-                web=f"{settings.web_host}:{settings.web_port}")
+                web=f"{settings.web_host}:{settings.web_port}", kafka=stream_app.kafka_security.describe(),
+                http_auth=bool(settings.http_token or settings.http_token_file))
 
     worker = _Worker(stream_app.app, loglevel=args.faust_log_level, quiet=True)
     worker.execute_from_commandline()
@@ -89,6 +91,7 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from stream_app.generator import GeneratorConfig
     from stream_app.kafka.publisher import TrafficPlan, publish_traffic
+    from stream_app.kafka.security import client_kwargs
 
     if not settings.bootstrap_servers:
         print("stream-app generate: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
@@ -101,7 +104,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"sent={r.sent} malformed={r.malformed} labels={r.labels}", file=sys.stderr, flush=True)
 
     report = asyncio.run(publish_traffic(settings.bootstrap_servers, settings.transactions_topic,
-                                         settings.labels_topic, config, plan, on_progress=progress))
+                                         settings.labels_topic, config, plan, on_progress=progress,
+                                         **client_kwargs(settings)))
     print(f"RESULT sent={report.sent} malformed={report.malformed} frauds={len(report.frauds)} "
           f"labels={report.labels} seconds={report.seconds:.1f}")
     return 0
@@ -182,12 +186,14 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     print(f"models: {versions}; river from {loaded.origin}", flush=True)
     progress = Progress(sys.stderr)
     if rows is None:
+        from stream_app.kafka.security import client_kwargs
         from stream_app.kafka.topic_reader import TopicRange, read_topic
 
         bounds = TopicRange(args.start_offset or 0, args.end_offset, start_ms, end_ms)
         progress.start(f"fetching {args.from_topic}")
         try:
-            messages = read_topic(settings.bootstrap_servers, args.from_topic, bounds, on_progress=progress.update)
+            messages = read_topic(settings.bootstrap_servers, args.from_topic, bounds, on_progress=progress.update,
+                                  client_kwargs=client_kwargs(settings))
         except (ConnectionError, ValueError) as exc:
             print(f"stream-app batch: {exc}", file=sys.stderr)
             return 1
@@ -309,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv = [sys.argv[0], "worker"]  # Faust's Worker reads sys.argv
     try:
         settings = Settings.from_env()
+        if settings.bootstrap_servers and args.command != "train":
+            from stream_app.kafka.security import kafka_security
+
+            kafka_security(settings)  # unreadable CA, key or password file: say so before connecting
     except ValueError as exc:
         print(f"stream-app: configuration error: {exc}", file=sys.stderr)
         return 2

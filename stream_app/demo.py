@@ -24,6 +24,7 @@ from stream_app.generator import GeneratorConfig
 from stream_app.kafka.broker import EmbeddedBroker
 from stream_app.learning import PrequentialMetrics
 from stream_app.kafka.publisher import TrafficPlan, TrafficReport, publish_traffic
+from stream_app.kafka.security import client_kwargs
 from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess
 
@@ -85,7 +86,7 @@ class Demo:
         s = self.settings
         consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
                                     fetch_max_wait_ms=s.fetch_max_wait_ms,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", **client_kwargs(s))
         await consumer.start()
         try:
             tps = [TopicPartition(t, p) for t in (s.scores_topic, s.alerts_topic, s.dlq_topic)
@@ -155,7 +156,7 @@ class Demo:
         plan = TrafficPlan(rate=o.rate, seconds=o.seconds, label_delay_s=o.label_delay_s,
                            malformed_rate=o.malformed_rate, foreign_key_rate=0.01)
         report = await publish_traffic(s.bootstrap_servers, s.transactions_topic, s.labels_topic, config,
-                                       plan, on_progress=self.progress, stop=interrupted)
+                                       plan, on_progress=self.progress, stop=interrupted, **client_kwargs(s))
         self.patterns = report.frauds
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline and not interrupted.is_set():

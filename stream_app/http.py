@@ -3,16 +3,23 @@
 `POST /score` answers what the stream would answer for the given transactions if they arrived now:
 the same parser, the same per-card state (read from this worker's table, never written), the same
 `featurize` and `FraudScorer`. It does not change state, publish records or alert.
+
+With a bearer token configured (`STREAM_APP_HTTP_TOKEN` or `_FILE`), every path except the probes
+(`/health`, `/ready`) — and `/metrics` when `STREAM_APP_METRICS_PUBLIC=true` — answers 401 without
+`Authorization: Bearer <token>`. The check is an aiohttp middleware, so it also covers paths that are
+not ours (404s) and Faust's own pages: protected unless listed as public.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
+from aiohttp import web as aiohttp_web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,8 +30,10 @@ from stream_app.scoring import Scored
 
 if TYPE_CHECKING:
     from stream_app.app import StreamApp
+    from stream_app.settings import Settings
 
 MAX_BATCH = 1000
+PROBES = frozenset({"/health", "/ready"})  # kubelet probes carry no token
 
 
 class RequestError(ValueError):
@@ -39,6 +48,62 @@ class RequestError(ValueError):
         if self.items:
             body["items"] = self.items
         return body
+
+
+class BearerAuth:
+    """``Authorization: Bearer <token>`` on every path not in ``public``; no token configured: open.
+
+    The token is compared with :func:`hmac.compare_digest` (no timing hint) and never logged or echoed.
+    """
+
+    __slots__ = ("_token", "public")
+
+    def __init__(self, token: str | None, public: frozenset[str] = PROBES) -> None:
+        self._token = token.encode() if token else None
+        self.public = public
+
+    def __repr__(self) -> str:
+        return f"BearerAuth(enabled={self.enabled}, public={sorted(self.public)})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BearerAuth:
+        from stream_app.kafka.security import read_secret_file
+
+        token = settings.http_token
+        if settings.http_token_file:
+            token = read_secret_file(settings.http_token_file, "STREAM_APP_HTTP_TOKEN_FILE")
+        return cls(token, PROBES | {"/metrics"} if settings.metrics_public else PROBES)
+
+    @property
+    def enabled(self) -> bool:
+        return self._token is not None
+
+    def check(self, path: str, authorization: str | None) -> RequestError | None:
+        """None when the request may pass, else the 401 to answer."""
+        if self._token is None or path in self.public:
+            return None
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return RequestError(401, "unauthorized", "send Authorization: Bearer <token>")
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+            return RequestError(401, "invalid_token", "the bearer token is not valid")
+        return None
+
+    def middleware(self) -> Callable[..., Awaitable[aiohttp_web.StreamResponse]]:
+        @aiohttp_web.middleware
+        async def bearer_auth(request: aiohttp_web.Request,
+                              handler: Callable[[aiohttp_web.Request], Awaitable[aiohttp_web.StreamResponse]]
+                              ) -> aiohttp_web.StreamResponse:
+            denied = self.check(request.path, request.headers.get("Authorization"))
+            if denied is not None:
+                challenge = 'Bearer realm="stream_app"' + (
+                    ', error="invalid_token"' if denied.error == "invalid_token" else "")
+                return aiohttp_web.Response(body=orjson.dumps(denied.body()), status=denied.status,
+                                            content_type="application/json",
+                                            headers={"WWW-Authenticate": challenge})
+            return await handler(request)
+
+        return bearer_auth
 
 
 def parse_score_request(raw: bytes, max_bytes: int) -> tuple[list[Any], bool]:
@@ -93,7 +158,12 @@ def preview(stream_app: StreamApp, txs: list[Any], load_state: Callable[[str], C
 
 
 def register(stream_app: StreamApp, app: faust.App) -> None:
-    """Add the service's pages to the Faust app's web server."""
+    """Add the service's pages to the Faust app's web server, behind the bearer token if one is set."""
+    auth = BearerAuth.from_settings(stream_app.settings)
+    if auth.enabled:
+        # Faust serves through aiohttp; middlewares can be added until the server starts.
+        app.web.web_app.middlewares.append(auth.middleware())  # type: ignore[attr-defined]
+
     def load_state(card_id: str) -> CardState | None:
         stored = stream_app.cards.get(card_id.encode())
         return None if stored is None else orjson.loads(stored)
@@ -140,17 +210,19 @@ def register(stream_app: StreamApp, app: faust.App) -> None:
 
     @app.page("/openapi.json")
     async def openapi(view: View, request: Request) -> Response:
-        return json(view, openapi_document())
+        return json(view, openapi_document(auth))
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(auth: BearerAuth | None = None) -> dict[str, Any]:
+    """The OpenAPI description; with ``auth`` enabled, every operation but the public ones requires the
+    bearer scheme and documents its 401."""
     from stream_app.schemas import load_schema
 
     error = {"type": "object", "required": ["error", "detail"],
              "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
                             "items": {"type": "array", "items": {"type": "object"}}}}
     transaction = load_schema("transaction")
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "stream_app worker", "version": "1",
                  "description": "Real-time fraud scoring. POST /score answers what the stream would, without "
@@ -174,5 +246,25 @@ def openapi_document() -> dict[str, Any]:
                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/models": {"get": {"summary": "Model versions and cards",
                                 "responses": {"200": {"description": "versions, cards, swap history"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics of this worker",
+                                 "responses": {"200": {"description": "Prometheus text format",
+                                                       "content": {"text/plain": {}}}}}},
+            "/openapi.json": {"get": {"summary": "This document",
+                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },
+        "components": {"securitySchemes": {"bearerAuth": {
+            "type": "http", "scheme": "bearer",
+            "description": "Required when the worker has STREAM_APP_HTTP_TOKEN (or _FILE) set; never on /health "
+                           "and /ready; not on /metrics with STREAM_APP_METRICS_PUBLIC=true."}}},
     }
+    if auth is not None and auth.enabled:
+        doc["security"] = [{"bearerAuth": []}]
+        unauthorized = {"description": "Missing or invalid bearer token",
+                        "content": {"application/json": {"schema": error}}}
+        for path, operations in doc["paths"].items():
+            for operation in operations.values():
+                if path in auth.public:
+                    operation["security"] = []
+                else:
+                    operation["responses"]["401"] = unauthorized
+    return doc

@@ -21,6 +21,22 @@ class Settings:
     bootstrap_servers: str = field(
         default="", metadata=_env("KAFKA_BOOTSTRAP_SERVERS",
                                   "Kafka bootstrap servers (host:port,...). Empty: `demo` starts the embedded broker."))
+    kafka_security_protocol: str = field(default="PLAINTEXT", metadata=_env(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS)."))
+    kafka_ssl_cafile: str = field(default="", metadata=_env(
+        "KAFKA_SSL_CAFILE", "PEM file of the CA(s) that signed the brokers' certificates. Empty: the system's CAs."))
+    kafka_ssl_certfile: str = field(default="", metadata=_env(
+        "KAFKA_SSL_CERTFILE", "Client certificate (PEM) for mutual TLS; needs KAFKA_SSL_KEYFILE."))
+    kafka_ssl_keyfile: str = field(default="", metadata=_env(
+        "KAFKA_SSL_KEYFILE", "Private key (PEM, unencrypted) of KAFKA_SSL_CERTFILE."))
+    kafka_sasl_mechanism: str = field(default="", metadata=_env(
+        "KAFKA_SASL_MECHANISM", "With SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."))
+    kafka_sasl_username: str = field(default="", metadata=_env(
+        "KAFKA_SASL_USERNAME", "SASL user name."))
+    kafka_sasl_password: str = field(default="", repr=False, metadata=_env(
+        "KAFKA_SASL_PASSWORD", "SASL password (never logged); or use KAFKA_SASL_PASSWORD_FILE."))
+    kafka_sasl_password_file: str = field(default="", metadata=_env(
+        "KAFKA_SASL_PASSWORD_FILE", "File holding the SASL password (e.g. a mounted Kubernetes Secret)."))
     app_id: str = field(default="stream-app", metadata=_env(
         "STREAM_APP_ID", "Faust app id: consumer group and prefix of changelog topics."))
     transactions_topic: str = field(default="transactions", metadata=_env(
@@ -76,7 +92,7 @@ class Settings:
         "A label whose transaction has no score record yet waits this long, then is dead-lettered as unknown_tx."))
     checkpoint_interval_s: float = field(default=30.0, metadata=_env(
         "STREAM_APP_CHECKPOINT_INTERVAL_S", "Seconds between checkpoints of the online models (also at shutdown)."))
-    checkpoint_key: str = field(default="", metadata=_env(
+    checkpoint_key: str = field(default="", repr=False, metadata=_env(
         "STREAM_APP_CHECKPOINT_KEY",
         "Secret for the checkpoints' HMAC-SHA256. Empty: plain SHA-256 (detects corruption, not tampering)."))
     quality_window: int = field(default=5000, metadata=_env(
@@ -98,6 +114,14 @@ class Settings:
         "STREAM_APP_WEB_HOST", "Address the worker's web server binds to (loopback by default)."))
     web_port: int = field(default=6066, metadata=_env(
         "STREAM_APP_WEB_PORT", "Port of the worker's web server."))
+    http_token: str = field(default="", repr=False, metadata=_env(
+        "STREAM_APP_HTTP_TOKEN",
+        "Bearer token required by the HTTP pages except /health and /ready (never logged). Empty: no auth."))
+    http_token_file: str = field(default="", metadata=_env(
+        "STREAM_APP_HTTP_TOKEN_FILE", "File holding the HTTP bearer token (instead of STREAM_APP_HTTP_TOKEN)."))
+    metrics_public: bool = field(default=False, metadata=_env(
+        "STREAM_APP_METRICS_PUBLIC",
+        "true: GET /metrics answers without the bearer token (a scraper on a trusted network)."))
     data_dir: str = field(default=".stream-app", metadata=_env(
         "STREAM_APP_DATA_DIR", "Worker data directory (Faust's datadir)."))
     session_timeout_s: float = field(default=6.0, metadata=_env(
@@ -128,6 +152,48 @@ class Settings:
             raise ValueError("combiner must be weighted or stacked")
         if not 0 <= self.river_max_weight <= 1:
             raise ValueError("river_max_weight must be in [0, 1]")
+        _check_kafka_security(self)
+        if self.http_token and self.http_token_file:
+            raise ValueError("set STREAM_APP_HTTP_TOKEN or STREAM_APP_HTTP_TOKEN_FILE, not both")
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _check_kafka_security(s: Settings) -> None:
+    """Combinations that cannot work are refused at start, naming the variables to fix.
+
+    Files are not opened here (stream_app.kafka.security reads them when it builds the clients)."""
+    protocol = s.kafka_security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}")
+    tls = protocol in {"SSL", "SASL_SSL"}
+    sasl = protocol.startswith("SASL_")
+    tls_files = {"KAFKA_SSL_CAFILE": s.kafka_ssl_cafile, "KAFKA_SSL_CERTFILE": s.kafka_ssl_certfile,
+                 "KAFKA_SSL_KEYFILE": s.kafka_ssl_keyfile}
+    if not tls and any(tls_files.values()):
+        named = ", ".join(name for name, value in tls_files.items() if value)
+        raise ValueError(f"{named} set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                         "(use SSL or SASL_SSL)")
+    if bool(s.kafka_ssl_certfile) != bool(s.kafka_ssl_keyfile):
+        raise ValueError("mutual TLS needs both KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE")
+    sasl_values = {"KAFKA_SASL_MECHANISM": s.kafka_sasl_mechanism, "KAFKA_SASL_USERNAME": s.kafka_sasl_username,
+                   "KAFKA_SASL_PASSWORD": s.kafka_sasl_password,
+                   "KAFKA_SASL_PASSWORD_FILE": s.kafka_sasl_password_file}
+    if not sasl:
+        if any(sasl_values.values()):
+            named = ", ".join(name for name, value in sasl_values.items() if value)
+            raise ValueError(f"{named} set but KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL "
+                             "(use SASL_PLAINTEXT or SASL_SSL)")
+        return
+    if s.kafka_sasl_mechanism not in SASL_MECHANISMS:
+        raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM, one of "
+                         f"{', '.join(SASL_MECHANISMS)} (got {s.kafka_sasl_mechanism!r})")
+    if not s.kafka_sasl_username:
+        raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME")
+    if bool(s.kafka_sasl_password) == bool(s.kafka_sasl_password_file):
+        raise ValueError("SASL needs exactly one of KAFKA_SASL_PASSWORD and KAFKA_SASL_PASSWORD_FILE")
 
 
 def _coerce(name: str, type_name: Any, raw: str) -> Any:

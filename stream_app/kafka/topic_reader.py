@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -40,17 +41,20 @@ class TopicRange:
 
 
 def read_topic(bootstrap: str, topic: str, bounds: TopicRange, *, idle_s: float = 1.0,
-               on_progress: Callable[[int], None] | None = None) -> list[tuple[Source, bytes]]:
+               on_progress: Callable[[int], None] | None = None,
+               client_kwargs: Mapping[str, Any] | None = None) -> list[tuple[Source, bytes]]:
     """Messages of ``topic`` within ``bounds``, ordered by partition then offset (a deterministic
     "file order" for ties in event time). ``on_progress(n)`` is called with the count read so far.
-    Raises ``ConnectionError`` when the broker cannot be reached, ``ValueError`` for an unknown topic."""
-    return asyncio.run(_read(bootstrap, topic, bounds, idle_s, on_progress or (lambda n: None)))
+    Raises ``ConnectionError`` when the broker cannot be reached, ``ValueError`` for an unknown topic.
+    ``client_kwargs`` go to the consumer (security settings: ``stream_app.kafka.security.client_kwargs``)."""
+    return asyncio.run(_read(bootstrap, topic, bounds, idle_s, on_progress or (lambda n: None),
+                             dict(client_kwargs or {})))
 
 
 async def _read(bootstrap: str, topic: str, bounds: TopicRange, idle_s: float,
-                on_progress: Callable[[int], None]) -> list[tuple[Source, bytes]]:
+                on_progress: Callable[[int], None], client_kwargs: dict[str, Any]) -> list[tuple[Source, bytes]]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100, **client_kwargs)
     try:
         await consumer.start()
         await consumer.topics()  # a metadata round trip, so that the partitions are known
