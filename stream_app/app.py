@@ -26,15 +26,15 @@ import structlog
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 
 from stream_app.events import (
-    DuplicateEvent,
     InvalidEvent,
     Label,
     Transaction,
     UnknownTransaction,
     parse_label,
-    parse_transaction,
 )
-from stream_app.features import CardState, featurize
+from stream_app.features import CardState
+from stream_app.ingress import Ingress, join_label, learn_label
+from stream_app.pan import PanTokenizer
 from stream_app.kafka.faust_transport import broker_url
 from stream_app.kafka.security import kafka_security
 from stream_app.drift import DriftEvent, DriftMonitor
@@ -71,6 +71,10 @@ class StreamApp:
         self._positions: dict[tuple[str, int], int] = {}
         self.drift = self._drift_monitor()
         self.horizon_ms = settings.dedup_horizon_s * 1000
+        self.pans = PanTokenizer.from_settings(settings)
+        if not self.pans.keyed:
+            log.warning("pan.no_key", effect="card ids that look like card numbers are dead-lettered as raw_pan")
+        self.ingress = Ingress(settings.max_message_bytes, self.horizon_ms, self.pans, settings.transactions_topic)
         self.kafka_security = kafka_security(settings)  # files read once; every Kafka client uses it
         self.restore_checkpoint()
         self.app = self._build_app()
@@ -161,32 +165,23 @@ class StreamApp:
             msg = event.message
             source = Source.of(msg)
             self._positions[(msg.topic, msg.partition)] = msg.offset
-            raw = event.value
-            t0 = time.perf_counter()
-            try:
-                tx = parse_transaction(raw, s.max_message_bytes)
-                card_key = tx.card_id.encode()
-                t1 = time.perf_counter()
-                decode_s += t1 - t0
-                if event.key != card_key and msg.topic == s.transactions_topic:
-                    sends.append(self._send(s.rekeyed_topic, card_key, raw))
-                    m.rekeyed.inc()
-                    continue
-                if tx.card_id not in states:
-                    stored = self.cards.get(card_key)
-                    if stored is not None:
-                        states[tx.card_id] = orjson.loads(stored)
-                row = featurize(states, tx, self.horizon_ms)
-                features_s += time.perf_counter() - t1
-            except DuplicateEvent:
+            out = self.ingress(event.value, event.key, msg.topic, states, self._load_card)
+            decode_s += out.decode_s
+            features_s += out.features_s
+            if out.kind == "scored":
+                assert out.tx is not None and out.row is not None
+                txs.append(out.tx)
+                rows.append(out.row)
+                sources.append(source)
+            elif out.kind == "rekeyed":
+                assert out.tx is not None
+                sends.append(self._send(s.rekeyed_topic, out.tx.card_id.encode(), out.forward or b""))
+                m.rekeyed.inc()
+            elif out.kind == "duplicate":
                 m.duplicates.inc()
-                continue
-            except InvalidEvent as exc:
-                sends.append(self._dead_letter(raw, exc, source, event.key))
-                continue
-            txs.append(tx)
-            rows.append(row)
-            sources.append(source)
+            else:
+                assert out.error is not None
+                sends.append(self._dead_letter(event.value, out.error, source, event.key))
         t2 = time.perf_counter()
         for card_id, state in states.items():
             stored = orjson.dumps(state)
@@ -203,6 +198,10 @@ class StreamApp:
                 for event in self.drift.update_many(rows, [x.onnx_score for x in scored]):
                     self._on_drift(event)
         return sends
+
+    def _load_card(self, card_id: str) -> CardState | None:
+        stored = self.cards.get(card_id.encode())
+        return None if stored is None else orjson.loads(stored)
 
     def _drift_monitor(self) -> DriftMonitor | None:
         """Drift of the features and of the ONNX score against the held-out period recorded in the model
@@ -251,8 +250,8 @@ class StreamApp:
         self.metrics.dead_lettered.labels(self.settings.dlq_topic, exc.reason).inc()
         log.debug("event.dead_lettered", reason=exc.reason, topic=source.topic,
                   partition=source.partition, offset=source.offset)
-        record = dead_letter_record(raw, exc, source, key, _now_ms())
-        return self._send(self.settings.dlq_topic, key, orjson.dumps(record))
+        record = dead_letter_record(raw, exc, source, key, _now_ms(), self.pans)
+        return self._send(self.settings.dlq_topic, None if key is None else self.pans.mask(key), orjson.dumps(record))
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
         return _delivered(self.app.producer.send(topic, key, value, None, None, None))
@@ -277,7 +276,8 @@ class StreamApp:
                     self.captured[event.key] = captured.to_bytes()
                 else:
                     del self.parked_labels[event.key]
-                    sends.append(self._join(event.key, parse_label(ParkedLabel.from_bytes(parked).raw), captured))
+                    label = parse_label(ParkedLabel.from_bytes(parked).raw, pans=self.pans)
+                    sends.append(self._join(event.key, label, captured))
             if sends:
                 await asyncio.gather(*sends)
 
@@ -290,36 +290,32 @@ class StreamApp:
             now = _now_ms()
             for event in events:
                 msg = event.message
-                try:
-                    label = parse_label(event.value, s.max_message_bytes)
-                except InvalidEvent as exc:
-                    sends.append(self._dead_letter_label(event.value, exc, Source.of(msg), event.key))
-                    continue
-                key = label.tx_id.encode()
-                stored = self.captured.get(key)
-                if stored == LEARNED or (stored is None and key in self.parked_labels):
-                    self.metrics.labels.labels("duplicate").inc()
-                elif stored is None:
-                    parked = ParkedLabel(event.value, msg.topic, msg.partition, msg.offset, event.key, now)
-                    self.parked_labels[key] = parked.to_bytes()
-                    self.metrics.labels.labels("parked").inc()
+                out = join_label(event.value, event.key, (msg.topic, msg.partition, msg.offset), now,
+                                 max_bytes=s.max_message_bytes, pans=self.pans, captured=self.captured,
+                                 parked=self.parked_labels)
+                if out.kind == "dead_lettered":
+                    assert out.error is not None
+                    sends.append(self._dead_letter_label(event.value, out.error, Source.of(msg), event.key))
+                elif out.kind == "joined":
+                    assert out.example is not None
+                    self.metrics.labels.labels("joined").inc()
+                    sends.append(self._send(s.examples_topic, out.example.tx_id.encode(), out.example.to_bytes()))
                 else:
-                    sends.append(self._join(key, label, Captured.from_bytes(stored)))
+                    self.metrics.labels.labels(out.kind).inc()
             if sends:
                 await asyncio.gather(*sends)
 
     def _join(self, key: bytes, label: Label, captured: Captured) -> Awaitable[Any]:
-        example = Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source,
-                          label.label_ts_ms)
-        self.captured[key] = LEARNED
+        example = learn_label(key, label, captured, self.captured)
         self.metrics.labels.labels("joined").inc()
         return self._send(self.settings.examples_topic, key, example.to_bytes())
 
     def _dead_letter_label(self, raw: bytes, exc: InvalidEvent, source: Source, key: bytes | None) -> Awaitable[Any]:
         self.metrics.labels.labels("unknown" if exc.reason == "unknown_tx" else "invalid").inc()
         self.metrics.dead_lettered.labels(self.settings.labels_dlq_topic, exc.reason).inc()
-        record = dead_letter_record(raw, exc, source, key, _now_ms())
-        return self._send(self.settings.labels_dlq_topic, key, orjson.dumps(record))
+        record = dead_letter_record(raw, exc, source, key, _now_ms(), self.pans)
+        return self._send(self.settings.labels_dlq_topic, None if key is None else self.pans.mask(key),
+                          orjson.dumps(record))
 
     async def _expire_parked_labels(self) -> None:
         """A label still without its transaction after the wait is for a tx_id we never scored."""

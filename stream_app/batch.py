@@ -26,9 +26,11 @@ from typing import Any, Final, Protocol, TextIO
 
 import orjson
 
-from stream_app.events import DuplicateEvent, InvalidEvent, Transaction, parse_transaction, transaction_from_dict
+from stream_app.events import (NO_PAN_KEY, DuplicateEvent, InvalidEvent, Transaction, parse_transaction,
+                               transaction_from_dict)
 from stream_app.features import CardState, featurize
 from stream_app.models import checkpoint
+from stream_app.pan import PanTokenizer
 from stream_app.records import Source
 from stream_app.records import decision_record
 from stream_app.scoring import FraudScorer, Scored
@@ -122,9 +124,12 @@ def read_file(path: Path) -> Iterator[tuple[int, RawRow]]:
     return {".jsonl": _jsonl_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}[fmt](path)
 
 
-def to_transaction(raw: RawRow, max_bytes: int) -> Transaction:
-    """The ingress validation: bytes through the stream's parser, a dict through its field checks."""
-    return parse_transaction(raw, max_bytes) if isinstance(raw, bytes) else transaction_from_dict(raw)
+def to_transaction(raw: RawRow, max_bytes: int, pans: PanTokenizer = NO_PAN_KEY) -> Transaction:
+    """The ingress validation: bytes through the stream's parser, a dict through its field checks
+    (card numbers tokenized under the stream's key, or refused without one)."""
+    if isinstance(raw, bytes):
+        return parse_transaction(raw, max_bytes, pans)
+    return transaction_from_dict(raw, pans)
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -283,7 +288,8 @@ class BatchResult:
 
 # -- the replay -----------------------------------------------------------------------------------
 def event_time_order(rows: Iterable[tuple[Position, RawRow]], max_bytes: int, errors: ErrorLog,
-                     progress: Progress) -> tuple[list[tuple[Transaction, Position]], int]:
+                     progress: Progress, pans: PanTokenizer = NO_PAN_KEY
+                     ) -> tuple[list[tuple[Transaction, Position]], int]:
     """Validate every row (invalid ones to ``errors``) and sort the transactions by event time.
 
     The sort is stable, so ties keep input order. Returns them with the number of rows read."""
@@ -292,7 +298,7 @@ def event_time_order(rows: Iterable[tuple[Position, RawRow]], max_bytes: int, er
     progress.start("reading")
     for n, (position, raw) in enumerate(rows, 1):
         try:
-            valid.append((to_transaction(raw, max_bytes), position))
+            valid.append((to_transaction(raw, max_bytes, pans), position))
         except InvalidEvent as exc:
             errors.add(position, exc)
         progress.update(n)
@@ -326,14 +332,15 @@ def replay(ordered: Iterable[tuple[Transaction, Position]], scorer: FraudScorer,
 
 
 def run(rows: Iterable[tuple[Position, RawRow]], output: Path, scorer: FraudScorer, *, horizon_ms: int,
-        max_bytes: int, batch_rows: int = BATCH_ROWS, progress: Progress | None = None) -> BatchResult:
+        max_bytes: int, batch_rows: int = BATCH_ROWS, progress: Progress | None = None,
+        pans: PanTokenizer = NO_PAN_KEY) -> BatchResult:
     """Score ``rows`` into ``output`` (format by extension) and ``<output>.errors.jsonl``."""
     started = time.perf_counter()
     progress = progress or Progress(None)
     writer = open_writer(output)  # an unknown output format fails before any work
     errors = ErrorLog(errors_path(output))
     try:
-        ordered, n_rows = event_time_order(rows, max_bytes, errors, progress)
+        ordered, n_rows = event_time_order(rows, max_bytes, errors, progress, pans)
         scored = 0
         progress.start("scoring", len(ordered))
         for batch in replay(ordered, scorer, horizon_ms, errors, batch_rows):

@@ -160,6 +160,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
 
     from stream_app.batch import Position, Progress, RawRow, file_format, load_scorer, read_file, run
     from stream_app.events import parse_ts
+    from stream_app.pan import PanTokenizer
 
     ranged = (args.start_offset, args.end_offset, args.start_time, args.end_time) != (None,) * 4
     rows: Iterable[tuple[Position, RawRow]] | None = None
@@ -177,6 +178,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
         start_ms = None if args.start_time is None else parse_ts(args.start_time, "--start-time")
         end_ms = None if args.end_time is None else parse_ts(args.end_time, "--end-time")
         loaded = load_scorer(settings, Path(args.checkpoint_dir) if args.checkpoint_dir else None)
+        pans = PanTokenizer.from_settings(settings)
     except ValueError as exc:
         print(f"stream-app batch: {exc}", file=sys.stderr)
         return 2
@@ -200,7 +202,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
         progress.finish(len(messages))
         rows = messages
     result = run(rows, output, loaded.scorer, horizon_ms=settings.dedup_horizon_s * 1000,
-                 max_bytes=settings.max_message_bytes, batch_rows=args.batch_rows, progress=progress)
+                 max_bytes=settings.max_message_bytes, batch_rows=args.batch_rows, progress=progress, pans=pans)
     print(result.summary())
     return 0
 

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import orjson
 
+from stream_app.pan import PanTokenizer, pan_digits
+
 #: Reference rates to EUR used to put amounts on one scale for features. They are fixed on purpose:
 #: features must not depend on a live FX feed, or training and serving would drift apart.
 EUR_RATES: Final[dict[str, float]] = {
@@ -70,6 +72,12 @@ class InvalidValue(InvalidEvent):
 
 class UnknownCurrency(InvalidEvent):
     reason = "unknown_currency"
+
+
+class RawPan(InvalidEvent):
+    """A card id that looks like a raw card number while no PAN key is set: never stored or scored."""
+
+    reason = "raw_pan"
 
 
 class DuplicateEvent(InvalidEvent):
@@ -148,6 +156,22 @@ def parse_ts(value: object, field: str = "timestamp") -> int:
     return (parsed - _EPOCH) // _MS
 
 
+#: No key: card ids that look like card numbers are refused (``raw_pan``). The default of every parser,
+#: so a caller that forgets the key never lets a raw card number through.
+NO_PAN_KEY: Final = PanTokenizer()
+
+
+def _card_field(obj: dict[str, Any], name: str, pans: PanTokenizer) -> str:
+    """A card id; one that looks like a raw card number becomes its token (``stream_app.pan``)."""
+    value = obj.get(name)
+    if isinstance(value, str) and (digits := pan_digits(value)) is not None:
+        token = pans.token(digits)
+        if token is None:
+            raise RawPan(f"{name} looks like a raw card number and no PAN key is set", name)
+        return token
+    return _str_field(obj, name, _ID_RE)
+
+
 def _str_field(obj: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     value = obj.get(name)
     if value is None:
@@ -197,9 +221,9 @@ def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
     return obj
 
 
-def transaction_from_dict(obj: dict[str, Any]) -> Transaction:
+def transaction_from_dict(obj: dict[str, Any], pans: PanTokenizer = NO_PAN_KEY) -> Transaction:
     tx_id = _str_field(obj, "tx_id", _ID_RE)
-    card_id = _str_field(obj, "card_id", _ID_RE)
+    card_id = _card_field(obj, "card_id", pans)
     merchant_id = _str_field(obj, "merchant_id", _ID_RE)
     amount = _amount(obj)
     currency = obj.get("currency")
@@ -218,9 +242,10 @@ def transaction_from_dict(obj: dict[str, Any]) -> Transaction:
     return Transaction(tx_id, card_id, merchant_id, amount, currency, ts_ms, country, channel, mcc)
 
 
-def parse_transaction(raw: bytes, max_bytes: int = 16384) -> Transaction:
-    """The one ingress parser used by the stream, HTTP and batch paths."""
-    return transaction_from_dict(load_json_object(raw, max_bytes))
+def parse_transaction(raw: bytes, max_bytes: int = 16384, pans: PanTokenizer = NO_PAN_KEY) -> Transaction:
+    """The one ingress parser used by the stream, HTTP and batch paths; ``pans`` tokenizes card ids
+    that look like raw card numbers (without a key they are refused as ``raw_pan``)."""
+    return transaction_from_dict(load_json_object(raw, max_bytes), pans)
 
 
 LABELS: Final[dict[str, bool]] = {"fraud": True, "legit": False}
@@ -235,12 +260,18 @@ class Label:
     source: str
     label_ts_ms: int
 
+    def to_bytes(self) -> bytes:
+        """The label as the labels topic carries it (what is parked when its card id was tokenized)."""
+        return orjson.dumps({"tx_id": self.tx_id, "card_id": self.card_id,
+                             "label": "fraud" if self.is_fraud else "legit", "source": self.source,
+                             "label_time": format_ts(self.label_ts_ms)})
 
-def parse_label(raw: bytes, max_bytes: int = 16384) -> Label:
-    """The labels topic's parser: same error vocabulary as transactions."""
+
+def parse_label(raw: bytes, max_bytes: int = 16384, pans: PanTokenizer = NO_PAN_KEY) -> Label:
+    """The labels topic's parser: same error vocabulary and card-id tokenization as transactions."""
     obj = load_json_object(raw, max_bytes)
     tx_id = _str_field(obj, "tx_id", _ID_RE)
-    card_id = _str_field(obj, "card_id", _ID_RE)
+    card_id = _card_field(obj, "card_id", pans)
     label = _enum_field(obj, "label", LABELS)
     source = _enum_field(obj, "source", LABEL_SOURCES)
     if "label_time" not in obj:

@@ -23,8 +23,9 @@ from aiohttp import web as aiohttp_web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream_app.events import InvalidEvent, load_json_object, transaction_from_dict
+from stream_app.events import NO_PAN_KEY, InvalidEvent, load_json_object, transaction_from_dict
 from stream_app.features import CardState, featurize
+from stream_app.pan import PanTokenizer
 from stream_app.records import prediction_record
 from stream_app.scoring import Scored
 
@@ -106,7 +107,7 @@ class BearerAuth:
         return bearer_auth
 
 
-def parse_score_request(raw: bytes, max_bytes: int) -> tuple[list[Any], bool]:
+def parse_score_request(raw: bytes, max_bytes: int, pans: PanTokenizer = NO_PAN_KEY) -> tuple[list[Any], bool]:
     """One transaction object or a list of them; every item is validated before anything is scored."""
     if not raw:
         raise RequestError(400, "empty_body", "send one transaction object or a list of them")
@@ -123,7 +124,7 @@ def parse_score_request(raw: bytes, max_bytes: int) -> tuple[list[Any], bool]:
         try:
             if not isinstance(item, dict):
                 raise InvalidEvent("a transaction must be a JSON object")
-            txs.append(transaction_from_dict(item))
+            txs.append(transaction_from_dict(item, pans))
         except InvalidEvent as exc:
             errors.append({"index": i, "reason": exc.reason, "detail": exc.detail, "field": exc.field})
     if errors:
@@ -176,7 +177,8 @@ def register(stream_app: StreamApp, app: faust.App) -> None:
         async def post(self, request: Request) -> Response:
             started = time.perf_counter()
             try:
-                txs, single = parse_score_request(await request.read(), stream_app.settings.max_message_bytes)
+                txs, single = parse_score_request(await request.read(), stream_app.settings.max_message_bytes,
+                                                   stream_app.pans)
             except RequestError as exc:
                 return json(self, exc.body(), exc.status)
             results = preview(stream_app, txs, load_state)

@@ -12,6 +12,7 @@ from typing import Any
 from stream_app.decision import ReasonModel
 from stream_app.events import InvalidEvent, format_ts
 from stream_app.features import FEATURE_NAMES
+from stream_app.pan import PanTokenizer
 from stream_app.scoring import Scored
 
 
@@ -94,8 +95,12 @@ def alert_record(s: Scored, reasons: ReasonModel, alerted_at_ms: int) -> dict[st
 
 
 def dead_letter_record(raw: bytes | None, error: InvalidEvent, source: Source, key: bytes | None,
-                       at_ms: int) -> dict[str, Any]:
-    """The original bytes travel base64-encoded, so nothing about the bad event is lost."""
+                       at_ms: int, pans: PanTokenizer | None = None) -> dict[str, Any]:
+    """The original bytes travel base64-encoded, so nothing about the bad event is lost — except card
+    numbers: every one in the value or the key (any field) is replaced by its token under ``pans``'s key,
+    or masked to its last four digits without a key (``stream_app.pan``)."""
+    pans = pans or PanTokenizer()
+    raw, key = (None if raw is None else pans.mask(raw)), (None if key is None else pans.mask(key))
     return {
         "reason": error.reason,
         "detail": error.detail,

@@ -17,7 +17,7 @@ from stream_app.features import FEATURE_NAMES
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"}
 _TS = {"type": "string", "format": "date-time", "description": "RFC 3339 with a UTC offset"}
 DLQ_REASONS = ("message_too_large", "invalid_json", "not_an_object", "missing_field", "wrong_type", "invalid_value",
-               "unknown_currency", "late_event", "unknown_tx")
+               "unknown_currency", "late_event", "unknown_tx", "raw_pan")
 
 
 def _schema(name: str, title: str, desc: str, props: dict[str, Any], required: list[str],

@@ -95,6 +95,12 @@ class Settings:
     checkpoint_key: str = field(default="", repr=False, metadata=_env(
         "STREAM_APP_CHECKPOINT_KEY",
         "Secret for the checkpoints' HMAC-SHA256. Empty: plain SHA-256 (detects corruption, not tampering)."))
+    pan_key: str = field(default="", repr=False, metadata=_env(
+        "STREAM_APP_PAN_KEY",
+        "Secret (>= 16 bytes, the same on every worker, kept across restarts) of the HMAC tokens that replace card "
+        "ids looking like raw card numbers. Empty: such card ids are dead-lettered as raw_pan."))
+    pan_key_file: str = field(default="", metadata=_env(
+        "STREAM_APP_PAN_KEY_FILE", "File holding the PAN key (instead of STREAM_APP_PAN_KEY)."))
     quality_window: int = field(default=5000, metadata=_env(
         "STREAM_APP_QUALITY_WINDOW", "Labels in the rolling (prequential) quality metrics."))
     drift_window: int = field(default=5000, metadata=_env(
@@ -155,6 +161,10 @@ class Settings:
         _check_kafka_security(self)
         if self.http_token and self.http_token_file:
             raise ValueError("set STREAM_APP_HTTP_TOKEN or STREAM_APP_HTTP_TOKEN_FILE, not both")
+        if self.pan_key and self.pan_key_file:
+            raise ValueError("set STREAM_APP_PAN_KEY or STREAM_APP_PAN_KEY_FILE, not both")
+        if self.pan_key and len(self.pan_key.encode()) < 16:
+            raise ValueError("STREAM_APP_PAN_KEY must be at least 16 bytes")
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -1,0 +1,111 @@
+"""What the worker decides for each input message, as pure functions (no Kafka, no Faust).
+
+The agents in :mod:`stream_app.app` call these for every message and only turn the outcome into
+sends and metrics, so the fuzz tests (``tests/unit/test_fuzz.py``, ``python -m stream_app.fuzz``) drive
+the worker's own decisions, not a copy. Every input ends as exactly one outcome kind:
+
+* transactions: ``scored`` (features computed; the caller scores), ``rekeyed`` (valid, but keyed by
+  something else than its card: forwarded), ``dead_lettered`` (with a reason) or ``duplicate``;
+* labels: ``joined`` (an example to learn), ``parked`` (its score record has not come yet),
+  ``duplicate`` or ``dead_lettered``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Literal
+
+from stream_app.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
+from stream_app.features import CardState, featurize
+from stream_app.learning import LEARNED, Captured, Example, ParkedLabel
+from stream_app.pan import PanTokenizer, is_token
+
+TxKind = Literal["scored", "rekeyed", "dead_lettered", "duplicate"]
+LabelKind = Literal["joined", "parked", "duplicate", "dead_lettered"]
+
+
+@dataclass(slots=True)
+class TxOutcome:
+    kind: TxKind
+    tx: Transaction | None = None
+    row: list[float] | None = None  # scored: the feature vector
+    error: InvalidEvent | None = None  # dead_lettered: why
+    forward: bytes | None = None  # rekeyed: the value to publish keyed by card (card numbers tokenized)
+    decode_s: float = 0.0
+    features_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """The transaction path up to the features, with the worker's settings."""
+
+    max_bytes: int
+    horizon_ms: int
+    pans: PanTokenizer
+    input_topic: str  # messages on this topic whose key is not their card id are re-keyed
+
+    def __call__(self, raw: bytes | None, key: bytes | None, topic: str, states: dict[str, CardState],
+                 load_state: Callable[[str], CardState | None]) -> TxOutcome:
+        """Parse, re-key or featurize one message; ``states`` holds the batch's card states (updated)."""
+        t0 = time.perf_counter()
+        try:
+            tx = parse_transaction(raw or b"", self.max_bytes, self.pans)  # a null value is an empty message
+        except InvalidEvent as exc:
+            return TxOutcome("dead_lettered", error=exc, decode_s=time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        card_key = tx.card_id.encode()
+        if key != card_key and topic == self.input_topic:
+            # a tokenized card number must not travel on: forward the parsed event, not the raw bytes
+            forward = tx.to_bytes() if is_token(tx.card_id) else raw
+            return TxOutcome("rekeyed", tx=tx, forward=forward, decode_s=t1 - t0)
+        if tx.card_id not in states:
+            state = load_state(tx.card_id)
+            if state is not None:
+                states[tx.card_id] = state
+        try:
+            row = featurize(states, tx, self.horizon_ms)
+        except DuplicateEvent:
+            return TxOutcome("duplicate", tx=tx, decode_s=t1 - t0, features_s=time.perf_counter() - t1)
+        except InvalidEvent as exc:
+            return TxOutcome("dead_lettered", tx=tx, error=exc, decode_s=t1 - t0,
+                             features_s=time.perf_counter() - t1)
+        return TxOutcome("scored", tx=tx, row=row, decode_s=t1 - t0, features_s=time.perf_counter() - t1)
+
+
+@dataclass(slots=True)
+class LabelOutcome:
+    kind: LabelKind
+    label: Label | None = None
+    error: InvalidEvent | None = None  # dead_lettered: why
+    example: Example | None = None  # joined: what to append to the examples log
+
+
+def learn_label(key: bytes, label: Label, captured: Captured, table: MutableMapping[bytes, bytes]) -> Example:
+    """The joined example; the captured vector is replaced by the learned marker (a later label for
+    the same tx_id is a duplicate)."""
+    table[key] = LEARNED
+    return Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source, label.label_ts_ms)
+
+
+def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int], now_ms: int, *,
+               max_bytes: int, pans: PanTokenizer, captured: MutableMapping[bytes, bytes],
+               parked: MutableMapping[bytes, bytes]) -> LabelOutcome:
+    """One label against the captured-features and parked-labels tables (updated in place);
+    ``source`` is (topic, partition, offset)."""
+    try:
+        label = parse_label(raw or b"", max_bytes, pans)
+    except InvalidEvent as exc:
+        return LabelOutcome("dead_lettered", error=exc)
+    tx_key = label.tx_id.encode()
+    stored = captured.get(tx_key)
+    if stored == LEARNED or (stored is None and tx_key in parked):
+        return LabelOutcome("duplicate", label=label)
+    if stored is None:
+        # parked bytes go to a changelog topic: a tokenized card number is parked as its token
+        value = label.to_bytes() if is_token(label.card_id) else (raw or b"")
+        parked[tx_key] = ParkedLabel(value, *source, None if key is None else pans.mask(key), now_ms).to_bytes()
+        return LabelOutcome("parked", label=label)
+    return LabelOutcome("joined", label=label, example=learn_label(tx_key, label, Captured.from_bytes(stored),
+                                                                   captured))
