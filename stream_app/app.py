@@ -88,6 +88,7 @@ class StreamApp:
             store="memory://",
             datadir=s.data_dir,
             topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
             topic_allow_declare=True,
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=max(0.5, s.session_timeout_s / 6),

@@ -23,9 +23,9 @@ def _topic_specs(settings: Settings) -> list:  # type: ignore[type-arg]
     names = (settings.transactions_topic, settings.rekeyed_topic, settings.dlq_topic, settings.scores_topic,
              settings.alerts_topic, settings.labels_topic, settings.labels_dlq_topic)
     # The examples log has one partition: one order of examples, hence one model on every worker.
-    examples = TopicSpec(settings.examples_topic, 1,
+    examples = TopicSpec(settings.examples_topic, 1, settings.replication_factor,
                          config={"retention.ms": str(settings.feature_retention_s * 1000)})
-    return [*(TopicSpec(n, settings.partitions, config=week) for n in names), examples]
+    return [*(TopicSpec(n, settings.partitions, settings.replication_factor, config=week) for n in names), examples]
 
 
 def create_topics(settings: Settings) -> None:
@@ -70,6 +70,18 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     worker = _Worker(stream_app.app, loglevel=args.faust_log_level, quiet=True)
     worker.execute_from_commandline()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.bootstrap_servers:
+        print("stream-app topics: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    create_topics(settings)
+    specs = _topic_specs(settings)
+    for spec in specs:
+        print(f"topic {spec.name} partitions={spec.partitions} replication={spec.replication}", flush=True)
+    print(f"RESULT topics={len(specs)}")
     return 0
 
 
@@ -230,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--faust-log-level", default="warn", choices=["crit", "error", "warn", "info", "debug"],
                         help="log level of Faust's own logger (default warn)")
     worker.set_defaults(func=cmd_worker)
+
+    topics = sub.add_parser("topics", help="create the app's topics on KAFKA_BOOTSTRAP_SERVERS (idempotent) and exit")
+    topics.set_defaults(func=cmd_topics)
 
     broker = sub.add_parser("broker", help="run the embedded broker alone and print its address")
     broker.add_argument("--no-wait", dest="wait", action="store_false", help="start, print, stop (a smoke check)")

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from collections.abc import Collection
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -134,7 +135,13 @@ class Transaction:
 def format_ts(ts_ms: int) -> str:
     """RFC 3339 UTC with milliseconds, the wire format of every timestamp we write."""
     secs, ms = divmod(ts_ms, 1000)
-    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+    return f"{_format_second(secs)}.{ms:03d}Z"
+
+
+@lru_cache(maxsize=65536)
+def _format_second(secs: int) -> str:
+    """Events come in time order, so a stream formats the same few seconds again and again."""
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_ts(value: object, field: str = "timestamp") -> int:

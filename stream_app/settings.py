@@ -58,6 +58,9 @@ class Settings:
         "Joined examples (features at scoring time + label), one partition: the log every worker learns from."))
     partitions: int = field(default=4, metadata=_env(
         "STREAM_APP_PARTITIONS", "Partitions of the topics the app creates (input, re-key, outputs, labels)."))
+    replication_factor: int = field(default=1, metadata=_env(
+        "STREAM_APP_REPLICATION_FACTOR",
+        "Replication factor of the topics the app creates, Faust's changelogs included (3 on a production cluster)."))
     max_message_bytes: int = field(default=16384, metadata=_env(
         "STREAM_APP_MAX_MESSAGE_BYTES", "Larger transaction messages are dead-lettered as message_too_large."))
     dedup_horizon_s: int = field(default=7 * 86400, metadata=_env(
@@ -159,6 +162,8 @@ class Settings:
         if not 0 <= self.river_max_weight <= 1:
             raise ValueError("river_max_weight must be in [0, 1]")
         _check_kafka_security(self)
+        if self.replication_factor < 1:
+            raise ValueError("STREAM_APP_REPLICATION_FACTOR must be >= 1")
         if self.http_token and self.http_token_file:
             raise ValueError("set STREAM_APP_HTTP_TOKEN or STREAM_APP_HTTP_TOKEN_FILE, not both")
         if self.pan_key and self.pan_key_file:

@@ -6,9 +6,12 @@ import json
 import re
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
 
-from stream_app.metrics import Metrics
+from stream_app.metrics import LATENCY_BUCKETS, Metrics, observe_many
 
 ROOT = Path(__file__).parents[2] / "monitoring"
 
@@ -33,3 +36,17 @@ def test_dashboard_queries_name_exported_metrics() -> None:
 def test_scrape_config_targets_metrics_path() -> None:
     text = (ROOT / "prometheus.yml").read_text()
     assert "metrics_path: /metrics" in text and ":6066" in text
+
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=200))
+def test_observe_many_equals_observing_one_by_one(values: list[float]) -> None:
+    def samples(h: Histogram) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for s in h.collect()[0].samples if s.name != "h_created"]
+
+    one, many = (Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=CollectorRegistry()) for _ in range(2))
+    for v in values:
+        one.observe(v)
+    observe_many(many, values)
+    assert [x[:2] for x in samples(one)] == [x[:2] for x in samples(many)]
+    assert [x[2] for x in samples(one)] == pytest.approx([x[2] for x in samples(many)])
