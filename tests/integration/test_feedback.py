@@ -59,7 +59,7 @@ def read_examples(s: Settings, at_least: int, timeout_s: float = 120) -> list[di
     return out.of(s.examples_topic)
 
 
-def wait_checkpoint(directory: Path, offset: int, timeout_s: float = 60) -> checkpoint.Checkpoint:
+def wait_checkpoint(directory: Path, offset: int, timeout_s: float = 180) -> checkpoint.Checkpoint:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         best, _ = checkpoint.latest(directory, KEY.encode()) if directory.exists() else (None, [])
