@@ -36,6 +36,7 @@ from stream_app.features import CardState
 from stream_app.ingress import Ingress, join_label, learn_label
 from stream_app.pan import PanTokenizer
 from stream_app.kafka.faust_transport import broker_url
+from stream_app.kafka.witness import written_since
 from stream_app.kafka.security import kafka_security
 from stream_app.drift import DriftEvent, DriftMonitor
 from stream_app.metrics import Metrics
@@ -47,6 +48,10 @@ from stream_app.scoring import FraudScorer, Scored
 from stream_app.settings import Settings
 
 log = structlog.get_logger("stream_app.worker")
+
+
+UNCONFIRMED = "unconfirmed"  # key in a card's state: its last micro-batch (see _remember_outputs)
+UNCONFIRMED_MAX_AGE_MS = 300_000  # older: long confirmed (takeovers take seconds), a plain duplicate
 
 
 def _now_ms() -> int:
@@ -71,6 +76,8 @@ class StreamApp:
         self._positions: dict[tuple[str, int], int] = {}
         self.drift = self._drift_monitor()
         self.horizon_ms = settings.dedup_horizon_s * 1000
+        self._unconfirmed: list[tuple[Transaction, list[float], Source]] = []
+        self._unconfirmed_since = 2**63
         self.pans = PanTokenizer.from_settings(settings)
         if not self.pans.keyed:
             log.warning("pan.no_key", effect="card ids that look like card numbers are dead-lettered as raw_pan")
@@ -148,6 +155,13 @@ class StreamApp:
         s = self.settings
         async for events in stream.take_events(s.batch_size, within=s.batch_window_ms / 1000):
             pending = self.process_batch(events)
+            # Card state before outputs: the batch's outputs are sends not started yet (coroutines), and
+            # the cards changelog reaches the broker first, so no score or alert is out whose redelivery
+            # the state would not recognise (a second alert). The reverse window (state out, outputs
+            # not) is repaired on redelivery: see _repair_unconfirmed and README "Delivery guarantees".
+            await self.app.producer.flush()
+            if self._unconfirmed:
+                pending.extend(await self._repair_unconfirmed())
             if pending:
                 await asyncio.gather(*pending)
 
@@ -179,11 +193,14 @@ class StreamApp:
                 sends.append(self._send(s.rekeyed_topic, out.tx.card_id.encode(), out.forward or b""))
                 m.rekeyed.inc()
             elif out.kind == "duplicate":
-                m.duplicates.inc()
+                assert out.tx is not None
+                if not self._maybe_unconfirmed(out.tx, states):
+                    m.duplicates.inc()
             else:
                 assert out.error is not None
                 sends.append(self._dead_letter(event.value, out.error, source, event.key))
         t2 = time.perf_counter()
+        self._remember_outputs(states, txs, rows, sources)
         for card_id, state in states.items():
             stored = orjson.dumps(state)
             m.card_state_bytes.observe(len(stored))
@@ -198,6 +215,63 @@ class StreamApp:
             if self.drift is not None:
                 for event in self.drift.update_many(rows, [x.onnx_score for x in scored]):
                     self._on_drift(event)
+        return sends
+
+    # -- redelivery after a crash -------------------------------------------------------------------
+    # Each card's state remembers the events of the last micro-batch that scored it ("unconfirmed":
+    # tx_id -> features and source): the state is written before their outputs, and a batch's outputs
+    # are confirmed before the next batch starts, so only those can lack their score or alert. A
+    # redelivered event found there is checked against the output topics (written_since) and what is
+    # missing is published again from the remembered features; anything else is a plain duplicate.
+    def _remember_outputs(self, states: dict[str, CardState], txs: list[Transaction], rows: list[list[float]],
+                          sources: list[Source]) -> None:
+        now = _now_ms()
+        fresh: dict[str, dict[str, Any]] = {}
+        for tx, row, src in zip(txs, rows, sources, strict=True):
+            fresh.setdefault(tx.card_id, {})[tx.tx_id] = [row, [src.topic, src.partition, src.offset, src.timestamp_ms]]
+        for tx, row, src in self._unconfirmed:  # being repaired in this batch: still unconfirmed
+            fresh.setdefault(tx.card_id, {})[tx.tx_id] = [row, [src.topic, src.partition, src.offset, src.timestamp_ms]]
+        for card_id, entries in fresh.items():
+            states[card_id][UNCONFIRMED] = {"at": now, "tx": entries}
+
+    def _maybe_unconfirmed(self, tx: Transaction, states: dict[str, CardState]) -> bool:
+        last = states.get(tx.card_id, {}).get(UNCONFIRMED)
+        if not last or tx.tx_id not in last["tx"] or last["at"] < _now_ms() - UNCONFIRMED_MAX_AGE_MS:
+            return False
+        if any(t.tx_id == tx.tx_id for t, _, _ in self._unconfirmed):
+            return False
+        row, src = last["tx"][tx.tx_id]
+        self._unconfirmed.append((tx, row, Source(*src)))
+        self._unconfirmed_since = min(self._unconfirmed_since, last["at"])
+        return True
+
+    async def _repair_unconfirmed(self) -> list[Awaitable[Any]]:
+        s, m = self.settings, self.metrics
+        items, self._unconfirmed = self._unconfirmed, []
+        since, self._unconfirmed_since = self._unconfirmed_since - 5000, 2**63
+        found = await written_since(
+            s.bootstrap_servers,
+            {s.scores_topic: {t.tx_id.encode() for t, _, _ in items},
+             s.alerts_topic: {t.card_id.encode() for t, _, _ in items}},
+            since, **self.kafka_security.client_kwargs())
+        alerted = {orjson.loads(v).get("tx_id") for vs in found[s.alerts_topic].values() for v in vs}
+        scored = self.scorer.score_many([t for t, _, _ in items], [r for _, r, _ in items])
+        now, sends, n_scores, n_alerts = _now_ms(), [], 0, 0
+        for item, (tx, _, source) in zip(scored, items, strict=True):
+            witnessed = found[s.scores_topic].get(tx.tx_id.encode())
+            if witnessed:
+                alert_due = orjson.loads(witnessed[0]).get("decision") in {"review", "decline"}
+            else:
+                alert_due = item.is_alert
+                sends.append(self._send(s.scores_topic, tx.tx_id.encode(), orjson.dumps(score_record(item, source, now))))
+                n_scores += 1
+            if alert_due and tx.tx_id not in alerted:
+                alert = alert_record(item, self.scorer.reasons, now)
+                sends.append(self._send(s.alerts_topic, tx.card_id.encode(), orjson.dumps(alert)))
+                n_alerts += 1
+        m.scored.inc(n_scores)
+        m.duplicates.inc(len(items) - n_scores)
+        log.info("redelivery.checked", events=len(items), scores_republished=n_scores, alerts_republished=n_alerts)
         return sends
 
     def _load_card(self, card_id: str) -> CardState | None:
@@ -410,10 +484,19 @@ class StreamApp:
                                         **self.kafka_security.client_kwargs())
                 await asyncio.wait_for(client.bootstrap(), timeout=3.0)
                 self._client = client
-            await asyncio.wait_for(self._client.fetch_all_metadata(), timeout=3.0)
+            cluster = await asyncio.wait_for(self._client.fetch_all_metadata(), timeout=3.0)
             self._broker_ok_at = time.monotonic()
         except Exception as exc:  # any failure means "not reachable now"; logged, retried in 5 s
             log.warning("broker.unreachable", error=repr(exc))
+            return
+        missing = sorted({self.settings.transactions_topic, self.settings.scores_topic} - set(cluster.topics()))
+        if missing:
+            # The broker answers but lost the app's topics: an in-memory broker that restarted (Tansu's
+            # memory storage). Consumers would stall silently; crash loudly instead, so a supervisor
+            # restarts the worker once the topics are back (stream-app worker --create-topics).
+            log.error("broker.topics_missing", topics=missing,
+                      hint="the broker lost its data (restarted with in-memory storage?): recreate the topics")
+            raise RuntimeError(f"topics {missing} are gone from the broker")
 
     def readiness(self) -> dict[str, bool]:
         recovery = self.app.tables.recovery if self.app.tables else None
@@ -445,7 +528,12 @@ class StreamApp:
         """Gauges that are cheaper to read now and then than to keep up to date per event."""
         m = self.metrics
         consumer = self.app.consumer
+        assigned = consumer.assignment()
         for (topic, partition), offset in list(self._positions.items()):
+            if TP(topic, partition) not in assigned:  # moved to another worker: asking would crash the app
+                del self._positions[(topic, partition)]
+                m.lag.remove(topic, str(partition))
+                continue
             highwater = consumer.highwater(TP(topic, partition))
             if highwater is not None:
                 m.lag.labels(topic, str(partition)).set(max(0, highwater - offset - 1))

@@ -108,7 +108,7 @@ class EmbeddedBroker:
         """Start the broker and block until it answers Kafka Metadata requests."""
         if self._proc is not None:
             return self
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart (start after stop) keeps the port
         url = f"tcp://127.0.0.1:{self.port}"
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
