@@ -35,11 +35,12 @@ from stream_app.events import (
 from stream_app.features import CardState
 from stream_app.ingress import Ingress, join_label, learn_label
 from stream_app.pan import PanTokenizer
+from stream_app.kafka.batch_send import PartitionBatches, delivered, ensure_metadata
 from stream_app.kafka.faust_transport import broker_url
 from stream_app.kafka.witness import written_since
 from stream_app.kafka.security import kafka_security
 from stream_app.drift import DriftEvent, DriftMonitor
-from stream_app.metrics import Metrics
+from stream_app.metrics import Metrics, observe_many
 from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, ParkedLabel, PrequentialMetrics
 from stream_app.models import checkpoint
 from stream_app.models.registry import ModelWatcher
@@ -153,6 +154,7 @@ class StreamApp:
     # -- hot path ---------------------------------------------------------------------------------
     async def _score_agent(self, stream: faust.StreamT[bytes]) -> None:
         s = self.settings
+        await ensure_metadata(self.app.producer._ensure_producer(), s.scores_topic, s.alerts_topic)
         async for events in stream.take_events(s.batch_size, within=s.batch_window_ms / 1000):
             pending = self.process_batch(events)
             # Card state before outputs: the batch's outputs are sends not started yet (coroutines), and
@@ -201,10 +203,12 @@ class StreamApp:
                 sends.append(self._dead_letter(event.value, out.error, source, event.key))
         t2 = time.perf_counter()
         self._remember_outputs(states, txs, rows, sources)
+        sizes = []
         for card_id, state in states.items():
             stored = orjson.dumps(state)
-            m.card_state_bytes.observe(len(stored))
+            sizes.append(len(stored))
             self.cards[card_id.encode()] = stored
+        observe_many(m.card_state_bytes, sizes)
         m.stage_seconds.labels("decode").inc(decode_s)
         m.stage_seconds.labels("features").inc(features_s + time.perf_counter() - t2)
         if txs:
@@ -304,20 +308,21 @@ class StreamApp:
         now = _now_ms()
         sends = []
         reasons = self.scorer.reasons
-        since_message, since_event = m.latency.labels("message_timestamp"), m.latency.labels("event_time")
+        batches = PartitionBatches(self.app.producer._ensure_producer())
         for item, source in zip(scored, sources, strict=True):
             record = score_record(item, source, now)
-            sends.append(self._send(s.scores_topic, item.tx.tx_id.encode(), orjson.dumps(record)))
-            since_message.observe(max(0.0, (now - source.timestamp_ms) / 1000))
-            since_event.observe(max(0.0, (now - item.tx.ts_ms) / 1000))
-            m.risk.observe(item.risk)
+            batches.add(s.scores_topic, item.tx.tx_id.encode(), orjson.dumps(record))
             if item.is_alert:
                 alert = alert_record(item, reasons, now)
-                sends.append(self._send(s.alerts_topic, item.tx.card_id.encode(), orjson.dumps(alert)))
+                batches.add(s.alerts_topic, item.tx.card_id.encode(), orjson.dumps(alert))
                 m.alerts.labels(item.decision).inc()
                 log.debug("alert.raised", tx_id=item.tx.tx_id, card_id=item.tx.card_id, decision=item.decision,
                           risk=round(item.risk, 4))
+        sends.append(delivered(batches.send()))
         m.scored.inc(len(scored))
+        observe_many(m.latency.labels("message_timestamp"), [max(0.0, (now - x.timestamp_ms) / 1000) for x in sources])
+        observe_many(m.latency.labels("event_time"), [max(0.0, (now - x.tx.ts_ms) / 1000) for x in scored])
+        observe_many(m.risk, [x.risk for x in scored])
         return sends
 
     def _dead_letter(self, raw: bytes | None, exc: InvalidEvent, source: Source,
