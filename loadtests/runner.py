@@ -95,6 +95,7 @@ class LoadReport:
     malformed_dead_lettered: int = 0
     malformed_missing: int = 0
     send_seconds: float = 0.0
+    generator_cpu_s: float = 0.0  # this process's CPU time: on a small machine it competes with the worker
     target_rate_eps: float = 0.0
     send_rate_eps: float = 0.0
     scored_rate_eps: float = 0.0
@@ -135,7 +136,8 @@ class LoadReport:
             f"generator behind schedule p99 {_fmt(delay.get('p99'))}, max {_fmt(delay.get('max'))} ms",
             f"  in worker     p50 {_fmt(own.get('p50'))}  p99 {_fmt(own.get('p99'))}  max {_fmt(own.get('max'))} ms "
             f"(score record timing: input message timestamp -> scored)",
-            f"  worker lag    max {max(lags) if lags else 'n/a'} messages (stream_app_consumer_lag_messages)",
+            f"  worker lag    max {max(lags) if lags else 'n/a'} messages (stream_app_consumer_lag_messages); "
+            f"load generator CPU {self.generator_cpu_s:.1f} s",
             self.result_line(),
         ])
 
@@ -282,6 +284,7 @@ async def run_load(profile: RateProfile, bootstrap: str, topics: Topics, *, ledg
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=options.linger_ms, acks="all")
     await producer.start()
     book.start()
+    cpu0 = time.process_time()
     report = LoadReport(run_id=run_id, started_at=datetime.fromtimestamp(book.wall0, UTC).isoformat(),
                         bootstrap=bootstrap, profile=profile.describe(), options=asdict(options), planned=planned)
     lag: list[LagSample] = []
@@ -307,6 +310,7 @@ async def run_load(profile: RateProfile, bootstrap: str, topics: Topics, *, ledg
         if ledger_file is not None:
             ledger_file.close()
     _fill(report, profile, book, send_end, lag)
+    report.generator_cpu_s = round(time.process_time() - cpu0, 2)
     log.info("loadtest.finished", run_id=run_id, sent=report.sent, scored=report.scored, lost=report.lost)
     return report
 
