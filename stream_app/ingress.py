@@ -20,7 +20,7 @@ from typing import Literal
 from stream_app.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
 from stream_app.features import CardState, featurize
 from stream_app.learning import LEARNED, Captured, Example, ParkedLabel
-from stream_app.pan import PanTokenizer, is_token
+from stream_app.pan import PanTokenizer
 
 TxKind = Literal["scored", "rekeyed", "dead_lettered", "duplicate"]
 LabelKind = Literal["joined", "parked", "duplicate", "dead_lettered"]
@@ -57,8 +57,7 @@ class Ingress:
         t1 = time.perf_counter()
         card_key = tx.card_id.encode()
         if key != card_key and topic == self.input_topic:
-            # a tokenized card number must not travel on: forward the parsed event, not the raw bytes
-            forward = tx.to_bytes() if is_token(tx.card_id) else raw
+            forward = self.pans.clean(raw or b"", tx.to_bytes)
             return TxOutcome("rekeyed", tx=tx, forward=forward, decode_s=t1 - t0)
         if tx.card_id not in states:
             state = load_state(tx.card_id)
@@ -103,8 +102,7 @@ def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int
     if stored == LEARNED or (stored is None and tx_key in parked):
         return LabelOutcome("duplicate", label=label)
     if stored is None:
-        # parked bytes go to a changelog topic: a tokenized card number is parked as its token
-        value = label.to_bytes() if is_token(label.card_id) else (raw or b"")
+        value = pans.clean(raw or b"", label.to_bytes)  # parked bytes go to a changelog topic
         parked[tx_key] = ParkedLabel(value, *source, None if key is None else pans.mask(key), now_ms).to_bytes()
         return LabelOutcome("parked", label=label)
     return LabelOutcome("joined", label=label, example=learn_label(tx_key, label, Captured.from_bytes(stored),

@@ -11,6 +11,9 @@ reaches a table, a topic or a log. What "looks like a raw card number" means, in
 * 13-digit numbers beginning with 1 are not treated as card numbers: no scheme issues them (13-digit
   numbers are legacy Visa, 4…), and they are epoch milliseconds from 2001 to 2286, i.e. timestamps.
 
+In bytes (dead letters), a number counts when it stands alone: digits glued to it make a longer
+number, which is not masked (a 20-digit id is not a card number).
+
 The token is ``tok_`` + the first 32 hex digits (128 bits) of HMAC-SHA256(key, digits without
 separators): stable across workers and restarts (the per-card state is keyed by it), the same for every
 spelling of one number, and not reversible without the key. A new key gives new tokens, i.e. new card
@@ -176,6 +179,12 @@ class PanTokenizer:
 
     def _replacement(self, digits: str) -> str:
         return self.token(digits) or mask_digits(digits)
+
+    def clean(self, raw: bytes, canonical: Callable[[], bytes]) -> bytes:
+        """Bytes of a valid event that travel on (re-keyed, parked): ``raw`` itself when it holds no card
+        number, else ``canonical()`` — the parsed event re-encoded, its card id a token — so that no
+        card number travels on in a shadowed duplicate key or an extra field."""
+        return raw if self.mask(raw) == raw else canonical()
 
     def mask(self, data: bytes) -> bytes:
         """``data`` with every card number replaced by its token (by a masked form without a key).
