@@ -30,6 +30,7 @@ from stream_app.events import (
     Label,
     Transaction,
     UnknownTransaction,
+    kept_json,
     parse_label,
 )
 from stream_app.features import CardState
@@ -205,7 +206,7 @@ class StreamApp:
         self._remember_outputs(states, txs, rows, sources)
         sizes = []
         for card_id, state in states.items():
-            stored = orjson.dumps(state)
+            stored = kept_json(state)
             sizes.append(len(stored))
             self.cards[card_id.encode()] = stored
         observe_many(m.card_state_bytes, sizes)

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from stream_app.events import kept_json
 from stream_app.evaluation import average_precision, roc_auc
 from stream_app.features import FEATURE_NAMES
 from stream_app.models.river_model import RiverScorer
@@ -32,7 +33,7 @@ class Captured:
     captured_at_ms: int
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps([self.features, self.scores, self.captured_at_ms])
+        return kept_json([self.features, self.scores, self.captured_at_ms])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Captured:
@@ -62,7 +63,7 @@ class ParkedLabel:
         return Source(self.topic, self.partition, self.offset, self.parked_at_ms)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps([base64.b64encode(self.raw).decode(), self.topic, self.partition, self.offset,
+        return kept_json([base64.b64encode(self.raw).decode(), self.topic, self.partition, self.offset,
                              None if self.key is None else base64.b64encode(self.key).decode(), self.parked_at_ms])
 
     @classmethod

@@ -15,6 +15,7 @@ from stream_app.events import (
     InvalidEvent,
     Transaction,
     format_ts,
+    kept_json,
     parse_transaction,
     parse_ts,
 )
@@ -114,3 +115,19 @@ def test_round_trip(ts_ms: int, amount: float, currency: str) -> None:
     tx = Transaction("t", "c", "m", amount, currency, ts_ms, "DE", "ecom", "4816")
     assert parse_transaction(tx.to_bytes()) == tx
     assert parse_ts(format_ts(ts_ms)) == ts_ms
+
+
+def test_kept_json_holds_no_more_memory_than_its_bytes() -> None:
+    """Table values live for days: each must cost its length, not orjson's working buffer."""
+    import tracemalloc
+
+    state = {"recent": [[1_767_225_600_000 + i, 12.5 * i] for i in range(20)], "seen": list(range(40))}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [kept_json(state) for _ in range(200)]
+        per_value = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert orjson.loads(kept[0]) == state
+    assert per_value < len(kept[0]) + 100
