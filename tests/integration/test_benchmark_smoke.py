@@ -1,0 +1,33 @@
+"""The throughput benchmark runs end to end on a tiny load: all four contenders, one RESULT line.
+
+A smoke test of the tooling, not a performance assertion: figures come from `benchmarks/throughput.py`
+runs, side by side in one run, and are reported in README.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_throughput_benchmark_prints_every_figure(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--n", "1500",
+                          "--latency-seconds", "1", "--bootstrap", kafka_bootstrap, "--json", str(out)],
+                         capture_output=True, text=True, timeout=420, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT ")
+    fields = dict(item.split("=") for item in last.split()[1:])
+    for name in ("passthrough_eps", "naive_eps", "faust_eps", "stream_app_eps", "ratio_vs_passthrough",
+                 "ratio_vs_naive", "ratio_vs_faust", "p99_ms"):
+        assert float(fields[name]) > 0, name
+    figures = {f["contender"]: f for f in json.loads(out.read_text())["figures"]}
+    assert set(figures) == {"passthrough", "naive", "faust", "stream_app"}
+    for f in figures.values():
+        assert f["latency_received"] == f["latency_sent"] > 0, f
+        assert f["p50_ms"] <= f["p99_ms"] <= f["max_ms"]
