@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import faust
@@ -156,7 +156,7 @@ class StreamApp:
     async def _score_agent(self, stream: faust.StreamT[bytes]) -> None:
         s = self.settings
         await ensure_metadata(self.app.producer._ensure_producer(), s.scores_topic, s.alerts_topic)
-        async for events in stream.take_events(s.batch_size, within=s.batch_window_ms / 1000):
+        async for events in acked_after(stream, s.batch_size, s.batch_window_ms / 1000):
             pending = self.process_batch(events)
             # Card state before outputs: the batch's outputs are sends not started yet (coroutines), and
             # the cards changelog reaches the broker first, so no score or alert is out whose redelivery
@@ -341,7 +341,7 @@ class StreamApp:
     async def _capture_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Keep, per tx_id, the vector and scores the models saw, until the label comes; a label
         that arrived first (parked) is joined now."""
-        async for events in stream.take_events(self.settings.batch_size, within=0.05):
+        async for events in acked_after(stream, self.settings.batch_size, 0.05):
             now = _now_ms()
             sends: list[Awaitable[Any]] = []
             for event in events:
@@ -366,7 +366,7 @@ class StreamApp:
         """Join each label with its captured vector; a label for a tx_id not captured (yet) is parked
         for STREAM_APP_LABEL_WAIT_S, in case its score record is still on its way."""
         s = self.settings
-        async for events in stream.take_events(s.batch_size, within=0.05):
+        async for events in acked_after(stream, s.batch_size, 0.05):
             sends: list[Awaitable[Any]] = []
             now = _now_ms()
             for event in events:
@@ -555,6 +555,18 @@ class StreamApp:
     async def _log_stats(self) -> None:
         log.info("worker.stats", **self.metrics.snapshot(),
                  versions=self.scorer.versions(), quality=self.learner.metrics.snapshot())
+
+
+async def acked_after(stream: faust.StreamT[bytes], size: int, within_s: float) -> AsyncIterator[list[faust.EventT]]:
+    """Micro-batches whose events are acknowledged only once the loop body that handled them completed.
+
+    faust's ``take_events`` acknowledges a batch in a ``finally``, so also when the body was interrupted
+    (a rebalance, a failed delivery): the offsets were then committed for outputs never written. Here an
+    interrupted batch stays unacknowledged and is redelivered."""
+    async for events in stream.noack_take(size, within=within_s):
+        yield events
+        for event in events:
+            await stream.ack(event)
 
 
 async def _delivered(send: Awaitable[Awaitable[Any]]) -> Any:
