@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from datetime import datetime
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from stream_app.kafka.broker import EmbeddedBroker, free_port
 from stream_app.kafka.children import die_with_parent
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.worker_process import WorkerProcess, topic_env
 
 PARTITIONS = 4
 CONTENDERS = {"a": "passthrough", "b": "naive", "c": "faust", "d": "stream_app"}
@@ -247,12 +247,8 @@ class Contender:
 
     def __init__(self, name: str, bootstrap: str, workdir: Path) -> None:
         self.name, self.bootstrap = name, bootstrap
-        prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-        self.settings = Settings.from_env(
-            bootstrap_servers=bootstrap, app_id=prefix, partitions=PARTITIONS,
-            transactions_topic=f"{prefix}.in", rekeyed_topic=f"{prefix}.in.by-card", dlq_topic=f"{prefix}.dlq",
-            scores_topic=f"{prefix}.out", alerts_topic=f"{prefix}.alerts", labels_topic=f"{prefix}.labels",
-            labels_dlq_topic=f"{prefix}.labels.dlq", examples_topic=f"{prefix}.examples")
+        self.env = {**topic_env(f"bench-{name}-{uuid.uuid4().hex[:6]}", PARTITIONS), "STREAM_APP_LOG_LEVEL": "warning"}
+        self.settings = Settings.from_env(self.env, bootstrap_servers=bootstrap)
         self.src, self.dst = self.settings.transactions_topic, self.settings.scores_topic
         self.workdir = workdir / name
         self.worker: WorkerProcess | None = None
@@ -268,8 +264,7 @@ class Contender:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.name == "stream_app":
-            env = {**topic_env(self.settings), "STREAM_APP_LOG_LEVEL": "warning"}
-            self.worker = WorkerProcess(self.bootstrap, self.workdir, env).start()
+            self.worker = WorkerProcess(self.bootstrap, self.workdir, self.env).start()
             return
         argv = [sys.executable, __file__, "--contender", self.name, "--bootstrap", self.bootstrap,
                 "--src", self.src, "--dst", self.dst]
@@ -302,13 +297,6 @@ class Contender:
             return self.worker.log()[-2000:]
         path = self.workdir / "contender.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
-
-
-def topic_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a worker this contender's app id and topics."""
-    wanted = {"app_id", "partitions", "transactions_topic", "rekeyed_topic", "dlq_topic", "scores_topic",
-              "alerts_topic", "labels_topic", "labels_dlq_topic", "examples_topic"}
-    return {f.metadata["env"]: str(getattr(settings, f.name)) for f in fields(Settings) if f.name in wanted}
 
 
 async def measure(contender: Contender, phase1: list[tuple[bytes, bytes, str]],

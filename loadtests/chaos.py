@@ -48,7 +48,7 @@ from stream_app.generator import GeneratorConfig, simulate
 from stream_app.kafka.broker import EmbeddedBroker
 from stream_app.malformed import corrupt
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.worker_process import WorkerProcess, topic_env
 
 
 def _now_ms() -> int:
@@ -94,22 +94,6 @@ class ChaosReport:
         return (f"RESULT sent={c.sent} scored={c.scored} dlq={c.dlq} lost={c.lost} "
                 f"duplicate_alerts={c.duplicate_alerts} takeover_s={self.takeover_s:.1f} "
                 f"duplicate_scores={c.duplicate_scores} feature_mismatches={self.feature_mismatches}")
-
-
-def topic_env(prefix: str, partitions: int) -> dict[str, str]:
-    """Worker environment naming the run's own topics and consumer group."""
-    return {
-        "STREAM_APP_ID": prefix,
-        "STREAM_APP_PARTITIONS": str(partitions),
-        "STREAM_APP_TRANSACTIONS_TOPIC": f"{prefix}.transactions",
-        "STREAM_APP_REKEYED_TOPIC": f"{prefix}.transactions.by-card",
-        "STREAM_APP_DLQ_TOPIC": f"{prefix}.transactions.dlq",
-        "STREAM_APP_SCORES_TOPIC": f"{prefix}.scores",
-        "STREAM_APP_ALERTS_TOPIC": f"{prefix}.fraud-alerts",
-        "STREAM_APP_LABELS_TOPIC": f"{prefix}.labels",
-        "STREAM_APP_LABELS_DLQ_TOPIC": f"{prefix}.labels.dlq",
-        "STREAM_APP_EXAMPLES_TOPIC": f"{prefix}.river-examples",
-    }
 
 
 class Load:

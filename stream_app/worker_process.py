@@ -19,6 +19,22 @@ from stream_app.kafka.children import die_with_parent
 READY_TIMEOUT_S = 90.0
 
 
+def topic_env(prefix: str, partitions: int) -> dict[str, str]:
+    """Worker environment naming the run's own topics and consumer group."""
+    return {
+        "STREAM_APP_ID": prefix,
+        "STREAM_APP_PARTITIONS": str(partitions),
+        "STREAM_APP_TRANSACTIONS_TOPIC": f"{prefix}.transactions",
+        "STREAM_APP_REKEYED_TOPIC": f"{prefix}.transactions.by-card",
+        "STREAM_APP_DLQ_TOPIC": f"{prefix}.transactions.dlq",
+        "STREAM_APP_SCORES_TOPIC": f"{prefix}.scores",
+        "STREAM_APP_ALERTS_TOPIC": f"{prefix}.fraud-alerts",
+        "STREAM_APP_LABELS_TOPIC": f"{prefix}.labels",
+        "STREAM_APP_LABELS_DLQ_TOPIC": f"{prefix}.labels.dlq",
+        "STREAM_APP_EXAMPLES_TOPIC": f"{prefix}.river-examples",
+    }
+
+
 class WorkerProcess:
     def __init__(self, bootstrap: str, workdir: Path, env: Mapping[str, str] | None = None) -> None:
         self.bootstrap = bootstrap

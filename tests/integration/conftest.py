@@ -21,7 +21,7 @@ from outputs import PARTITIONS
 from stream_app.cli import create_topics
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.worker_process import WorkerProcess, topic_env
 
 HERE = Path(__file__).parent
 
@@ -96,19 +96,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def app_env(kafka_bootstrap: str) -> dict[str, str]:
     """Environment of a worker with its own app id and topics, so tests never share state."""
-    prefix = f"it-{uuid.uuid4().hex[:8]}"
-    env = {
-        "STREAM_APP_ID": prefix,
-        "STREAM_APP_PARTITIONS": str(PARTITIONS),
-        "STREAM_APP_TRANSACTIONS_TOPIC": f"{prefix}.transactions",
-        "STREAM_APP_REKEYED_TOPIC": f"{prefix}.transactions.by-card",
-        "STREAM_APP_DLQ_TOPIC": f"{prefix}.transactions.dlq",
-        "STREAM_APP_SCORES_TOPIC": f"{prefix}.scores",
-        "STREAM_APP_ALERTS_TOPIC": f"{prefix}.fraud-alerts",
-        "STREAM_APP_LABELS_TOPIC": f"{prefix}.labels",
-        "STREAM_APP_LABELS_DLQ_TOPIC": f"{prefix}.labels.dlq",
-        "STREAM_APP_EXAMPLES_TOPIC": f"{prefix}.river-examples",
-    }
+    env = topic_env(f"it-{uuid.uuid4().hex[:8]}", PARTITIONS)
     create_topics(Settings.from_env({**env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}))
     return env
 

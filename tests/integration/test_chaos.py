@@ -11,7 +11,8 @@ import math
 import time
 from pathlib import Path
 
-from loadtests.chaos import ChaosOptions, run_chaos, topic_env
+from loadtests.chaos import ChaosOptions, run_chaos
+from stream_app.worker_process import topic_env
 from stream_app.cli import create_topics
 from stream_app.kafka.broker import EmbeddedBroker
 from stream_app.settings import Settings
