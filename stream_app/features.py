@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Final
 
 from stream_app.events import DuplicateEvent, LateEvent, Transaction
@@ -177,6 +177,15 @@ def update_state(state: CardState, tx: Transaction, horizon_ms: int) -> None:
     if state["last_ts"] is None or ts >= state["last_ts"]:
         state["last_ts"] = ts
         state["last_country"] = tx.country
+
+
+def load_once(states: MutableMapping[str, CardState], card_id: str,
+              load: Callable[[str], CardState | None]) -> None:
+    """Bring a card's stored state into a batch's working copies, once per batch (stream and HTTP)."""
+    if card_id not in states:
+        state = load(card_id)
+        if state is not None:
+            states[card_id] = state
 
 
 def featurize(states: MutableMapping[str, CardState], tx: Transaction, horizon_ms: int) -> list[float]:

@@ -24,7 +24,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_app.events import NO_PAN_KEY, InvalidEvent, load_json_object, transaction_from_dict
-from stream_app.features import CardState, featurize
+from stream_app.features import CardState, featurize, load_once
 from stream_app.pan import PanTokenizer
 from stream_app.records import prediction_record
 from stream_app.scoring import Scored
@@ -141,10 +141,7 @@ def preview(stream_app: StreamApp, txs: list[Any], load_state: Callable[[str], C
     answers: list[dict[str, Any] | None] = []
     to_score: list[tuple[int, Any, list[float]]] = []
     for i, tx in enumerate(txs):
-        if tx.card_id not in states:
-            state = load_state(tx.card_id)
-            if state is not None:
-                states[tx.card_id] = state
+        load_once(states, tx.card_id, load_state)
         try:
             row = featurize(states, tx, stream_app.horizon_ms)
         except InvalidEvent as exc:  # duplicate or late: the stream would not score it either

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stream_app.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
-from stream_app.features import CardState, featurize
+from stream_app.features import CardState, featurize, load_once
 from stream_app.learning import LEARNED, Captured, Example, ParkedLabel
 from stream_app.pan import PanTokenizer
 
@@ -59,10 +59,7 @@ class Ingress:
         if key != card_key and topic == self.input_topic:
             forward = self.pans.clean(raw or b"", tx.to_bytes)
             return TxOutcome("rekeyed", tx=tx, forward=forward, decode_s=t1 - t0)
-        if tx.card_id not in states:
-            state = load_state(tx.card_id)
-            if state is not None:
-                states[tx.card_id] = state
+        load_once(states, tx.card_id, load_state)
         try:
             row = featurize(states, tx, self.horizon_ms)
         except DuplicateEvent:
