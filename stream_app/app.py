@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, MutableMapping
 from typing import Any
 
 import faust
@@ -36,7 +36,7 @@ from stream_app.events import (
 from stream_app.features import CardState
 from stream_app.ingress import Ingress, join_label, learn_label
 from stream_app.pan import PanTokenizer
-from stream_app.kafka.batch_send import PartitionBatches, delivered, ensure_metadata
+from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered, ensure_metadata
 from stream_app.kafka.faust_transport import broker_url
 from stream_app.kafka.witness import written_since
 from stream_app.kafka.security import kafka_security
@@ -76,6 +76,7 @@ class StreamApp:
         self._client: AIOKafkaClient | None = None
         self.metrics = Metrics(registry)
         self._positions: dict[tuple[str, int], int] = {}
+        self._partitions: dict[str, list[int]] = {}  # of the topics written in partition batches
         self.drift = self._drift_monitor()
         self.horizon_ms = settings.dedup_horizon_s * 1000
         self._unconfirmed: list[tuple[Transaction, list[float], Source]] = []
@@ -153,23 +154,38 @@ class StreamApp:
         return app
 
     # -- hot path ---------------------------------------------------------------------------------
+    @property
+    def producer(self) -> Any:
+        """The aiokafka producer under faust's (outputs and changelogs are sent as partition batches)."""
+        return self.app.producer._ensure_producer()
+
+    async def _table_metadata(self) -> None:
+        self._partitions.update(await ensure_metadata(
+            self.producer, *(t.changelog_topic.get_topic_name() for t in (self.cards, self.captured, self.parked_labels))))
+
+    def _batches(self) -> PartitionBatches:
+        return PartitionBatches(self.producer, self._partitions)
+
     async def _score_agent(self, stream: faust.StreamT[bytes]) -> None:
         s = self.settings
-        await ensure_metadata(self.app.producer._ensure_producer(), s.scores_topic, s.alerts_topic)
+        self._partitions.update(await ensure_metadata(self.producer, s.scores_topic, s.alerts_topic))
+        await self._table_metadata()
         async for events in acked_after(stream, s.batch_size, s.batch_window_ms / 1000):
-            pending = self.process_batch(events)
+            state = self._batches()
+            pending = self.process_batch(events, BatchedTable(self.cards, state))
             # Card state before outputs: the batch's outputs are sends not started yet (coroutines), and
             # the cards changelog reaches the broker first, so no score or alert is out whose redelivery
             # the state would not recognise (a second alert). The reverse window (state out, outputs
             # not) is repaired on redelivery: see _repair_unconfirmed and README "Delivery guarantees".
-            await self.app.producer.flush()
+            await delivered(state.send())
             if self._unconfirmed:
                 pending.extend(await self._repair_unconfirmed())
             if pending:
                 await asyncio.gather(*pending)
 
-    def process_batch(self, events: list[faust.EventT]) -> list[Awaitable[Any]]:
-        """Score a batch; returns the delivery futures the caller awaits before acknowledging."""
+    def process_batch(self, events: list[faust.EventT], cards: MutableMapping[bytes, bytes]) -> list[Awaitable[Any]]:
+        """Score a batch; card states are written to ``cards``; returns the output sends (not started)
+        that the caller awaits, after the card states, before acknowledging."""
         s, m = self.settings, self.metrics
         m.consumed.inc(len(events))
         m.batch_size.observe(len(events))
@@ -208,7 +224,7 @@ class StreamApp:
         for card_id, state in states.items():
             stored = kept_json(state)
             sizes.append(len(stored))
-            self.cards[card_id.encode()] = stored
+            cards[card_id.encode()] = stored
         observe_many(m.card_state_bytes, sizes)
         m.stage_seconds.labels("decode").inc(decode_s)
         m.stage_seconds.labels("features").inc(features_s + time.perf_counter() - t2)
@@ -309,7 +325,7 @@ class StreamApp:
         now = _now_ms()
         sends = []
         reasons = self.scorer.reasons
-        batches = PartitionBatches(self.app.producer._ensure_producer())
+        batches = self._batches()
         for item, source in zip(scored, sources, strict=True):
             record = score_record(item, source, now)
             batches.add(s.scores_topic, item.tx.tx_id.encode(), orjson.dumps(record))
@@ -341,8 +357,12 @@ class StreamApp:
     async def _capture_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Keep, per tx_id, the vector and scores the models saw, until the label comes; a label
         that arrived first (parked) is joined now."""
+        await self._table_metadata()
         async for events in acked_after(stream, self.settings.batch_size, 0.05):
             now = _now_ms()
+            changes = self._batches()
+            captured_table = BatchedTable(self.captured, changes)
+            parked_table = BatchedTable(self.parked_labels, changes)
             sends: list[Awaitable[Any]] = []
             for event in events:
                 try:
@@ -350,30 +370,34 @@ class StreamApp:
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     log.warning("capture.unreadable_score_record", offset=event.message.offset)
                     continue
-                if self.captured.get(event.key) == LEARNED:
+                if captured_table.get(event.key) == LEARNED:
                     continue
-                parked = self.parked_labels.get(event.key)
+                parked = parked_table.get(event.key)
                 if parked is None:
-                    self.captured[event.key] = captured.to_bytes()
+                    captured_table[event.key] = captured.to_bytes()
                 else:
-                    del self.parked_labels[event.key]
+                    del parked_table[event.key]
                     label = parse_label(ParkedLabel.from_bytes(parked).raw, pans=self.pans)
-                    sends.append(self._join(event.key, label, captured))
-            if sends:
-                await asyncio.gather(*sends)
+                    sends.append(self._join(event.key, label, captured, captured_table))
+            sends.append(delivered(changes.send()))
+            await asyncio.gather(*sends)
 
     async def _label_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Join each label with its captured vector; a label for a tx_id not captured (yet) is parked
         for STREAM_APP_LABEL_WAIT_S, in case its score record is still on its way."""
         s = self.settings
+        await self._table_metadata()
         async for events in acked_after(stream, s.batch_size, 0.05):
+            changes = self._batches()
+            captured_table = BatchedTable(self.captured, changes)
+            parked_table = BatchedTable(self.parked_labels, changes)
             sends: list[Awaitable[Any]] = []
             now = _now_ms()
             for event in events:
                 msg = event.message
                 out = join_label(event.value, event.key, (msg.topic, msg.partition, msg.offset), now,
-                                 max_bytes=s.max_message_bytes, pans=self.pans, captured=self.captured,
-                                 parked=self.parked_labels)
+                                 max_bytes=s.max_message_bytes, pans=self.pans, captured=captured_table,
+                                 parked=parked_table)
                 if out.kind == "dead_lettered":
                     assert out.error is not None
                     sends.append(self._dead_letter_label(event.value, out.error, Source.of(msg), event.key))
@@ -383,11 +407,11 @@ class StreamApp:
                     sends.append(self._send(s.examples_topic, out.example.tx_id.encode(), out.example.to_bytes()))
                 else:
                     self.metrics.labels.labels(out.kind).inc()
-            if sends:
-                await asyncio.gather(*sends)
+            sends.append(delivered(changes.send()))
+            await asyncio.gather(*sends)
 
-    def _join(self, key: bytes, label: Label, captured: Captured) -> Awaitable[Any]:
-        example = learn_label(key, label, captured, self.captured)
+    def _join(self, key: bytes, label: Label, captured: Captured, table: MutableMapping[bytes, bytes]) -> Awaitable[Any]:
+        example = learn_label(key, label, captured, table)
         self.metrics.labels.labels("joined").inc()
         return self._send(self.settings.examples_topic, key, example.to_bytes())
 
@@ -401,15 +425,17 @@ class StreamApp:
     async def _expire_parked_labels(self) -> None:
         """A label still without its transaction after the wait is for a tx_id we never scored."""
         cutoff = _now_ms() - int(self.settings.label_wait_s * 1000)
+        changes = self._batches()
+        parked_table = BatchedTable(self.parked_labels, changes)
         sends = []
-        for key, value in list(self.parked_labels.items()):
+        for key, value in list(parked_table.items()):
             parked = ParkedLabel.from_bytes(value)
             if parked.parked_at_ms < cutoff:
-                del self.parked_labels[key]
+                del parked_table[key]
                 exc = UnknownTransaction("no scored transaction with this tx_id (never seen, or expired)", "tx_id")
                 sends.append(self._dead_letter_label(parked.raw, exc, parked.source, parked.key))
         if sends:
-            await asyncio.gather(*sends)
+            await asyncio.gather(delivered(changes.send()), *sends)
 
     async def _learner(self) -> None:
         """Apply the examples log, in order, to this worker's online models (every worker does)."""
@@ -464,9 +490,12 @@ class StreamApp:
     async def _expire_captured(self) -> None:
         """Drop captured vectors (and learned markers) older than the retention: memory stays bounded."""
         cutoff = _now_ms() - self.settings.feature_retention_s * 1000
-        expired = [k for k, v in self.captured.items() if v != LEARNED and Captured.from_bytes(v).captured_at_ms < cutoff]
+        changes = self._batches()
+        captured_table = BatchedTable(self.captured, changes)
+        expired = [k for k, v in captured_table.items() if v != LEARNED and Captured.from_bytes(v).captured_at_ms < cutoff]
         for key in expired:
-            del self.captured[key]
+            del captured_table[key]
+        await delivered(changes.send())
         self.metrics.captured.set(len(self.captured))
 
     async def _poll_model(self) -> None:

@@ -11,6 +11,18 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "warn": logging.WARNING, "error": logging.ERROR}
 
 
+class CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at write time. Loggers are cached on first use, so one bound
+    to the stream of the moment would keep writing to it after it was replaced (and closed), as pytest's
+    capture does between tests that run the CLI in-process."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info") -> None:
     """JSON lines on stderr; stdout stays free for what a command prints for people."""
     numeric = _LEVELS.get(level.lower())
@@ -25,6 +37,6 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

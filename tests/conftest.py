@@ -4,24 +4,17 @@ closed capture stream for the next one (structlog's built-in default is bound to
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-
-class _CurrentStderr:
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
+from stream_app.observability import CurrentStderr
 
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
     structlog.reset_defaults()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()))  # type: ignore[arg-type]
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(CurrentStderr()))  # type: ignore[arg-type]
     yield
     structlog.reset_defaults()

@@ -4,12 +4,15 @@ Per record, `AIOKafkaProducer.send` costs a future, a partitioner call and an ac
 awaiting each delivery costs a task; at thousands of records per second that is more than scoring
 them. `send_batch` takes a whole partition's records for one future. The partition is the producer's
 own choice for the key (its partitioner), so keyed records land exactly where `send` would put them.
+
+Faust tables get the same treatment (:class:`BatchedTable`): faust sends one changelog record per
+key set, through its own buffer, a task and a `send` each, which cost more than the scoring itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator, MutableMapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -18,21 +21,22 @@ from aiokafka import AIOKafkaProducer
 class PartitionBatches:
     """Records collected for one micro-batch, grouped by (topic, partition); `send` submits them."""
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, partitions: dict[str, list[int]] | None = None) -> None:
         self.producer = producer
         self._open: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
-        self._partitions: dict[str, tuple[list[int], list[int]]] = {}
+        self._partitions = partitions if partitions is not None else {}
         self.records = 0
 
-    def add(self, topic: str, key: bytes, value: bytes) -> None:
-        """Queue a record; the topic's metadata must be known (see `ensure_metadata`)."""
+    def add(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Queue a record; the topic's partitions must be known (``partitions``, see `ensure_metadata`)."""
         known = self._partitions.get(topic)
         if known is None:
-            metadata = self.producer.client.cluster
-            known = self._partitions[topic] = (sorted(metadata.partitions_for_topic(topic)),
-                                               sorted(metadata.available_partitions_for_topic(topic)))
-        partition = self.producer._partitioner(key, *known)
+            found = self.producer.client.cluster.partitions_for_topic(topic)
+            if not found:
+                raise LookupError(f"partitions of {topic} unknown: call ensure_metadata first")
+            known = self._partitions[topic] = sorted(found)
+        partition = self.producer._partitioner(key, known, known)
         builder = self._open.get((topic, partition))
         if builder is None:
             builder = self._open[(topic, partition)] = self.producer.create_batch()
@@ -40,7 +44,7 @@ class PartitionBatches:
             self._full.append((topic, partition, builder))
             builder = self._open[(topic, partition)] = self.producer.create_batch()
             if builder.append(timestamp=None, key=key, value=value) is None:
-                raise ValueError(f"record of {len(value)} bytes does not fit an empty batch for {topic}")
+                raise ValueError(f"record of {len(value or b'')} bytes does not fit an empty batch for {topic}")
         self.records += 1
 
     async def send(self) -> list[asyncio.Future[Any]]:
@@ -50,10 +54,41 @@ class PartitionBatches:
         return [await self.producer.send_batch(b, t, partition=p) for t, p, b in batches]
 
 
-async def ensure_metadata(producer: AIOKafkaProducer, *topics: str) -> None:
-    """Partitioning needs each topic's partition count; fetch it once, before the first batch."""
-    for topic in topics:
-        await producer.client._wait_on_metadata(topic)
+class BatchedTable(MutableMapping[bytes, bytes]):
+    """A faust table (raw bytes keys and values) whose writes go into a micro-batch's changelog batches.
+
+    A write changes the table's store at once (reads see it) and adds its changelog record (a
+    tombstone for a delete) to ``batches``, partitioned by the producer's partitioner like faust's
+    ``use_partitioner=True``; the caller sends the batches and awaits them before acknowledging the
+    input, which is also what makes "state before outputs" a plain ordering of two awaits."""
+
+    def __init__(self, table: Any, batches: PartitionBatches) -> None:
+        self.store = table.data
+        self.topic = table.changelog_topic.get_topic_name()
+        self.batches = batches
+
+    def __getitem__(self, key: bytes) -> bytes:
+        return self.store[key]  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.store[key] = value
+        self.batches.add(self.topic, key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        del self.store[key]
+        self.batches.add(self.topic, key, None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.store)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
+async def ensure_metadata(producer: AIOKafkaProducer, *topics: str) -> dict[str, list[int]]:
+    """Each topic's partitions, fetched once before the first batch (pass them to `PartitionBatches`:
+    the client's cached metadata may later be refreshed for a subset of topics)."""
+    return {topic: sorted(await producer.client._wait_on_metadata(topic)) for topic in topics}
 
 
 async def delivered(futures: Awaitable[list[asyncio.Future[Any]]]) -> None:

@@ -1,4 +1,5 @@
-"""Faust transport whose changelog highwaters are confirmed by a fetch.
+"""stream_app's Faust transport: fetch-verified changelog highwaters, a lossless seek after a rebalance,
+and a fetch loop without a task pair per message (see the methods' docstrings for each, with figures).
 
 Why: Tansu 0.6.0 answers ListOffsets(latest) with the *last batch's base offset + 1* when that
 batch holds several records (150 records in one batch -> end offset 1, while a Fetch reports
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport import consumer as faust_consumer
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -104,10 +106,91 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
-    """faust aiokafka consumer running :class:`ConsumerThread`."""
+    """faust aiokafka consumer running :class:`ConsumerThread`, with a cheaper drain loop."""
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        """Seek the assigned partitions to their committed offsets with the fetch flow stopped.
+
+        After a rebalance faust resumes the stream partitions while the flow is already running (it
+        was resumed to read the changelogs), only then seeks them to the committed offsets, and then
+        clears the agents' queues (``flow_control.resume()``). Records fetched in that window were
+        delivered: the ones still queued are dropped by the clear, while the fetcher goes on
+        delivering the rest of its pre-seek batch, so the dropped offsets are never read again and
+        the commit passes over them (faust fills a hole in the delivered offsets as if acknowledged,
+        and lets one missing offset at the head of its acked list through). A read position the
+        fetcher recorded after a revocation survives too and makes it drop the re-read records below
+        it. Here the flow is stopped first (the pre-seek batch ends; callers resume the flow after
+        clearing the queues) and every read position is forgotten, so each partition restarts
+        exactly at its committed offset. Records of the window an agent already took are read
+        again: at-least-once, recognised as duplicates by the card state. This was the chaos runs'
+        lost events (traced: 1, 2 and 66 lost in three runs without it, 0 in three with it)."""
+        self.stop_flow()
+        self._read_offset.clear()
+        await super().perform_seek()
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs inside every worker
+        """faust's fetch loop, minus four futures and an ``asyncio.wait`` per message.
+
+        faust hands every fetched message to the conductor through ``wait_first(callback(message),
+        suspend_flow.wait())`` so that a rebalance can interrupt a delivery that blocks: that costs
+        about 70 µs per message (measured 170 µs on a loaded 2-core machine, against 0.3 µs for a
+        plain ``await``) and was the largest single cost of a worker. The conductor's callback only
+        blocks while stream flow control is suspended, the producer buffer is over its limit or a
+        stream queue is full; when none holds the callback is awaited directly, otherwise faust's
+        interruptible path is taken. Read offsets, gaps and ``commit_every`` are handled as in faust.
+        """
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        flow_is_active = self.app.flow_control.is_active
+        suspended = self.suspend_flow.is_set
+        producer_buffer = self.app.producer.buffer
+        yield_every, since_yield = 100, 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if self.should_stop:
+                    continue  # as faust: the loop ends once the stop flags are set
+                async for tp, message in ait:
+                    since_yield += 1
+                    if since_yield > yield_every:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is not None and offset < r_offset:
+                        continue  # read already (faust drops these too)
+                    if offset - (r_offset or 0) > 1 and r_offset and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if flow_is_active() and not suspended() and producer_buffer.size <= producer_buffer.max_messages:
+                        await callback(message)
+                    else:
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+                self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
 class Transport(faust_aiokafka.Transport):

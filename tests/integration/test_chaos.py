@@ -21,9 +21,6 @@ from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess
 
 
-@pytest.mark.xfail(strict=False, reason="open in issue 7: some runs still lose a micro-batch's outputs at the "
-                   "takeover rebalance (2 of 4 runs before the acked_after fix, 1 of 2 CI runs after); "
-                   "every figure is printed either way")
 def test_kill9_one_of_two_workers(kafka_bootstrap: str, tmp_path: Path) -> None:
     report = run_chaos(ChaosOptions(rate=200, seconds=36, kill_at=0.2, restart=True, restart_after_s=16,
                                     bootstrap=kafka_bootstrap, workdir=tmp_path))
