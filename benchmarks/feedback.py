@@ -85,7 +85,7 @@ def main() -> None:
                                 [(i.tx.card_id.encode(), i.tx.to_bytes()) for i in items]))
             scored = asyncio.run(count_until(broker.bootstrap, [(s.scores_topic, s.partitions)], len(items), 300))
             print(f"scored {len(scored)} transactions", flush=True)
-            labels = [(i.tx.tx_id.encode(), orjson.dumps(label_record(i, i.tx.ts_ms))) for i in items]
+            labels = [(i.tx.card_id.encode(), orjson.dumps(label_record(i, i.tx.ts_ms))) for i in items]
             start_ms = int(time.time() * 1000)
             asyncio.run(publish(broker.bootstrap, s.labels_topic, labels))
             arrivals = asyncio.run(count_until(broker.bootstrap, [(s.examples_topic, 1)], len(items), 120))

@@ -3,8 +3,8 @@
 Flow per micro-batch of raw transaction messages:
   bytes -> parse (bad -> DLQ) -> re-key by card when needed -> per-card state (Faust table)
   -> features -> River + ONNX -> decision -> `scores` (every tx) and `fraud-alerts` (risky tx).
-Labels join the feature vectors captured in `scores` (both keyed by tx_id, so the join is local to
-the worker that owns the partition) and teach the River model.
+The feature vectors are captured in the card's partition while scoring; labels, read by card, join
+them on the worker that scored the transaction and teach the River model through the examples log.
 
 Agents read raw bytes and validate them themselves: a Faust deserializer error would be
 acknowledged and lost, while here every bad message becomes a dead-letter record.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from collections.abc import AsyncIterator, Awaitable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import faust
@@ -27,14 +27,12 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 
 from stream_app.events import (
     InvalidEvent,
-    Label,
     Transaction,
     UnknownTransaction,
     kept_json,
-    parse_label,
 )
 from stream_app.features import CardState
-from stream_app.ingress import Ingress, join_label, learn_label
+from stream_app.ingress import Ingress, capture, capture_key, card_of, join_label
 from stream_app.pan import PanTokenizer
 from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered, ensure_metadata
 from stream_app.kafka.faust_transport import broker_url
@@ -118,20 +116,19 @@ class StreamApp:
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                                "value_serializer": "raw"}
         self.transactions = app.topic(s.transactions_topic, s.rekeyed_topic, **raw)
-        self.labels = app.topic(s.labels_topic, **raw)
-        self.scores_in = app.topic(s.scores_topic, **raw)
+        self.labels = app.topic(s.labels_topic, s.labels_rekeyed_topic, **raw)
         # use_partitioner: the changelog partition is the key's partition (murmur2 of card_id /
         # tx_id), i.e. the partition the event came from, also when a batch mixes partitions.
         self.cards = app.Table("cards", partitions=s.partitions, use_partitioner=True,
                                key_type=bytes, value_type=bytes, help="per-card feature state")
+        # Both keyed (card, tx_id) and partitioned by card: written by the agents through BatchedTable.
         self.captured = app.Table("captured-features", partitions=s.partitions, use_partitioner=True,
                                   key_type=bytes, value_type=bytes,
                                   help="feature vectors used at scoring time, until their label")
         self.parked_labels = app.Table("parked-labels", partitions=s.partitions, use_partitioner=True,
                                        key_type=bytes, value_type=bytes,
-                                       help="labels that arrived before their score record")
+                                       help="labels that arrived before their transaction was scored")
         app.agent(self.transactions, name="score")(self._score_agent)
-        app.agent(self.scores_in, name="capture")(self._capture_agent)
         app.agent(self.labels, name="label-join")(self._label_agent)
         app.timer(max(0.5, min(60.0, s.label_wait_s / 2)))(self._expire_parked_labels)
         app.task(self._learner)
@@ -172,7 +169,7 @@ class StreamApp:
         await self._table_metadata()
         async for events in acked_after(stream, s.batch_size, s.batch_window_ms / 1000):
             state = self._batches()
-            pending = self.process_batch(events, BatchedTable(self.cards, state))
+            pending = self.process_batch(events, state)
             # Card state before outputs: the batch's outputs are sends not started yet (coroutines), and
             # the cards changelog reaches the broker first, so no score or alert is out whose redelivery
             # the state would not recognise (a second alert). The reverse window (state out, outputs
@@ -183,9 +180,9 @@ class StreamApp:
             if pending:
                 await asyncio.gather(*pending)
 
-    def process_batch(self, events: list[faust.EventT], cards: MutableMapping[bytes, bytes]) -> list[Awaitable[Any]]:
-        """Score a batch; card states are written to ``cards``; returns the output sends (not started)
-        that the caller awaits, after the card states, before acknowledging."""
+    def process_batch(self, events: list[faust.EventT], state: PartitionBatches) -> list[Awaitable[Any]]:
+        """Score a batch. Card states and captured vectors go into ``state`` (their changelogs); returns
+        the output sends (not started) that the caller awaits, after ``state``, before acknowledging."""
         s, m = self.settings, self.metrics
         m.consumed.inc(len(events))
         m.batch_size.observe(len(events))
@@ -221,8 +218,9 @@ class StreamApp:
         t2 = time.perf_counter()
         self._remember_outputs(states, txs, rows, sources)
         sizes = []
-        for card_id, state in states.items():
-            stored = kept_json(state)
+        cards = BatchedTable(self.cards, state)
+        for card_id, card in states.items():
+            stored = kept_json(card)
             sizes.append(len(stored))
             cards[card_id.encode()] = stored
         observe_many(m.card_state_bytes, sizes)
@@ -232,6 +230,7 @@ class StreamApp:
             scored = self.scorer.score_many(txs, rows, observe=self._observe_stage)
             t3 = time.perf_counter()
             sends.extend(self._publish(scored, sources))
+            sends.extend(self._capture(scored, state))
             m.stage_seconds.labels("produce").inc(time.perf_counter() - t3)
             if self.drift is not None:
                 for event in self.drift.update_many(rows, [x.onnx_score for x in scored]):
@@ -354,33 +353,20 @@ class StreamApp:
         return _delivered(self.app.producer.send(topic, key, value, None, None, None))
 
     # -- feedback path ----------------------------------------------------------------------------
-    async def _capture_agent(self, stream: faust.StreamT[bytes]) -> None:
-        """Keep, per tx_id, the vector and scores the models saw, until the label comes; a label
-        that arrived first (parked) is joined now."""
-        await self._table_metadata()
-        async for events in acked_after(stream, self.settings.batch_size, 0.05):
-            now = _now_ms()
-            changes = self._batches()
-            captured_table = BatchedTable(self.captured, changes)
-            parked_table = BatchedTable(self.parked_labels, changes)
-            sends: list[Awaitable[Any]] = []
-            for event in events:
-                try:
-                    captured = Captured.from_score_record(orjson.loads(event.value), now)
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                    log.warning("capture.unreadable_score_record", offset=event.message.offset)
-                    continue
-                if captured_table.get(event.key) == LEARNED:
-                    continue
-                parked = parked_table.get(event.key)
-                if parked is None:
-                    captured_table[event.key] = captured.to_bytes()
-                else:
-                    del parked_table[event.key]
-                    label = parse_label(ParkedLabel.from_bytes(parked).raw, pans=self.pans)
-                    sends.append(self._join(event.key, label, captured, captured_table))
-            sends.append(delivered(changes.send()))
-            await asyncio.gather(*sends)
+    def _capture(self, scored: list[Scored], state: PartitionBatches) -> list[Awaitable[Any]]:
+        """Keep, per transaction, the vector and scores the models saw, in the card's partition, until
+        its label comes; a label that arrived first (parked) is joined now."""
+        now = _now_ms()
+        captured = BatchedTable(self.captured, state, card_of)
+        parked = BatchedTable(self.parked_labels, state, card_of)
+        sends = []
+        for item in scored:
+            example = capture(capture_key(item.tx.card_id, item.tx.tx_id), Captured.from_scored(item, now),
+                              captured, parked, self.pans)
+            if example is not None:
+                self.metrics.labels.labels("joined").inc()
+                sends.append(self._send(self.settings.examples_topic, example.tx_id.encode(), example.to_bytes()))
+        return sends
 
     async def _label_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Join each label with its captured vector; a label for a tx_id not captured (yet) is parked
@@ -389,15 +375,15 @@ class StreamApp:
         await self._table_metadata()
         async for events in acked_after(stream, s.batch_size, 0.05):
             changes = self._batches()
-            captured_table = BatchedTable(self.captured, changes)
-            parked_table = BatchedTable(self.parked_labels, changes)
+            captured_table = BatchedTable(self.captured, changes, card_of)
+            parked_table = BatchedTable(self.parked_labels, changes, card_of)
             sends: list[Awaitable[Any]] = []
             now = _now_ms()
             for event in events:
                 msg = event.message
                 out = join_label(event.value, event.key, (msg.topic, msg.partition, msg.offset), now,
                                  max_bytes=s.max_message_bytes, pans=self.pans, captured=captured_table,
-                                 parked=parked_table)
+                                 parked=parked_table, input_topic=s.labels_topic)
                 if out.kind == "dead_lettered":
                     assert out.error is not None
                     sends.append(self._dead_letter_label(event.value, out.error, Source.of(msg), event.key))
@@ -405,15 +391,14 @@ class StreamApp:
                     assert out.example is not None
                     self.metrics.labels.labels("joined").inc()
                     sends.append(self._send(s.examples_topic, out.example.tx_id.encode(), out.example.to_bytes()))
+                elif out.kind == "rekeyed":
+                    assert out.label is not None
+                    self.metrics.labels.labels("rekeyed").inc()
+                    sends.append(self._send(s.labels_rekeyed_topic, out.label.card_id.encode(), out.forward or b""))
                 else:
                     self.metrics.labels.labels(out.kind).inc()
             sends.append(delivered(changes.send()))
             await asyncio.gather(*sends)
-
-    def _join(self, key: bytes, label: Label, captured: Captured, table: MutableMapping[bytes, bytes]) -> Awaitable[Any]:
-        example = learn_label(key, label, captured, table)
-        self.metrics.labels.labels("joined").inc()
-        return self._send(self.settings.examples_topic, key, example.to_bytes())
 
     def _dead_letter_label(self, raw: bytes, exc: InvalidEvent, source: Source, key: bytes | None) -> Awaitable[Any]:
         self.metrics.labels.labels("unknown" if exc.reason == "unknown_tx" else "invalid").inc()
@@ -426,7 +411,7 @@ class StreamApp:
         """A label still without its transaction after the wait is for a tx_id we never scored."""
         cutoff = _now_ms() - int(self.settings.label_wait_s * 1000)
         changes = self._batches()
-        parked_table = BatchedTable(self.parked_labels, changes)
+        parked_table = BatchedTable(self.parked_labels, changes, card_of)
         sends = []
         for key, value in list(parked_table.items()):
             parked = ParkedLabel.from_bytes(value)
@@ -491,7 +476,7 @@ class StreamApp:
         """Drop captured vectors (and learned markers) older than the retention: memory stays bounded."""
         cutoff = _now_ms() - self.settings.feature_retention_s * 1000
         changes = self._batches()
-        captured_table = BatchedTable(self.captured, changes)
+        captured_table = BatchedTable(self.captured, changes, card_of)
         expired = [k for k, v in captured_table.items() if v != LEARNED and Captured.from_bytes(v).captured_at_ms < cutoff]
         for key in expired:
             del captured_table[key]

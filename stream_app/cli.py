@@ -21,7 +21,7 @@ def _topic_specs(settings: Settings) -> list:  # type: ignore[type-arg]
 
     week = {"retention.ms": str(7 * 86400 * 1000)}
     names = (settings.transactions_topic, settings.rekeyed_topic, settings.dlq_topic, settings.scores_topic,
-             settings.alerts_topic, settings.labels_topic, settings.labels_dlq_topic)
+             settings.alerts_topic, settings.labels_topic, settings.labels_rekeyed_topic, settings.labels_dlq_topic)
     # The examples log has one partition: one order of examples, hence one model on every worker.
     examples = TopicSpec(settings.examples_topic, 1, settings.replication_factor,
                          config={"retention.ms": str(settings.feature_retention_s * 1000)})

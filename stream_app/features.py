@@ -131,14 +131,14 @@ def _add_to_bucket(buckets: list[list[float]], idx: int, amount: float, keep_fro
             break
     else:
         buckets.append([idx, 1, amount, amount * amount])
-        buckets.sort(key=lambda b: b[0])
+        if len(buckets) > 1 and buckets[-2][0] > idx:  # usually appended in order
+            buckets.sort(key=lambda b: b[0])
     while buckets and buckets[0][0] < keep_from:
         buckets.pop(0)
 
 
-def check_new(state: CardState, tx: Transaction, horizon_ms: int) -> None:
-    """Refuse a tx_id this card already has, or one too old to tell whether it has."""
-    h = tx_hash(tx.tx_id)
+def check_new(state: CardState, tx: Transaction, horizon_ms: int, h: int) -> None:
+    """Refuse a tx_id this card already has (``h``: its tx_hash), or one too old to tell whether it has."""
     if any(seen == h for seen, _ in state["seen"]):
         raise DuplicateEvent("tx_id already scored for this card", "tx_id")
     last_ts = state["last_ts"]
@@ -149,8 +149,8 @@ def check_new(state: CardState, tx: Transaction, horizon_ms: int) -> None:
         raise LateEvent("event is older than the card's de-duplication memory", "timestamp")
 
 
-def update_state(state: CardState, tx: Transaction, horizon_ms: int) -> None:
-    """Fold ``tx`` into the card's state, dropping whatever has left every window."""
+def update_state(state: CardState, tx: Transaction, horizon_ms: int, h: int) -> None:
+    """Fold ``tx`` (``h``: its tx_hash) into the card's state, dropping whatever has left every window."""
     ts = tx.ts_ms
     amount = tx.amount_eur
     newest = ts if state["last_ts"] is None else max(state["last_ts"], ts)
@@ -169,9 +169,12 @@ def update_state(state: CardState, tx: Transaction, horizon_ms: int) -> None:
     merch.append([tx.merchant_id, max(previous, ts)])
     state["merch"] = merch[-MERCHANT_CAP:]
 
-    seen = [s for s in state["seen"] if s[1] >= newest - horizon_ms]
-    seen.append([tx_hash(tx.tx_id), ts])
-    seen.sort(key=lambda s: s[1])
+    seen = state["seen"]
+    if seen and seen[0][1] < newest - horizon_ms:  # kept sorted by time: only then is anything dropped
+        seen = [s for s in seen if s[1] >= newest - horizon_ms]
+    seen.append([h, ts])
+    if len(seen) > 1 and seen[-2][1] > ts:
+        seen.sort(key=lambda s: s[1])
     state["seen"] = seen[-SEEN_CAP:]
 
     if state["last_ts"] is None or ts >= state["last_ts"]:
@@ -193,8 +196,9 @@ def featurize(states: MutableMapping[str, CardState], tx: Transaction, horizon_m
     state = states.get(tx.card_id)
     if state is None:
         state = new_state()
-    check_new(state, tx, horizon_ms)
+    h = tx_hash(tx.tx_id)
+    check_new(state, tx, horizon_ms, h)
     features = compute_features(state, tx)
-    update_state(state, tx, horizon_ms)
+    update_state(state, tx, horizon_ms, h)
     states[tx.card_id] = state
     return features

@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
-from stream_app.events import EUR_RATES, format_ts
+from stream_app.events import EUR_RATES, InvalidEvent, format_ts, parse_label
 from stream_app.features import FEATURE_NAMES, CardState
-from stream_app.ingress import Ingress, join_label
+from stream_app.ingress import Ingress, capture, capture_key, join_label
 from stream_app.learning import Captured, ParkedLabel
 from stream_app.pan import PanTokenizer, luhn_ok
 from stream_app.records import Source, alert_record, dead_letter_record, score_record
@@ -106,10 +106,12 @@ class Mutator:
                 "country": rng.choice(["FR", "DE", "US", "BR"]), "channel": rng.choice(["pos", "ecom", "atm", "moto"]),
                 "mcc": rng.choice(["5411", "5732", "6011"])}
 
-    def valid_label(self, tx_ids: list[str]) -> dict[str, Any]:
+    def valid_label(self, scored: list[tuple[str, str]]) -> dict[str, Any]:
+        """A label for one of the ``scored`` (tx_id, card_id) pairs, mostly, or for a tx never scored."""
         rng = self.rng
-        return {"tx_id": rng.choice(tx_ids) if tx_ids and rng.random() < 0.7 else f"tx-x{rng.randrange(10**6)}",
-                "card_id": self.card(), "label": rng.choice(["fraud", "legit"]),
+        tx_id, card_id = (rng.choice(scored) if scored and rng.random() < 0.7
+                          else (f"tx-x{rng.randrange(10**6)}", self.card()))
+        return {"tx_id": tx_id, "card_id": card_id, "label": rng.choice(["fraud", "legit"]),
                 "source": rng.choice(["chargeback", "analyst", "customer"]),
                 "label_time": format_ts(T0 + rng.randrange(10**9))}
 
@@ -280,23 +282,29 @@ def fuzz_labels(n: int, seed: int, pans: PanTokenizer) -> Tally:
     rng = mut.rng
     captured: dict[bytes, bytes] = {}
     parked: dict[bytes, bytes] = {}
-    tx_ids: list[str] = []
+    scored: list[tuple[str, str]] = []
     tally = Tally()
     leaks = 0
-    vector = Captured([0.0] * len(FEATURE_NAMES), {"onnx": 0.1, "river": 0.2, "risk": 0.1}, T0).to_bytes()
+    vector = Captured([0.0] * len(FEATURE_NAMES), {"onnx": 0.1, "river": 0.2, "risk": 0.1}, T0)
     for i in range(n):
-        if rng.random() < 0.3:  # a score record was captured meanwhile
-            tx_id = f"tx-{i:08d}"
-            captured[tx_id.encode()] = vector
-            tx_ids = (tx_ids + [tx_id])[-1000:]
-        obj = mut.valid_label(tx_ids)
+        if rng.random() < 0.3:  # a transaction was scored meanwhile: its vector is captured, by card
+            tx_id, card_id = f"tx-{i:08d}", mut.card()
+            try:
+                card = parse_label(orjson.dumps({"tx_id": tx_id, "card_id": card_id, "label": "legit",
+                                                 "source": "analyst", "label_time": format_ts(T0)}), pans=pans).card_id
+            except InvalidEvent:  # a raw card number without a key: never scored
+                card = None
+            if card is not None:
+                capture(capture_key(card, tx_id), vector, captured, parked, pans)
+                scored = (scored + [(tx_id, card_id)])[-1000:]
+        obj = mut.valid_label(scored)
         raw: bytes | None = orjson.dumps(obj) if rng.random() < 0.2 else mut.mutate(obj)[1]
-        key = rng.choice([obj["tx_id"].encode(), None, rng.randbytes(6), PANS[0].encode()])
+        key = rng.choice([obj["card_id"].encode(), obj["tx_id"].encode(), None, rng.randbytes(6), PANS[0].encode()])
         tally.inputs += 1
         written: list[bytes] = []
         try:
             out = join_label(raw, key, ("labels", 0, i), T0, max_bytes=MAX_BYTES, pans=pans,
-                             captured=captured, parked=parked)
+                             captured=captured, parked=parked, input_topic=rng.choice(["labels", None]))
             tally.outcomes[out.kind] += 1
             if out.kind == "dead_lettered":
                 assert out.error is not None and out.error.reason in DLQ_REASONS
@@ -307,9 +315,12 @@ def fuzz_labels(n: int, seed: int, pans: PanTokenizer) -> Tally:
             elif out.kind == "joined":
                 assert out.example is not None
                 written.append(out.example.to_bytes())
+            elif out.kind == "rekeyed":
+                assert out.label is not None and out.forward is not None
+                written += [out.label.card_id.encode(), out.forward]
             elif out.kind == "parked":
                 assert out.label is not None
-                value = parked[out.label.tx_id.encode()]
+                value = parked[capture_key(out.label.card_id, out.label.tx_id)]
                 p = ParkedLabel.from_bytes(value)
                 written += [value, p.raw, p.key or b""]
         except Exception:  # noqa: BLE001

@@ -6,8 +6,13 @@ the worker's own decisions, not a copy. Every input ends as exactly one outcome 
 
 * transactions: ``scored`` (features computed; the caller scores), ``rekeyed`` (valid, but keyed by
   something else than its card: forwarded), ``dead_lettered`` (with a reason) or ``duplicate``;
-* labels: ``joined`` (an example to learn), ``parked`` (its score record has not come yet),
-  ``duplicate`` or ``dead_lettered``.
+* labels: ``joined`` (an example to learn), ``parked`` (its transaction has not been scored yet),
+  ``rekeyed`` (valid, but keyed by something else than its card: forwarded), ``duplicate`` or
+  ``dead_lettered``.
+
+The label join is local to the card's partition: the scoring agent captures each transaction's
+feature vector in the card's partition (:func:`capture`), and labels are read keyed by card, so the
+worker that scored a transaction is the one that gets its label.
 """
 
 from __future__ import annotations
@@ -23,7 +28,18 @@ from stream_app.learning import LEARNED, Captured, Example, ParkedLabel
 from stream_app.pan import PanTokenizer
 
 TxKind = Literal["scored", "rekeyed", "dead_lettered", "duplicate"]
-LabelKind = Literal["joined", "parked", "duplicate", "dead_lettered"]
+LabelKind = Literal["joined", "parked", "rekeyed", "duplicate", "dead_lettered"]
+SEPARATOR = b"\x1f"  # in no card id or tx_id (both are [A-Za-z0-9_.:-] ids or card tokens)
+
+
+def capture_key(card_id: str, tx_id: str) -> bytes:
+    """Key of a transaction in the captured-features and parked-labels tables: card, then tx_id."""
+    return card_id.encode() + SEPARATOR + tx_id.encode()
+
+
+def card_of(key: bytes) -> bytes:
+    """The card part of a :func:`capture_key`: the tables partition by it, like the card's transactions."""
+    return key.rpartition(SEPARATOR)[0]
 
 
 @dataclass(slots=True)
@@ -76,6 +92,7 @@ class LabelOutcome:
     label: Label | None = None
     error: InvalidEvent | None = None  # dead_lettered: why
     example: Example | None = None  # joined: what to append to the examples log
+    forward: bytes | None = None  # rekeyed: the value to publish keyed by card (card numbers tokenized)
 
 
 def learn_label(key: bytes, label: Label, captured: Captured, table: MutableMapping[bytes, bytes]) -> Example:
@@ -87,14 +104,17 @@ def learn_label(key: bytes, label: Label, captured: Captured, table: MutableMapp
 
 def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int], now_ms: int, *,
                max_bytes: int, pans: PanTokenizer, captured: MutableMapping[bytes, bytes],
-               parked: MutableMapping[bytes, bytes]) -> LabelOutcome:
+               parked: MutableMapping[bytes, bytes], input_topic: str | None = None) -> LabelOutcome:
     """One label against the captured-features and parked-labels tables (updated in place);
-    ``source`` is (topic, partition, offset)."""
+    ``source`` is (topic, partition, offset). A label read from ``input_topic`` whose message key is
+    not its card id is re-keyed instead: its card's partition may be another worker's."""
     try:
         label = parse_label(raw or b"", max_bytes, pans)
     except InvalidEvent as exc:
         return LabelOutcome("dead_lettered", error=exc)
-    tx_key = label.tx_id.encode()
+    if source[0] == input_topic and key != label.card_id.encode():
+        return LabelOutcome("rekeyed", label=label, forward=pans.clean(raw or b"", label.to_bytes))
+    tx_key = capture_key(label.card_id, label.tx_id)
     stored = captured.get(tx_key)
     if stored == LEARNED or (stored is None and tx_key in parked):
         return LabelOutcome("duplicate", label=label)
@@ -104,3 +124,17 @@ def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int
         return LabelOutcome("parked", label=label)
     return LabelOutcome("joined", label=label, example=learn_label(tx_key, label, Captured.from_bytes(stored),
                                                                    captured))
+
+
+def capture(key: bytes, vector: Captured, captured: MutableMapping[bytes, bytes], parked: MutableMapping[bytes, bytes],
+            pans: PanTokenizer) -> Example | None:
+    """A scored transaction's vector waits in ``captured`` for its label; a label that came first (parked)
+    is joined now and its example returned."""
+    if captured.get(key) == LEARNED:
+        return None  # its label was learned already (a repaired redelivery scores again)
+    waiting = parked.get(key)
+    if waiting is None:
+        captured[key] = vector.to_bytes()
+        return None
+    del parked[key]
+    return learn_label(key, parse_label(ParkedLabel.from_bytes(waiting).raw, pans=pans), vector, captured)

@@ -12,16 +12,15 @@ import base64
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from stream_app.events import kept_json
 from stream_app.evaluation import average_precision, roc_auc
-from stream_app.features import FEATURE_NAMES
 from stream_app.models.river_model import RiverScorer
 from stream_app.models.stacker import Stacker
-from stream_app.records import Source
+from stream_app.records import Source, model_scores
+from stream_app.scoring import Scored
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +40,11 @@ class Captured:
         return cls(features, scores, at)
 
     @classmethod
-    def from_score_record(cls, record: dict[str, Any], now_ms: int) -> Captured:
-        scores = dict(record["scores"])
-        scores["risk"] = record["risk_score"]
-        return cls([float(record["features"][n]) for n in FEATURE_NAMES], scores, now_ms)
+    def from_scored(cls, scored: Scored, now_ms: int) -> Captured:
+        """Captured at scoring time, with the scores exactly as the score record publishes them."""
+        scores = model_scores(scored)
+        scores["risk"] = round(scored.risk, 6)
+        return cls(list(scored.features), scores, now_ms)
 
 
 @dataclass(frozen=True, slots=True)

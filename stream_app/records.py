@@ -34,7 +34,8 @@ class Source:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
-def _scores(s: Scored) -> dict[str, float]:
+def model_scores(s: Scored) -> dict[str, float]:
+    """Each model's score as published (rounded to 6 digits), and as the label join captures it."""
     scores = {"onnx": round(s.onnx_score, 6), "river": round(s.river_score, 6)}
     if s.challenger_score is not None:
         scores["challenger"] = round(s.challenger_score, 6)
@@ -50,7 +51,7 @@ def decision_record(s: Scored) -> dict[str, Any]:
         "event_time": format_ts(tx.ts_ms),
         "decision": s.decision,
         "risk_score": round(s.risk, 6),
-        "scores": _scores(s),
+        "scores": model_scores(s),
         "model_versions": s.versions,
         "policy": s.policy,
         "features": dict(zip(FEATURE_NAMES, s.features, strict=True)),
@@ -87,7 +88,7 @@ def alert_record(s: Scored, reasons: ReasonModel, alerted_at_ms: int) -> dict[st
         "event_time": format_ts(tx.ts_ms),
         "decision": s.decision,
         "risk_score": round(s.risk, 6),
-        "scores": _scores(s),
+        "scores": model_scores(s),
         "model_versions": s.versions,
         "reasons": reasons.top_reasons(s.features),
         "alerted_at": format_ts(alerted_at_ms),

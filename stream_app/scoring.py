@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from stream_app.decision import Decision, Policy, ReasonModel
 from stream_app.events import Transaction
 from stream_app.models.onnx_model import OnnxScorer
@@ -34,14 +36,6 @@ class Scored:
     @property
     def is_alert(self) -> bool:
         return self.decision != "approve"
-
-
-def combine(policy: Policy, stacker: Stacker | None, features: Sequence[float], onnx: float, river: float,
-            river_labels: int) -> tuple[float, str]:
-    """The combined risk and the name of the policy that produced it."""
-    if stacker is not None and stacker.ready:
-        return stacker.predict_proba_one(features, onnx, river), "stacked"
-    return policy.combine(onnx, river, river_labels), "weighted"
 
 
 class FraudScorer:
@@ -95,18 +89,22 @@ class FraudScorer:
         onnx = self.slot.current  # read once: a hot swap mid-batch must not mislabel versions
         challenger = self.challenger.current if self.challenger else None
         t0 = time.perf_counter()
-        onnx_scores = onnx.predict_proba_many(rows)
+        matrix = np.asarray(rows, dtype=np.float64)  # converted once for every model
+        onnx_scores = onnx.predict_proba_many(matrix)
         challenger_scores: Sequence[float | None] = (
-            challenger.predict_proba_many(rows) if challenger else [None] * len(rows))
+            challenger.predict_proba_many(matrix) if challenger else [None] * len(rows))
         t1 = time.perf_counter()
-        river_scores = self.river.predict_proba_many(rows)
+        river_scores = self.river.predict_proba_many(matrix)
         if observe is not None:
             observe("onnx", t1 - t0)
             observe("river", time.perf_counter() - t1)
         labels = self.river.n_learned
         versions = self.versions(onnx, challenger)
-        out = []
-        for tx, row, o, r, c in zip(txs, rows, onnx_scores, river_scores, challenger_scores, strict=True):
-            risk, policy = combine(self.policy, self.stacker, row, o, r, labels)
-            out.append(Scored(tx, row, o, r, risk, self.policy.decide(risk), versions, policy, c))
-        return out
+        if self.stacker is not None and self.stacker.ready:
+            risks, policy = self.stacker.predict_proba_many(matrix, onnx_scores, river_scores), "stacked"
+        else:
+            risks, policy = [self.policy.combine(o, r, labels) for o, r in zip(onnx_scores, river_scores)], "weighted"
+        decide = self.policy.decide
+        return [Scored(tx, row, o, r, risk, decide(risk), versions, policy, c)
+                for tx, row, o, r, risk, c in zip(txs, rows, onnx_scores, river_scores, risks, challenger_scores,
+                                                  strict=True)]

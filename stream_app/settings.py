@@ -50,7 +50,9 @@ class Settings:
     alerts_topic: str = field(default="fraud-alerts", metadata=_env(
         "STREAM_APP_ALERTS_TOPIC", "One alert per risky transaction, keyed by card_id."))
     labels_topic: str = field(default="labels", metadata=_env(
-        "STREAM_APP_LABELS_TOPIC", "Labeled feedback (fraud / legit), keyed by tx_id."))
+        "STREAM_APP_LABELS_TOPIC", "Labeled feedback (fraud / legit), keyed by card_id (other keys are re-keyed)."))
+    labels_rekeyed_topic: str = field(default="labels.by-card", metadata=_env(
+        "STREAM_APP_LABELS_REKEYED_TOPIC", "Valid labels re-keyed by card_id when a producer used another key."))
     labels_dlq_topic: str = field(default="labels.dlq", metadata=_env(
         "STREAM_APP_LABELS_DLQ_TOPIC", "Dead-letter topic of labels: malformed, or for a tx_id never scored."))
     examples_topic: str = field(default="river-examples", metadata=_env(

@@ -30,6 +30,7 @@ def topic_env(prefix: str, partitions: int) -> dict[str, str]:
         "STREAM_APP_SCORES_TOPIC": f"{prefix}.scores",
         "STREAM_APP_ALERTS_TOPIC": f"{prefix}.fraud-alerts",
         "STREAM_APP_LABELS_TOPIC": f"{prefix}.labels",
+        "STREAM_APP_LABELS_REKEYED_TOPIC": f"{prefix}.labels.by-card",
         "STREAM_APP_LABELS_DLQ_TOPIC": f"{prefix}.labels.dlq",
         "STREAM_APP_EXAMPLES_TOPIC": f"{prefix}.river-examples",
     }

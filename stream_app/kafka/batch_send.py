@@ -12,7 +12,7 @@ key set, through its own buffer, a task and a `send` each, which cost more than 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -28,15 +28,16 @@ class PartitionBatches:
         self._partitions = partitions if partitions is not None else {}
         self.records = 0
 
-    def add(self, topic: str, key: bytes, value: bytes | None) -> None:
-        """Queue a record; the topic's partitions must be known (``partitions``, see `ensure_metadata`)."""
+    def add(self, topic: str, key: bytes, value: bytes | None, partition_key: bytes | None = None) -> None:
+        """Queue a record, in the partition of ``partition_key`` (default: its key); the topic's partitions
+        must be known (``partitions``, see `ensure_metadata`)."""
         known = self._partitions.get(topic)
         if known is None:
             found = self.producer.client.cluster.partitions_for_topic(topic)
             if not found:
                 raise LookupError(f"partitions of {topic} unknown: call ensure_metadata first")
             known = self._partitions[topic] = sorted(found)
-        partition = self.producer._partitioner(key, known, known)
+        partition = self.producer._partitioner(key if partition_key is None else partition_key, known, known)
         builder = self._open.get((topic, partition))
         if builder is None:
             builder = self._open[(topic, partition)] = self.producer.create_batch()
@@ -59,24 +60,27 @@ class BatchedTable(MutableMapping[bytes, bytes]):
 
     A write changes the table's store at once (reads see it) and adds its changelog record (a
     tombstone for a delete) to ``batches``, partitioned by the producer's partitioner like faust's
-    ``use_partitioner=True``; the caller sends the batches and awaits them before acknowledging the
-    input, which is also what makes "state before outputs" a plain ordering of two awaits."""
+    ``use_partitioner=True`` (over ``partition_key(key)`` when given: a composite key partitioned by one
+    part); the caller sends the batches and awaits them before acknowledging the input, which is also
+    what makes "state before outputs" a plain ordering of two awaits."""
 
-    def __init__(self, table: Any, batches: PartitionBatches) -> None:
+    def __init__(self, table: Any, batches: PartitionBatches,
+                 partition_key: Callable[[bytes], bytes] | None = None) -> None:
         self.store = table.data
         self.topic = table.changelog_topic.get_topic_name()
         self.batches = batches
+        self.partition_key = partition_key
 
     def __getitem__(self, key: bytes) -> bytes:
         return self.store[key]  # type: ignore[no-any-return]
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.store[key] = value
-        self.batches.add(self.topic, key, value)
+        self.batches.add(self.topic, key, value, self.partition_key(key) if self.partition_key else None)
 
     def __delitem__(self, key: bytes) -> None:
         del self.store[key]
-        self.batches.add(self.topic, key, None)
+        self.batches.add(self.topic, key, None, self.partition_key(key) if self.partition_key else None)
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.store)

@@ -78,7 +78,7 @@ async def publish_traffic(
                 in_flight.append(await _send_one(producer, transactions_topic, item, plan, rng, report))
                 if plan.label_delay_s >= 0 and item.tx.tx_id in report.valid_ids:
                     heapq.heappush(pending_labels, (now + plan.label_delay_s, report.sent,
-                                                    item.tx.tx_id.encode(), _label_bytes(item)))
+                                                    item.tx.card_id.encode(), _label_bytes(item)))
             while pending_labels and pending_labels[0][0] <= now:
                 _, _, key, value = heapq.heappop(pending_labels)
                 in_flight.append(await producer.send(labels_topic, value, key=key))
@@ -103,7 +103,7 @@ async def publish_due_labels(bootstrap: str, labels_topic: str, items: list[Labe
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **client_kwargs)
     await producer.start()
     try:
-        futures = [await producer.send(labels_topic, _label_bytes(i), key=i.tx.tx_id.encode()) for i in items]
+        futures = [await producer.send(labels_topic, _label_bytes(i), key=i.tx.card_id.encode()) for i in items]
         await asyncio.gather(*futures)
         return len(futures)
     finally:

@@ -71,8 +71,8 @@ class OnnxScorer:
         output = "probabilities" if "probabilities" in outputs else outputs[-1]
         return cls(session, card, inputs[0].name, output)
 
-    def predict_proba_many(self, rows: Sequence[Sequence[float]]) -> list[float]:
-        if not rows:
+    def predict_proba_many(self, rows: Sequence[Sequence[float]] | np.ndarray) -> list[float]:
+        if len(rows) == 0:
             return []
         x = np.asarray(rows, dtype=np.float32)
         probabilities = self.session.run([self.output_name], {self.input_name: x})[0]

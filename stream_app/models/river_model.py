@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 from river import compose, linear_model, optim, preprocessing
 
 from stream_app.features import FEATURE_NAMES
@@ -37,9 +38,34 @@ class RiverScorer:
     def predict_proba_one(self, features: Sequence[float]) -> float:
         return float(self.model.predict_proba_one(self.as_dict(features)).get(True, 0.0))
 
-    def predict_proba_many(self, rows: Sequence[Sequence[float]]) -> list[float]:
-        return [self.predict_proba_one(r) for r in rows]
+    def predict_proba_many(self, rows: Sequence[Sequence[float]] | np.ndarray) -> list[float]:
+        """A micro-batch at once: River's own arithmetic (scale, dot, sigmoid) over numpy arrays read
+        from the learned state, about 1 µs a row instead of ~15 µs through ``predict_proba_one``'s
+        dicts (equal to it within float rounding; a unit test checks). Other pipelines go row by row."""
+        steps = list(self.model.steps.values())
+        if len(rows) == 0 or len(steps) != 2:
+            return [self.predict_proba_one(r) for r in rows]
+        scaler, lr = steps
+        if not (isinstance(scaler, preprocessing.StandardScaler) and scaler.with_std and scaler.window_size is None
+                and type(lr) is linear_model.LogisticRegression):
+            return [self.predict_proba_one(r) for r in rows]
+        x = np.asarray(rows, dtype=np.float64)
+        mean = _vector(scaler.means)
+        std = np.sqrt(_vector(scaler.vars))
+        z = np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
+        return sigmoid(z @ _vector(lr._weights.to_dict()) + lr.intercept)
 
     def learn_one(self, features: Sequence[float], is_fraud: bool) -> None:
         self.model.learn_one(self.as_dict(features), bool(is_fraud))
         self.n_learned += 1
+
+
+def _vector(values: Mapping[str, float]) -> np.ndarray:
+    """A learned per-feature quantity in feature order (0 where nothing was learned, as River reads it)."""
+    return np.array([values.get(name, 0.0) for name in FEATURE_NAMES], dtype=np.float64)
+
+
+def sigmoid(logits: np.ndarray) -> list[float]:
+    """River's ``utils.math.sigmoid`` over an array: 0 below -30, 1 above 30."""
+    p = 1.0 / (1.0 + np.exp(-np.clip(logits, -30.0, 30.0)))
+    return np.where(logits < -30, 0.0, np.where(logits > 30, 1.0, p)).tolist()  # type: ignore[no-any-return]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from river import linear_model, optim
 
 from stream_app.features import FEATURE_NAMES
+from stream_app.models.river_model import sigmoid
 
 #: feature -> scale: each input stays within a few units, so SGD needs no scaler.
 STACKED_FEATURES = {"log_amount": 10.0, "count_1h": 20.0, "first_use_of_merchant": 1.0, "country_changed": 1.0}
@@ -48,6 +50,20 @@ class Stacker:
 
     def predict_proba_one(self, features: Sequence[float], onnx: float, river: float) -> float:
         return float(self.model.predict_proba_one(self.inputs(features, onnx, river)).get(True, 0.0))
+
+    def predict_proba_many(self, rows: Sequence[Sequence[float]] | np.ndarray, onnx: Sequence[float],
+                           river: Sequence[float]) -> list[float]:
+        """``predict_proba_one`` for a micro-batch, over numpy arrays (equal within float rounding)."""
+        if len(rows) == 0:
+            return []
+        weights = self.model._weights.to_dict()
+        x = np.asarray(rows, dtype=np.float64)
+        p = np.clip(np.asarray([onnx, river], dtype=np.float64), 1e-6, 1 - 1e-6)
+        logit = weights.get("onnx_logit", 0.0) * np.log(p[0] / (1 - p[0])) + \
+            weights.get("river_logit", 0.0) * np.log(p[1] / (1 - p[1]))
+        for name, i, scale in _INDEX:
+            logit += weights.get(name, 0.0) * (np.minimum(x[:, i], scale) / scale)
+        return sigmoid(logit + self.model.intercept)
 
     def learn_one(self, features: Sequence[float], scores: dict[str, float], is_fraud: bool) -> None:
         self.model.learn_one(self.inputs(features, scores["onnx"], scores["river"]), bool(is_fraud))

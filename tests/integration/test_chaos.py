@@ -11,7 +11,6 @@ import math
 import time
 from pathlib import Path
 
-import pytest
 
 from loadtests.chaos import ChaosOptions, run_chaos
 from stream_app.worker_process import topic_env

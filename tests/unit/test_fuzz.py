@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_app import fuzz
-from stream_app.events import NO_PAN_KEY
+from stream_app.events import NO_PAN_KEY, parse_label
 from stream_app.features import FEATURE_NAMES
-from stream_app.ingress import Ingress, join_label
+from stream_app.ingress import Ingress, capture_key, join_label
 from stream_app.learning import Captured
 from stream_app.pan import PanTokenizer
 from stream_app.records import Source, dead_letter_record
@@ -89,7 +89,8 @@ def test_ingress_accounts_for_every_input(raw: bytes | None, key: bytes | None, 
 @given(mutated(VALID_LABEL), st.booleans(), st.booleans())
 def test_label_join_accounts_for_every_input(raw: bytes | None, was_scored: bool, was_parked: bool) -> None:
     vector = Captured([0.0] * len(FEATURE_NAMES), {"onnx": 0.1}, 1).to_bytes()
-    captured = {b"tx-1": vector} if was_scored else {}
+    card = parse_label(orjson.dumps(VALID_LABEL), pans=PANS).card_id
+    captured = {capture_key(card, "tx-1"): vector} if was_scored else {}
     parked: dict[bytes, bytes] = {}
     if was_parked and not was_scored:
         join_label(orjson.dumps(VALID_LABEL), None, ("labels", 0, 0), 1, max_bytes=fuzz.MAX_BYTES, pans=PANS,
@@ -98,10 +99,16 @@ def test_label_join_accounts_for_every_input(raw: bytes | None, was_scored: bool
                      parked=parked)
     assert out.kind in {"joined", "parked", "duplicate", "dead_lettered"}
     if out.kind == "joined":
-        assert out.example is not None and captured[out.label.tx_id.encode()] == b"L"
+        assert out.example is not None and captured[capture_key(out.label.card_id, out.label.tx_id)] == b"L"
     if out.kind == "parked":
-        assert out.label.tx_id.encode() in parked
+        assert capture_key(out.label.card_id, out.label.tx_id) in parked
     _account(raw, b"k", out, PANS)
+    rekeyed = join_label(raw, b"k", ("labels", 0, 1), 2, max_bytes=fuzz.MAX_BYTES, pans=PANS, captured={},
+                         parked={}, input_topic="labels")
+    assert (rekeyed.kind == "dead_lettered") == (out.kind == "dead_lettered")
+    if rekeyed.kind == "rekeyed":  # keyed by something else than its card: forwarded, no card number in it
+        assert rekeyed.forward is not None and not any(pan.encode() in rekeyed.forward for pan in fuzz.PANS)
+    _account(raw, b"k", rekeyed, PANS)
 
 
 def test_generated_bad_inputs_are_all_accounted_for() -> None:

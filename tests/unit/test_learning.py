@@ -18,6 +18,8 @@ from stream_app.learning import Captured, Example, OnlineLearner, PrequentialMet
 from stream_app.models import checkpoint
 from stream_app.models.river_model import RiverScorer
 from stream_app.models.stacker import Stacker
+from stream_app.records import Source, score_record
+from stream_app.scoring import Scored
 
 LABEL = {"tx_id": "tx-1", "card_id": "card_1", "label": "fraud", "source": "chargeback",
          "label_time": "2026-01-02T00:00:00Z"}
@@ -48,11 +50,16 @@ def test_arbitrary_label_bytes_only_raise_invalid_event(raw: bytes) -> None:
 
 
 def test_captured_and_example_round_trip() -> None:
-    record = {"features": {n: float(i) for i, n in enumerate(FEATURE_NAMES)}, "scores": {"onnx": 0.9, "river": 0.2},
-              "risk_score": 0.7}
-    captured = Captured.from_score_record(record, 123)
+    """The label join learns from exactly what the score record published: same vector, same rounding."""
+    tx = next(iter(simulate(GeneratorConfig(seed=5, n_customers=10)))).tx
+    features = [float(i) + 0.1234567891 for i in range(len(FEATURE_NAMES))]
+    scored = Scored(tx, features, 0.91234567891, 0.2, 0.70000049, "review", {"onnx": "o", "river": "r"})
+    captured = Captured.from_scored(scored, 123)
     assert Captured.from_bytes(captured.to_bytes()) == captured
-    assert captured.scores == {"onnx": 0.9, "river": 0.2, "risk": 0.7}
+    record = orjson.loads(orjson.dumps(score_record(scored, Source("t", 0, 1, 2), 3)))
+    assert captured.scores == {**record["scores"], "risk": record["risk_score"]} == {
+        "onnx": 0.912346, "river": 0.2, "risk": 0.7}
+    assert captured.features == [record["features"][n] for n in FEATURE_NAMES]
     example = Example("tx-1", captured.features, True, captured.scores, "analyst", 5)
     assert Example.from_bytes(example.to_bytes()) == example
 
@@ -141,3 +148,36 @@ def test_stacker_learns_to_trust_the_better_score() -> None:
     high = stacker.predict_proba_one(examples[0].features, 0.9, 0.5)
     low = stacker.predict_proba_one(examples[0].features, 0.1, 0.5)
     assert high > low + 0.3
+
+
+def test_label_join_in_the_cards_partition_whichever_comes_first() -> None:
+    """Scoring captures the vector under (card, tx_id); a label joins it, or waits for it (parked) and is
+    joined by the capture; a second label is a duplicate; a label keyed by something else than its card,
+    read from the input topic, is re-keyed (its card's partition may be another worker's)."""
+    from stream_app.ingress import capture, capture_key, card_of, join_label
+    from stream_app.pan import PanTokenizer
+
+    pans = PanTokenizer()
+    vector = Captured([1.0] * len(FEATURE_NAMES), {"onnx": 0.9, "river": 0.1, "risk": 0.8}, 5)
+    captured: dict[bytes, bytes] = {}
+    parked: dict[bytes, bytes] = {}
+
+    def label(tx_id: str, key: bytes | None = b"card_1", topic: str = "labels.by-card"):  # type: ignore[no-untyped-def]
+        return join_label(orjson.dumps({**LABEL, "tx_id": tx_id}), key, (topic, 0, 1), 10, max_bytes=4096,
+                          pans=pans, captured=captured, parked=parked, input_topic="labels")
+
+    key = capture_key("card_1", "tx-1")
+    assert card_of(key) == b"card_1"
+    assert capture(key, vector, captured, parked, pans) is None and key in captured
+    joined = label("tx-1")
+    assert joined.kind == "joined" and joined.example.features == vector.features
+    assert label("tx-1").kind == "duplicate"
+    assert capture(key, vector, captured, parked, pans) is None and captured[key] == b"L", "learned stays learned"
+
+    assert label("tx-2").kind == "parked" and capture_key("card_1", "tx-2") in parked
+    late = capture(capture_key("card_1", "tx-2"), vector, captured, parked, pans)
+    assert late is not None and late.tx_id == "tx-2" and late.is_fraud and not parked
+    assert label("tx-2").kind == "duplicate"
+
+    assert label("tx-3", key=b"tx-3", topic="labels").kind == "rekeyed"
+    assert label("tx-3", key=b"card_1", topic="labels").kind == "parked", "keyed by its card: joined here"

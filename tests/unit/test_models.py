@@ -92,3 +92,25 @@ def test_scorer_core_combines_and_decides(fresh_data) -> None:  # type: ignore[n
         assert s.decision == policy.decide(s.risk)
     alerts = [s for s in scorer.score_many([i.tx for i in items], rows) if s.is_alert]
     assert sum(s.tx.tx_id in {i.tx.tx_id for i in items if i.is_fraud} for s in alerts) > 0.5 * len(alerts)
+
+
+def test_batched_river_and_stacker_equal_their_row_by_row_predictions(fresh_data) -> None:  # type: ignore[no-untyped-def]
+    """The vectorized micro-batch paths read the learned state; they must answer what River's own
+    predict_proba_one answers, before learning (all zero), after learning, and with a constant feature."""
+    from stream_app.models.stacker import Stacker
+
+    _, rows, y = fresh_data
+    river, stacker = RiverScorer(), Stacker(warmup=0)
+    probe = rows[:300]
+    onnx = [min(0.999, max(0.001, r[0] / 1000)) for r in probe]
+    for step in range(3):
+        batched = river.predict_proba_many(probe)
+        single = [river.predict_proba_one(r) for r in probe]
+        np.testing.assert_allclose(batched, single, rtol=0, atol=1e-12)
+        stacked = stacker.predict_proba_many(probe, onnx, batched)
+        np.testing.assert_allclose(stacked, [stacker.predict_proba_one(r, o, b) for r, o, b in zip(probe, onnx, batched)],
+                                   rtol=0, atol=1e-12)
+        for row, label in list(zip(rows, y))[step * 2000:(step + 1) * 2000]:
+            river.learn_one([*row[:-1], 1.0], bool(label))  # the last feature stays constant: zero variance
+            stacker.learn_one(row, {"onnx": 0.5, "river": 0.2}, bool(label))
+    assert len(set(np.round(batched, 6))) > 10, "the learned model separates rows"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from stream_app.decision import ReasonModel
 from stream_app.events import NO_PAN_KEY, InvalidEvent, parse_label, parse_transaction
 from stream_app.features import FEATURE_NAMES
-from stream_app.ingress import Ingress, join_label
+from stream_app.ingress import Ingress, capture, capture_key, join_label
 from stream_app.learning import Captured, ParkedLabel
 from stream_app.pan import PanTokenizer, is_token, luhn_ok, pan_digits
 from stream_app.records import Source, alert_record, dead_letter_record, score_record
@@ -164,12 +164,18 @@ def test_nothing_the_pipeline_writes_holds_a_raw_card_number(pans: PanTokenizer)
                 written += [orjson.dumps(record), base64.b64decode(record["original_b64"]),
                             base64.b64decode(record["key_b64"] or "")]
                 log.debug("event.dead_lettered", reason=out.error.reason)
-        captured: dict[bytes, bytes] = {b"tx-0": Captured([0.0] * len(FEATURE_NAMES), {"onnx": 0.5}, 1).to_bytes()}
+        captured: dict[bytes, bytes] = {}
         parked: dict[bytes, bytes] = {}
         for i in range(50):
             raw = orjson.dumps({**LABEL, "tx_id": f"tx-{i}", "card_id": rng.choice(numbers)})
             out = join_label(raw, VISA.encode(), ("labels", 0, i), 1, max_bytes=16384, pans=pans,
-                             captured=captured, parked=parked)
+                             captured=captured, parked=parked, input_topic="labels" if i % 2 else None)
+            if out.kind == "rekeyed":
+                written += [out.label.card_id.encode(), out.forward]
+            elif out.kind == "parked" and i % 3 == 0:  # its transaction is scored now: joined, learned
+                capture(capture_key(out.label.card_id, out.label.tx_id),
+                        Captured([0.0] * len(FEATURE_NAMES), {"onnx": 0.5}, 1), captured, parked, pans)
+                written += list(captured) + list(parked)
             if out.kind == "dead_lettered":
                 record = dead_letter_record(raw, out.error, SOURCE, VISA.encode(), 1, pans)
                 written += [base64.b64decode(record["original_b64"]), base64.b64decode(record["key_b64"])]
