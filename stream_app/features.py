@@ -160,7 +160,8 @@ def update_state(state: CardState, tx: Transaction, horizon_ms: int, h: int) -> 
     if len(recent) > 1 and recent[-2][0] > ts:
         recent.sort(key=lambda r: r[0])
     cutoff = newest - HOUR_MS
-    state["recent"] = [r for r in recent if r[0] > cutoff][-RECENT_CAP:]
+    if recent[0][0] <= cutoff or len(recent) > RECENT_CAP:  # kept sorted by time: only then is anything dropped
+        state["recent"] = [r for r in recent if r[0] > cutoff][-RECENT_CAP:]
     _add_to_bucket(state["hours"], ts // HOUR_MS, amount, newest // HOUR_MS - 23)
     _add_to_bucket(state["days"], ts // DAY_MS, amount, newest // DAY_MS - 29)
 

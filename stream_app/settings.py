@@ -72,6 +72,9 @@ class Settings:
         "STREAM_APP_BATCH_SIZE", "Most events scored together in one micro-batch."))
     batch_window_ms: int = field(default=5, metadata=_env(
         "STREAM_APP_BATCH_WINDOW_MS", "Longest wait to fill a micro-batch (bounds added latency)."))
+    max_in_flight_batches: int = field(default=4, metadata=_env(
+        "STREAM_APP_MAX_IN_FLIGHT_BATCHES",
+        "Micro-batches scored while earlier ones still wait for the broker's acks (1: one at a time)."))
     fetch_max_wait_ms: int = field(default=10, metadata=_env(
         "STREAM_APP_FETCH_MAX_WAIT_MS", "Longest time the broker may hold the worker's fetch when no data is there."))
     review_threshold: float = field(default=0.3, metadata=_env(
@@ -159,8 +162,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.review_threshold <= self.decline_threshold <= 1:
             raise ValueError("need 0 <= review_threshold <= decline_threshold <= 1")
-        if self.partitions < 1 or self.batch_size < 1:
-            raise ValueError("partitions and batch_size must be >= 1")
+        if self.partitions < 1 or self.batch_size < 1 or self.max_in_flight_batches < 1:
+            raise ValueError("partitions, batch_size and max_in_flight_batches must be >= 1")
         if self.combiner not in {"weighted", "stacked"}:
             raise ValueError("combiner must be weighted or stacked")
         if not 0 <= self.river_max_weight <= 1:

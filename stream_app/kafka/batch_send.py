@@ -66,7 +66,7 @@ class BatchedTable(MutableMapping[bytes, bytes]):
 
     def __init__(self, table: Any, batches: PartitionBatches,
                  partition_key: Callable[[bytes], bytes] | None = None) -> None:
-        self.store = table.data
+        self.store = store_dict(table)
         self.topic = table.changelog_topic.get_topic_name()
         self.batches = batches
         self.partition_key = partition_key
@@ -87,6 +87,13 @@ class BatchedTable(MutableMapping[bytes, bytes]):
 
     def __len__(self) -> int:
         return len(self.store)
+
+
+def store_dict(table: Any) -> MutableMapping[bytes, bytes]:
+    """The dict under a faust table with the in-memory store (reads skip faust's mapping layers, ~2 µs
+    a key); other stores are used through their mapping interface."""
+    store = table.data
+    return store.data if isinstance(getattr(store, "data", None), dict) else store  # type: ignore[no-any-return]
 
 
 async def ensure_metadata(producer: AIOKafkaProducer, *topics: str) -> dict[str, list[int]]:
