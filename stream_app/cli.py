@@ -163,7 +163,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     return run_demo(settings, DemoOptions(seconds=args.seconds, rate=args.rate, seed=args.seed,
                                           customers=args.customers, label_delay_s=args.label_delay,
-                                          malformed_rate=args.malformed_rate, quiet=args.quiet))
+                                          malformed_rate=args.malformed_rate, quiet=args.quiet,
+                                          drift_at_s=args.drift_at, drift_factor=args.drift_factor))
 
 
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
@@ -235,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--malformed-rate", type=float, default=0.005, help="share of malformed events")
     demo.add_argument("--seed", type=int, default=42, help="generator seed")
     demo.add_argument("--quiet", action="store_true", help="no alert lines, only progress and summary")
+    demo.add_argument("--drift-at", type=float, default=None, metavar="SECONDS",
+                      help="drift scenario: from this second on, amounts are multiplied by --drift-factor "
+                           "(the worker's drift monitor reports it)")
+    demo.add_argument("--drift-factor", type=float, default=3.0, help="amount factor of the drift scenario (default 3)")
     demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="run the Faust worker against KAFKA_BOOTSTRAP_SERVERS")

@@ -40,6 +40,8 @@ class DemoOptions:
     label_delay_s: float = 5.0
     malformed_rate: float = 0.005
     quiet: bool = False
+    drift_at_s: float | None = None  # the drift scenario: amounts x drift_factor from this second on
+    drift_factor: float = 3.0
 
 
 @dataclass
@@ -154,7 +156,8 @@ class Demo:
         reader = asyncio.create_task(self.read_outputs(stop_reading))
         config = GeneratorConfig(seed=o.seed, n_customers=o.customers)
         plan = TrafficPlan(rate=o.rate, seconds=o.seconds, label_delay_s=o.label_delay_s,
-                           malformed_rate=o.malformed_rate, foreign_key_rate=0.01)
+                           malformed_rate=o.malformed_rate, foreign_key_rate=0.01,
+                           shift_after_s=o.drift_at_s, shift_factor=o.drift_factor)
         report = await publish_traffic(s.bootstrap_servers, s.transactions_topic, s.labels_topic, config,
                                        plan, on_progress=self.progress, stop=interrupted, **client_kwargs(s))
         self.patterns = report.frauds

@@ -12,15 +12,22 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 class CurrentStderr:
-    """Writes to whatever ``sys.stderr`` is at write time. Loggers are cached on first use, so one bound
-    to the stream of the moment would keep writing to it after it was replaced (and closed), as pytest's
-    capture does between tests that run the CLI in-process."""
+    """The stderr of the moment logging was configured, or the current one once that was closed.
+
+    Loggers are cached on first use, so one bound to a stream that was later replaced and closed (as
+    pytest's capture does between tests that run the CLI in-process) would fail; the stream of the
+    moment is kept otherwise, so a faust worker, which redirects ``sys.stderr`` into its own log
+    format after we configured logging, still writes our JSON lines as they are."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stderr
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        stream = sys.stderr if self.stream.closed else self.stream
+        return stream.write(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        (sys.stderr if self.stream.closed else self.stream).flush()
 
 
 def configure_logging(level: str = "info") -> None:

@@ -7,6 +7,7 @@ latency instead of silently lowering the offered load.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import random
 import time
@@ -29,6 +30,10 @@ class TrafficPlan:
     label_delay_s: float = 5.0  # labels follow their transaction after this long; < 0: no labels
     malformed_rate: float = 0.0  # share of messages replaced by a malformed variant
     foreign_key_rate: float = 0.0  # share of valid messages keyed by tx_id instead of card_id
+    # A data drift: from this second on, amounts are multiplied by shift_factor (an upstream unit or
+    # currency bug, a price shock): what the worker's drift monitor is there to notice.
+    shift_after_s: float | None = None
+    shift_factor: float = 3.0
 
 
 @dataclass
@@ -73,8 +78,12 @@ async def publish_traffic(
             due = int(elapsed * plan.rate) + 1
             if plan.count is not None:
                 due = min(due, plan.count)
+            shifted = plan.shift_after_s is not None and elapsed >= plan.shift_after_s
             while report.sent < due:
                 item = next(source)
+                if shifted:
+                    item = dataclasses.replace(item, tx=dataclasses.replace(
+                        item.tx, amount=round(item.tx.amount * plan.shift_factor, 2)))
                 in_flight.append(await _send_one(producer, transactions_topic, item, plan, rng, report))
                 if plan.label_delay_s >= 0 and item.tx.tx_id in report.valid_ids:
                     heapq.heappush(pending_labels, (now + plan.label_delay_s, report.sent,

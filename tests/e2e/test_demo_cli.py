@@ -8,11 +8,17 @@ import subprocess
 import sys
 
 
+DEMO_ENV = {**{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}, "STREAM_APP_DRIFT_WINDOW": "2000"}
+
+
+def _drift_line(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith("drift detected"))
+
+
 def test_demo_runs_scores_alerts_and_summarises() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     proc = subprocess.run(
         [sys.executable, "-m", "stream_app.cli", "demo", "--seconds", "20", "--rate", "400"],
-        capture_output=True, text=True, timeout=300, env=env)
+        capture_output=True, text=True, timeout=300, env=DEMO_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     match = re.fullmatch(
@@ -27,6 +33,17 @@ def test_demo_runs_scores_alerts_and_summarises() -> None:
     assert 0 < p50 <= p99
     assert "ALERT " in proc.stdout and "summary" in proc.stdout
     assert "missing 0" in proc.stdout and "duplicates 0" in proc.stdout
+    assert "amount_eur" not in _drift_line(proc.stdout), "amounts as in training: no drift reported"
+
+
+def test_demo_drift_scenario_fires_the_drift_monitor() -> None:
+    """Amounts x3 from second 8 on: the worker's PSI monitor reports the amount features."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "demo", "--seconds", "20", "--rate", "400", "--drift-at", "8",
+         "--quiet"], capture_output=True, text=True, timeout=300, env=DEMO_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    drifted = _drift_line(proc.stdout)
+    assert "amount_eur" in drifted and "log_amount" in drifted, drifted
 
 
 def test_every_command_has_help() -> None:
