@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -257,8 +257,8 @@ class StreamApp:
             sends.extend(self._capture(scored, state))
             m.stage_seconds.labels("produce").inc(time.perf_counter() - t3)
             if self.drift is not None:
-                for event in self.drift.update_many(rows, [x.onnx_score for x in scored]):
-                    self._on_drift(event)
+                for drift_event in self.drift.update_many(rows, [x.onnx_score for x in scored]):
+                    self._on_drift(drift_event)
         return sends
 
     # -- redelivery after a crash -------------------------------------------------------------------
@@ -351,7 +351,7 @@ class StreamApp:
     def _publish(self, scored: list[Scored], sources: list[Source]) -> list[Awaitable[Any]]:
         s, m = self.settings, self.metrics
         now = _now_ms()
-        sends = []
+        sends: list[Awaitable[Any]] = []
         reasons = self.scorer.reasons
         batches = self._batches()
         for item, source in zip(scored, sources, strict=True):
@@ -388,7 +388,7 @@ class StreamApp:
         now = _now_ms()
         captured = BatchedTable(self.captured, state, card_of)
         parked = BatchedTable(self.parked_labels, state, card_of)
-        sends = []
+        sends: list[Awaitable[Any]] = []
         for item in scored:
             example = capture(capture_key(item.tx.card_id, item.tx.tx_id), Captured.from_scored(item, now),
                               captured, parked, self.pans)
@@ -609,7 +609,7 @@ async def micro_batches(stream: faust.StreamT[bytes], size: int, within_s: float
     so batches stayed tiny and their fixed costs dominated. Here a batch is the first event plus whatever
     the conductor has queued meanwhile, waiting at most ``within_s`` for more when fewer than ``size``
     are there; each message is tracked as faust's stream would (the rebalance waits for its ack)."""
-    channel = aiter(stream.channel)  # registers the iterator channel the conductor delivers to
+    channel = cast(faust.ChannelT, aiter(stream.channel))  # registers the iterator channel the conductor delivers to
     queue = channel.queue
     track = stream.app.consumer.track_message
     loop = asyncio.get_running_loop()
