@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from outputs import PARTITIONS, produce, read_until
+from outputs import PARTITIONS, produce, read_until, scrape
 
 from stream_app.evaluation import average_precision
 from stream_app.features import FEATURE_NAMES
@@ -109,6 +109,44 @@ def test_bad_duplicate_and_unknown_labels_are_counted_never_crash(
     if stats:  # the stats timer runs every 30 s; when it did, its counts must agree
         assert stats[-1].get("stream_app_labels_total{outcome=duplicate}", 0) <= 50
         assert stats[-1].get("stream_app_labels_total{outcome=unknown}", 0) <= 1
+
+
+def test_two_workers_join_every_label_once_whatever_its_key_and_order(
+        kafka_bootstrap: str, feedback_env: dict[str, str], tmp_path: Path) -> None:
+    """The join lives in the card's partition: with two workers sharing the partitions, a label keyed by
+    tx_id (re-keyed through labels.by-card) or by card, sent before its transaction (parked) or after,
+    reaches the worker that scored its transaction and teaches exactly once."""
+    s = settings_of(feedback_env, kafka_bootstrap)
+    items = list(simulate(GeneratorConfig(seed=43, n_customers=300, fraud_rate=0.05), days=1))
+    early, late = items[: len(items) // 3], items[len(items) // 3:]
+
+    def labels(part: list[LabeledTx]) -> list[tuple[bytes | None, bytes]]:
+        return [((i.tx.tx_id if n % 2 else i.tx.card_id).encode(), value)
+                for n, (i, (_, value)) in enumerate(zip(part, labels_of(part), strict=True))]
+
+    workers = [WorkerProcess(kafka_bootstrap, tmp_path / name, {**feedback_env, "STREAM_APP_LABEL_WAIT_S": "120"})
+               for name in ("a", "b")]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.wait_ready()
+        time.sleep(8)  # the second worker's join settles the assignment
+        send_labels(s, labels(early))  # before their transactions: parked, joined when they are scored
+        send_transactions(s, items)
+        wait_scores(s, {i.tx.tx_id for i in items})
+        send_labels(s, labels(late))
+        examples = read_examples(s, len(items))
+        time.sleep(2)
+        examples = read_examples(s, len(items), timeout_s=3)
+        metrics = [scrape(w.web_port) for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+    assert Counter(e["tx_id"] for e in examples) == Counter(i.tx.tx_id for i in items), "each label teaches once"
+    scored = [m.get(("stream_app_events_scored_total", ()), 0) for m in metrics]
+    joined = [m.get(("stream_app_labels_total", (("outcome", "joined"),)), 0) for m in metrics]
+    assert all(scored) and all(joined) and sum(scored) >= len(items), (scored, joined)  # both shared the work
 
 
 def test_restart_restores_the_checkpointed_model(

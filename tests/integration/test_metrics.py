@@ -5,24 +5,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from outputs import PARTITIONS, produce, read_until
-from prometheus_client.parser import text_string_to_metric_families
+from outputs import PARTITIONS, produce, read_until, scrape
 
 from stream_app.generator import GeneratorConfig, simulate
 from stream_app.malformed import corrupt
 from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_metrics_count_what_was_sent(kafka_bootstrap: str, app_env: dict[str, str], tmp_path: Path) -> None:
