@@ -193,6 +193,7 @@ class StreamApp:
             in_flight.append(asyncio.ensure_future(self._confirm(stream, events, state_acks, pending, self._seq)))
             while in_flight and (len(in_flight) >= s.max_in_flight_batches or in_flight[0].done()):
                 await in_flight.popleft()  # a failed delivery raises here: the agent stops, nothing acked
+        await asyncio.gather(*in_flight)  # shutting down: let the batches taken so far be confirmed and acked
 
     async def _confirm(self, stream: faust.StreamT[bytes], events: list[faust.EventT],
                        state_acks: list[asyncio.Future[Any]], outputs: list[Awaitable[Any]], seq: int) -> None:
