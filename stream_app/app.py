@@ -163,7 +163,7 @@ class StreamApp:
         """Partitions of every topic written in partition batches (outputs, examples, re-keyed labels, changelogs)."""
         s = self.settings
         self._partitions.update(await ensure_metadata(
-            self.producer, s.scores_topic, s.alerts_topic, s.examples_topic, s.labels_rekeyed_topic,
+            self.producer, s.scores_topic, s.alerts_topic, s.rekeyed_topic, s.examples_topic, s.labels_rekeyed_topic,
             *(t.changelog_topic.get_topic_name() for t in (self.cards, self.captured, self.parked_labels))))
 
     def _batches(self) -> PartitionBatches:
@@ -201,8 +201,7 @@ class StreamApp:
         stays unacknowledged and is redelivered; faust commits only a consecutive run of acked offsets)."""
         await asyncio.gather(*state_acks)
         await asyncio.gather(*outputs)
-        for event in events:
-            await stream.ack(event)
+        await acknowledge(stream, events)
         self._open_batches.discard(seq)
 
     def process_batch(self, events: list[faust.EventT], state: PartitionBatches, seq: int = 0) -> list[Awaitable[Any]]:
@@ -213,6 +212,7 @@ class StreamApp:
         m.batch_size.observe(len(events))
         decode_s = features_s = 0.0
         sends: list[Awaitable[Any]] = []
+        outputs = self._batches()  # scores, alerts, re-keyed transactions, examples of parked labels
         states: dict[str, CardState] = {}
         txs: list[Transaction] = []
         rows: list[list[float]] = []
@@ -231,7 +231,7 @@ class StreamApp:
                 sources.append(source)
             elif out.kind == "rekeyed":
                 assert out.tx is not None
-                sends.append(self._send(s.rekeyed_topic, out.tx.card_id.encode(), out.forward or b""))
+                outputs.add(s.rekeyed_topic, out.tx.card_id.encode(), out.forward or b"")
                 m.rekeyed.inc()
             elif out.kind == "duplicate":
                 assert out.tx is not None
@@ -254,12 +254,13 @@ class StreamApp:
         if txs:
             scored = self.scorer.score_many(txs, rows, observe=self._observe_stage)
             t3 = time.perf_counter()
-            sends.extend(self._publish(scored, sources))
-            sends.extend(self._capture(scored, state))
+            self._publish(scored, sources, outputs)
+            self._capture(scored, state, outputs)
             m.stage_seconds.labels("produce").inc(time.perf_counter() - t3)
             if self.drift is not None:
                 for drift_event in self.drift.update_many(rows, [x.onnx_score for x in scored]):
                     self._on_drift(drift_event)
+        sends.append(delivered(outputs.send()))  # a coroutine: the batches are handed over when awaited
         return sends
 
     # -- redelivery after a crash -------------------------------------------------------------------
@@ -349,12 +350,10 @@ class StreamApp:
     def _observe_stage(self, stage: str, seconds: float) -> None:
         self.metrics.stage_seconds.labels(stage).inc(seconds)
 
-    def _publish(self, scored: list[Scored], sources: list[Source]) -> list[Awaitable[Any]]:
+    def _publish(self, scored: list[Scored], sources: list[Source], batches: PartitionBatches) -> None:
         s, m = self.settings, self.metrics
         now = _now_ms()
-        sends: list[Awaitable[Any]] = []
         reasons = self.scorer.reasons
-        batches = self._batches()
         for item, source in zip(scored, sources, strict=True):
             record = score_record(item, source, now)
             batches.add(s.scores_topic, item.tx.tx_id.encode(), orjson.dumps(record))
@@ -364,12 +363,10 @@ class StreamApp:
                 m.alerts.labels(item.decision).inc()
                 log.debug("alert.raised", tx_id=item.tx.tx_id, card_id=item.tx.card_id, decision=item.decision,
                           risk=round(item.risk, 4))
-        sends.append(delivered(batches.send()))
         m.scored.inc(len(scored))
         observe_many(m.latency.labels("message_timestamp"), [max(0.0, (now - x.timestamp_ms) / 1000) for x in sources])
         observe_many(m.latency.labels("event_time"), [max(0.0, (now - x.tx.ts_ms) / 1000) for x in scored])
         observe_many(m.risk, [x.risk for x in scored])
-        return sends
 
     def _dead_letter(self, raw: bytes | None, exc: InvalidEvent, source: Source,
                      key: bytes | None) -> Awaitable[Any]:
@@ -383,20 +380,18 @@ class StreamApp:
         return _delivered(self.app.producer.send(topic, key, value, None, None, None))
 
     # -- feedback path ----------------------------------------------------------------------------
-    def _capture(self, scored: list[Scored], state: PartitionBatches) -> list[Awaitable[Any]]:
+    def _capture(self, scored: list[Scored], state: PartitionBatches, outputs: PartitionBatches) -> None:
         """Keep, per transaction, the vector and scores the models saw, in the card's partition, until
-        its label comes; a label that arrived first (parked) is joined now."""
+        its label comes; a label that arrived first (parked) is joined now (its example is an output)."""
         now = _now_ms()
         captured = BatchedTable(self.captured, state, card_of)
         parked = BatchedTable(self.parked_labels, state, card_of)
-        sends: list[Awaitable[Any]] = []
         for item in scored:
             example = capture(capture_key(item.tx.card_id, item.tx.tx_id), Captured.from_scored(item, now),
                               captured, parked, self.pans)
             if example is not None:
                 self.metrics.labels.labels("joined").inc()
-                sends.append(self._send(self.settings.examples_topic, example.tx_id.encode(), example.to_bytes()))
-        return sends
+                outputs.add(self.settings.examples_topic, example.tx_id.encode(), example.to_bytes())
 
     async def _label_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Join each label with its captured vector; a label for a tx_id not captured (yet) is parked
@@ -427,8 +422,7 @@ class StreamApp:
                     self.metrics.labels.labels(out.kind).inc()
             sends.append(delivered(changes.send()))
             await asyncio.gather(*sends)
-            for event in events:  # only now: an interrupted batch stays unacknowledged and is redelivered
-                await stream.ack(event)
+            await acknowledge(stream, events)  # only now: an interrupted batch stays unacknowledged
 
     def _dead_letter_label(self, raw: bytes, exc: InvalidEvent, source: Source, key: bytes | None) -> Awaitable[Any]:
         self.metrics.labels.labels("unknown" if exc.reason == "unknown_tx" else "invalid").inc()
@@ -634,6 +628,12 @@ async def micro_batches(stream: faust.StreamT[bytes], size: int, within_s: float
         for event in events:
             track(event.message)
         yield events
+
+
+async def acknowledge(stream: faust.StreamT[bytes], events: list[faust.EventT]) -> None:
+    """Mark a micro-batch's messages safe to commit (faust commits a consecutive run of them)."""
+    for event in events:
+        await stream.ack(event)
 
 
 async def _delivered(send: Awaitable[Awaitable[Any]]) -> Any:

@@ -135,9 +135,9 @@ class Consumer(faust_aiokafka.Consumer):
         """faust's fetch loop, minus four futures and an ``asyncio.wait`` per message.
 
         faust hands every fetched message to the conductor through ``wait_first(callback(message),
-        suspend_flow.wait())`` so that a rebalance can interrupt a delivery that blocks: that costs
-        about 70 µs per message (measured 170 µs on a loaded 2-core machine, against 0.3 µs for a
-        plain ``await``) and was the largest single cost of a worker. The conductor's callback only
+        suspend_flow.wait())`` so that a rebalance can interrupt a delivery that blocks: that cost
+        170 µs per message in a micro-benchmark on a loaded 2-core machine, against 0.3 µs for a plain
+        ``await``, and was the largest single cost of a worker. The conductor's callback only
         blocks while stream flow control is suspended, the producer buffer is over its limit or a
         stream queue is full; when none holds the callback is awaited directly, otherwise faust's
         interruptible path is taken. Read offsets, gaps and ``commit_every`` are handled as in faust.
