@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stream_app.kafka.broker import free_port
@@ -37,8 +37,10 @@ def topic_env(prefix: str, partitions: int) -> dict[str, str]:
 
 
 class WorkerProcess:
-    def __init__(self, bootstrap: str, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, bootstrap: str, workdir: Path, env: Mapping[str, str] | None = None,
+                 args: Sequence[str] = ()) -> None:
         self.bootstrap = bootstrap
+        self.args = list(args)  # after `stream-app worker`, e.g. ["--faust-log-level", "info"]
         self.workdir = workdir
         self.web_port = free_port()
         self.env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap,
@@ -50,8 +52,8 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", *self.args],
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                             preexec_fn=die_with_parent)
         return self
 
