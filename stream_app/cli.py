@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream_app.settings import Settings, env_table
-from stream_app.startup import StartupError, check_web_port
 
 
 def _topic_specs(settings: Settings) -> list:  # type: ignore[type-arg]
@@ -37,22 +36,19 @@ def create_topics(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings.bootstrap_servers, _topic_specs(settings), **client_kwargs(settings)))
 
 
-#: The worker's exit code after a write failed for good (sysexits' EX_SOFTWARE): restart me.
-EXIT_WRITE_FAILED = 70
-
-
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
     from stream_app.app import create_app
-    from stream_app.shutdown import StopDeadline
     from stream_app.observability import configure_logging, json_stdlib_logging
 
     configure_logging(settings.log_level)
+    if not settings.bootstrap_servers:
+        print("stream-app worker: set KAFKA_BOOTSTRAP_SERVERS (or run `stream-app broker`)", file=sys.stderr)
+        return 2
     if args.create_topics:
         create_topics(settings)
     stream_app = create_app(settings)
-    deadline = StopDeadline(settings.shutdown_timeout_s, lambda: EXIT_WRITE_FAILED if stream_app.failure else 0)
 
     class _Worker(Worker):
         """faust's worker whose every output line is JSON: no terminal spinner (its cursor codes, like
@@ -69,10 +65,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             json_stdlib_logging(level, self.stderr)  # self.stderr: the real one, from before the redirect
             logging.getLogger("mode.redirect").setLevel(logging.WARNING)  # printed text: never filtered out
 
-        def _schedule_shutdown(self, signal: signal.Signals) -> None:
-            deadline.arm(signal.name)  # SIGTERM and SIGINT (Ctrl-C) both come here
-            super()._schedule_shutdown(signal)
-
         async def on_startup_finished(self) -> None:
             await super().on_startup_finished()
             import structlog
@@ -84,18 +76,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     worker = _Worker(stream_app.app, loglevel=args.faust_log_level, quiet=True,
                      redirect_stdouts_level=logging.WARNING)
-    stream_app.request_stop = lambda: worker._schedule_shutdown(signal.SIGTERM)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:  # mode exits 0 after a stop, 1 after a crash
-        code = exc.code if isinstance(exc.code, int) else 1
-    else:
-        code = 0
-    deadline.cancel()
-    return EXIT_WRITE_FAILED if stream_app.failure else code
+    worker.execute_from_commandline()
+    return 0
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.bootstrap_servers:
+        print("stream-app topics: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
     create_topics(settings)
     specs = _topic_specs(settings)
     for spec in specs:
@@ -124,6 +112,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from stream_app.kafka.publisher import TrafficPlan, publish_traffic
     from stream_app.kafka.security import client_kwargs
 
+    if not settings.bootstrap_servers:
+        print("stream-app generate: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
     config = GeneratorConfig(seed=args.seed, n_customers=args.customers, fraud_rate=args.fraud_rate)
     plan = TrafficPlan(rate=args.rate, count=args.count, seconds=args.seconds,
                        label_delay_s=args.label_delay, malformed_rate=args.malformed_rate)
@@ -196,6 +187,8 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.input and ranged:
             raise ValueError("--start-/--end-offset and --start-/--end-time need --from-topic")
+        if args.from_topic and not settings.bootstrap_servers:
+            raise ValueError("--from-topic needs KAFKA_BOOTSTRAP_SERVERS")
         if min(args.start_offset or 0, args.end_offset or 0, args.batch_rows - 1) < 0:
             raise ValueError("offsets must be >= 0 and --batch-rows >= 1")
         output = Path(args.output)
@@ -232,26 +225,6 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
                  max_bytes=settings.max_message_bytes, batch_rows=args.batch_rows, progress=progress, pans=pans)
     print(result.summary())
     return 0
-
-
-def preflight(args: argparse.Namespace, settings: Settings) -> None:
-    """Check what the command needs before it starts, so that a mistake is one line naming the fix
-    (:class:`StartupError`) rather than a traceback, a retry loop or a half-started worker."""
-    needs_kafka = args.command in ("worker", "topics", "generate") or bool(getattr(args, "from_topic", None))
-    if needs_kafka and not settings.bootstrap_servers:
-        raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
-                           "(or run `stream-app broker` for an embedded one)")
-    if needs_kafka or (args.command == "demo" and settings.bootstrap_servers):
-        from stream_app.kafka.preflight import check_broker
-        from stream_app.kafka.security import client_kwargs
-
-        check_broker(settings.bootstrap_servers, client_kwargs(settings))
-    if args.command == "worker":
-        check_web_port(settings.web_host, settings.web_port)
-    if args.command == "demo":  # its worker child loads the models: say what is wrong before starting anything
-        from stream_app.scoring import FraudScorer
-
-        FraudScorer.from_settings(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,12 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"stream-app: configuration error: {exc}", file=sys.stderr)
         return 2
-    try:
-        preflight(args, settings)
-        return int(args.func(args, settings))
-    except StartupError as exc:
-        print(f"stream-app {args.command}: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
+    return int(args.func(args, settings))
 
 
 if __name__ == "__main__":
