@@ -6,6 +6,7 @@ Their JSON Schemas are in schemas/; a unit test validates every builder's output
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,19 +96,56 @@ def alert_record(s: Scored, reasons: ReasonModel, alerted_at_ms: int) -> dict[st
     }
 
 
+#: Bytes of a dead-letter record beside the kept prefixes (reason, detail, source, sizes, digests): a bound
+#: used to check that a record always fits the producer's request limit.
+DEAD_LETTER_OVERHEAD = 4096
+KEY_KEPT_BYTES = 1024  # of a message key, in the record and as the dead-letter message's own key
+DETAIL_KEPT_CHARS = 1024
+
+
+def b64_size(n: int) -> int:
+    """Length of the base64 encoding of ``n`` bytes (4 characters per 3 bytes, padded)."""
+    return 4 * ((n + 2) // 3)
+
+
 def dead_letter_record(raw: bytes | None, error: InvalidEvent, source: Source, key: bytes | None,
-                       at_ms: int, pans: PanTokenizer | None = None) -> dict[str, Any]:
-    """The original bytes travel base64-encoded, so nothing about the bad event is lost — except card
-    numbers: every one in the value or the key (any field) is replaced by its token under ``pans``'s key,
-    or masked to its last four digits without a key (``stream_app.pan``)."""
+                       at_ms: int, pans: PanTokenizer | None = None,
+                       max_original_bytes: int = 65536) -> dict[str, Any]:
+    """The original bytes travel base64-encoded, up to ``max_original_bytes`` (a message of any size
+    yields a record that can be produced), with the size and SHA-256 of the whole; card numbers are
+    replaced first, in the whole message and key (any field) — by their token under ``pans``'s key, or
+    masked to their last four digits without one (``stream_app.pan``) — so a number cut at the edge of
+    the prefix cannot leak, and the digest is of the masked bytes (a bare digest of a card number can
+    be reversed by enumerating numbers)."""
     pans = pans or PanTokenizer()
-    raw, key = (None if raw is None else pans.mask(raw)), (None if key is None else pans.mask(key))
+    masked = pans.mask(raw or b"")
+    masked_key = None if key is None else pans.mask(key)
     return {
         "reason": error.reason,
-        "detail": error.detail,
-        "field": error.field,
+        "detail": error.detail[:DETAIL_KEPT_CHARS],
+        "field": None if error.field is None else error.field[:DETAIL_KEPT_CHARS],
         "source": source.as_dict(),
-        "key_b64": None if key is None else base64.b64encode(key).decode(),
-        "original_b64": base64.b64encode(raw or b"").decode(),
+        "key_b64": None if masked_key is None else base64.b64encode(masked_key[:KEY_KEPT_BYTES]).decode(),
+        "key_size": None if key is None else len(key),
+        "original_b64": base64.b64encode(masked[:max_original_bytes]).decode(),
+        "original_size": len(raw or b""),
+        "original_sha256": hashlib.sha256(masked).hexdigest(),
+        "original_truncated": len(masked) > max_original_bytes,
         "dead_lettered_at": format_ts(at_ms),
     }
+
+
+def minimal_dead_letter_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without the original's bytes: what is published when the full record is refused
+    (e.g. a broker whose message limit is below the producer's), so a poison message cannot stop the
+    worker again and again; size and digest still identify the original."""
+    return {**record, "key_b64": None, "original_b64": "", "original_truncated": record["original_size"] > 0}
+
+
+def dead_letter_key(key: bytes | None, pans: PanTokenizer) -> bytes | None:
+    """The dead-letter message's own key: the original key masked, or its digest when long (a key of any
+    size must not make the record too large to produce)."""
+    if key is None:
+        return None
+    masked = pans.mask(key)
+    return masked if len(masked) <= KEY_KEPT_BYTES else b"sha256:" + hashlib.sha256(masked).hexdigest().encode()

@@ -17,7 +17,7 @@ from stream_app.features import FEATURE_NAMES
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"}
 _TS = {"type": "string", "format": "date-time", "description": "RFC 3339 with a UTC offset"}
 DLQ_REASONS = ("message_too_large", "invalid_json", "not_an_object", "missing_field", "wrong_type", "invalid_value",
-               "unknown_currency", "late_event", "unknown_tx", "raw_pan")
+               "unknown_currency", "late_event", "unknown_tx", "raw_pan", "misrouted")
 
 
 def _schema(name: str, title: str, desc: str, props: dict[str, Any], required: list[str],
@@ -102,10 +102,23 @@ def _build() -> dict[str, dict[str, Any]]:
             "detail": {"type": "string", "description": "Human-readable explanation."},
             "field": {"type": ["string", "null"], "description": "The offending field, when one is to blame."},
             "source": source,
-            "key_b64": {"type": ["string", "null"], "description": "The message key, base64."},
-            "original_b64": {"type": "string", "description": "The original message bytes, base64 (nothing is lost)."},
+            "key_b64": {"type": ["string", "null"],
+                        "description": "The message key (card numbers masked), base64, its first 1024 bytes."},
+            "key_size": {"type": ["integer", "null"], "minimum": 0,
+                         "description": "Size of the message key in bytes (null: no key)."},
+            "original_b64": {"type": "string", "description": (
+                "The original message bytes (card numbers masked), base64: the whole message, or its first "
+                "STREAM_APP_DLQ_ORIGINAL_MAX_BYTES bytes when original_truncated; empty in the minimal record "
+                "published when the full one was refused.")},
+            "original_size": {"type": "integer", "minimum": 0,
+                              "description": "Size of the whole original message in bytes."},
+            "original_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                                "description": "SHA-256 (hex) of the whole original message after card-number masking."},
+            "original_truncated": {"type": "boolean",
+                                   "description": "True when original_b64 holds less than the whole message."},
             "dead_lettered_at": _TS,
-        }, ["reason", "detail", "field", "source", "key_b64", "original_b64", "dead_lettered_at"]),
+        }, ["reason", "detail", "field", "source", "key_b64", "key_size", "original_b64", "original_size",
+            "original_sha256", "original_truncated", "dead_lettered_at"]),
     }
 
 

@@ -79,8 +79,12 @@ class EmbeddedBroker:
         start_timeout_s: float = 20.0,
         stop_timeout_s: float = 5.0,
         log_path: Path | None = None,
+        advertised_port: int | None = None,
     ) -> None:
+        """``advertised_port``: the port clients are told to connect to after bootstrap (default: the
+        broker's own), e.g. a fault-injecting proxy's in tests."""
         self.start_timeout_s = start_timeout_s
+        self.advertised_port = advertised_port
         self.stop_timeout_s = stop_timeout_s
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
@@ -110,6 +114,7 @@ class EmbeddedBroker:
             return self
         self.port = self.port or free_port()  # a restart (start after stop) keeps the port
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [
@@ -118,7 +123,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],

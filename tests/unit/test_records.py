@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_app.decision import ReasonModel
-from stream_app.events import InvalidValue, Transaction
+from stream_app.events import InvalidValue, MessageTooLarge, Transaction
 from stream_app.features import FEATURE_NAMES, featurize
-from stream_app.records import Source, alert_record, dead_letter_record, score_record
+from stream_app.pan import PanTokenizer
+from stream_app.records import (
+    DEAD_LETTER_OVERHEAD,
+    KEY_KEPT_BYTES,
+    Source,
+    alert_record,
+    b64_size,
+    dead_letter_key,
+    dead_letter_record,
+    minimal_dead_letter_record,
+    score_record,
+)
 from stream_app.scoring import Scored
 
 SCHEMAS = Path(__file__).parents[2] / "schemas"
@@ -69,3 +84,41 @@ def test_label_schema() -> None:
     from stream_app.generator import LabeledTx, label_record
 
     validator("label").validate(label_record(LabeledTx(TX, True, "amount_spike"), 1_767_225_700_000))
+
+
+PAN = "4111111111111111"
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(0, 3_000_000), limit=st.integers(0, 700_000), key_size=st.integers(0, 2_000_000),
+       pan_at=st.integers(0, 3_000_000))
+def test_dead_letter_record_of_any_message_fits_a_produce_request(size: int, limit: int, key_size: int,
+                                                                   pan_at: int) -> None:
+    """Whatever the message and key sizes, the record (and its own key) stays below the 1 MB request
+    limit; a card number anywhere, also across the cut, never comes out."""
+    pan_at = min(pan_at, size)
+    raw = (b"x" * pan_at + PAN.encode() + b"y" * size)[:max(size, pan_at + len(PAN))]
+    key = PAN.encode() + b"k" * key_size
+    record = dead_letter_record(raw, MessageTooLarge(f"message is {len(raw)} bytes, limit 16384"), SOURCE, key, 1,
+                                max_original_bytes=limit)
+    encoded = orjson.dumps(record)
+    out_key = dead_letter_key(key, PanTokenizer())
+    assert len(encoded) + len(out_key or b"") <= b64_size(limit) + b64_size(KEY_KEPT_BYTES) + DEAD_LETTER_OVERHEAD
+    assert len(encoded) + len(out_key or b"") < 1_000_000
+    kept = base64.b64decode(record["original_b64"])
+    assert record["original_size"] == len(raw) and record["original_truncated"] == (len(raw) > limit)
+    assert kept == PanTokenizer().mask(raw)[:limit]
+    assert record["original_sha256"] == hashlib.sha256(PanTokenizer().mask(raw)).hexdigest()
+    for digits in (PAN, PAN[:12], PAN[4:]):  # no whole number, nor its first 12 or last 12 digits
+        assert digits.encode() not in kept + base64.b64decode(record["key_b64"]) + (out_key or b"")
+
+
+def test_dead_letter_record_of_a_large_message_is_valid_and_minimal_record_keeps_size_and_digest() -> None:
+    raw = b'{"tx_id": "' + b"z" * 900_000 + b'"}'
+    record = dead_letter_record(raw, MessageTooLarge("too large"), SOURCE, b"card_1", 1, max_original_bytes=1000)
+    validator("dead_letter").validate(orjson.loads(orjson.dumps(record)))
+    assert len(base64.b64decode(record["original_b64"])) == 1000 and record["original_truncated"]
+    minimal = minimal_dead_letter_record(record)
+    validator("dead_letter").validate(orjson.loads(orjson.dumps(minimal)))
+    assert minimal["original_b64"] == "" and minimal["key_b64"] is None
+    assert (minimal["original_size"], minimal["original_sha256"]) == (len(raw), record["original_sha256"])
