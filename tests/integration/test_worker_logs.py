@@ -1,5 +1,5 @@
-"""Every line a `stream-app worker` writes is a JSON object: ours, faust's, mode's and aiokafka's, from start to
-stop, with no terminal escape codes; and faust's stall check stays quiet while the worker scores.
+"""Every line a `stream-app worker` writes is a JSON object, ours and faust's, mode's and aiokafka's, from start
+to stop, with no terminal escape codes; and faust's stall check stays quiet while the worker scores.
 
 faust checks every partition's last stream inbound time each ``broker_commit_interval * 2.5`` seconds and logs
 "Stream has not started processing TP(...)" when a partition with unread records has had none since the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from outputs import PARTITIONS, read_until
 
@@ -23,11 +24,28 @@ from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess
 
 
-def test_every_worker_line_is_json_and_no_false_stall(kafka_bootstrap: str, app_env: dict[str, str],
-                                                      tmp_path: Path) -> None:
+def json_lines(worker: WorkerProcess) -> list[dict[str, Any]]:
+    """The worker's log as records, after asserting that it has no escape code and only JSON objects."""
+    raw = worker.log_path.read_bytes()
+    assert b"\x1b" not in raw, "no terminal escape codes"
+    records, not_json = [], []
+    for line in raw.decode().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            not_json.append(line)
+    assert not not_json, f"{len(not_json)} lines are not JSON, e.g. {not_json[:5]}"
+    assert all(isinstance(r, dict) and isinstance(r.get("event"), str) and r.get("level") for r in records)
+    assert "worker.ready" in [r["event"] for r in records]
+    return records
+
+
+def test_worker_log_is_json_and_without_false_stalls_while_scoring(kafka_bootstrap: str, app_env: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    """At the default log level, where faust's terminal spinner wrote ESC [?25h before `worker.ready`."""
     s = Settings.from_env({**app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
     env = {**app_env, "STREAM_PROCESSING_TIMEOUT": "10", "BROKER_COMMIT_INTERVAL": "0.4"}
-    worker = WorkerProcess(kafka_bootstrap, tmp_path / "w", env, args=["--faust-log-level", "info"]).start()
+    worker = WorkerProcess(kafka_bootstrap, tmp_path / "w", env).start()
     try:
         worker.wait_ready()
         report = asyncio.run(publish_traffic(
@@ -39,23 +57,18 @@ def test_every_worker_line_is_json_and_no_false_stall(kafka_bootstrap: str, app_
         assert len(out.of(s.scores_topic)) >= valid, "the worker scored the traffic"
     finally:
         worker.stop()
-    assert worker.process is not None and worker.process.returncode == 0
-
-    raw = worker.log_path.read_bytes()
-    assert b"\x1b" not in raw, "no terminal escape codes"
-    lines = raw.decode().splitlines()
-    not_json = []
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            not_json.append(line)
-    assert not not_json, f"{len(not_json)} of {len(lines)} lines are not JSON, e.g. {not_json[:5]}"
-    assert all(isinstance(r, dict) and isinstance(r.get("event"), str) and r.get("level") for r in records)
-    events = [r["event"] for r in records]
-    assert "worker.ready" in events
-    assert {r["logger"].split(".")[0] for r in records if "logger" in r} >= {"faust", "mode"}, \
-        "faust's and mode's own records are in the log, as JSON"
-    stalls = [e for e in events if "has not started processing" in e]
+    stalls = [r["event"] for r in json_lines(worker) if "has not started processing" in r["event"]]
     assert not stalls, stalls
+
+
+def test_faust_and_mode_records_are_json_lines(kafka_bootstrap: str, app_env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    """At info level faust and mode log their whole start and stop: each record is one JSON line."""
+    worker = WorkerProcess(kafka_bootstrap, tmp_path / "w", app_env, args=["--faust-log-level", "info"]).start()
+    try:
+        worker.wait_ready()
+    finally:
+        worker.stop()
+    records = json_lines(worker)
+    assert {r["logger"].split(".")[0] for r in records if "logger" in r} >= {"faust", "mode", "aiokafka"}
+    assert "[^_Worker]: Closing event loop" in [r["event"] for r in records], "the log runs to the end"
