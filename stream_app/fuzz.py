@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from stream_app.events import EUR_RATES, InvalidEvent, format_ts, parse_label
 from stream_app.features import FEATURE_NAMES, CardState
 from stream_app.ingress import Ingress, capture, capture_key, join_label
 from stream_app.learning import Captured, ParkedLabel
-from stream_app.pan import PanTokenizer, luhn_ok
+from stream_app.pan import PanTokenizer, luhn_ok, pan_digits
 from stream_app.records import Source, alert_record, dead_letter_record, score_record
 from stream_app.schemas import DLQ_REASONS
 
@@ -83,8 +83,25 @@ class Tally:
         self.outcomes["crash"] += 1
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One generated input message: how it was made (``valid``, ``redelivery``, ``late`` or the name of
+    a mutation), its value and its key."""
+
+    what: str
+    value: bytes | None
+    key: bytes | None
+
+
+def spellings(pan: str) -> tuple[str, ...]:
+    """A card number as producers write it: plain, in groups of four with spaces, with dashes."""
+    groups = [pan[i:i + 4] for i in range(0, len(pan), 4)]
+    return pan, " ".join(groups), "-".join(groups)
+
+
 class Mutator:
-    """Deterministic (seeded) generator of mostly-bad messages from valid ones."""
+    """Deterministic (seeded) generator of mostly-bad messages from valid ones; shared by this module
+    (the worker's decision functions) and :mod:`stream_app.fuzz_e2e` (the running worker)."""
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
@@ -94,8 +111,45 @@ class Mutator:
         r = self.rng.random()
         if r < 0.15:
             pan = self.rng.choice(PANS)
-            return self.rng.choice([pan, " ".join(pan[i:i + 4] for i in range(0, len(pan), 4)), f" {pan} "])
+            return self.rng.choice([pan, spellings(pan)[1], f" {pan} "])
         return f"card_{self.rng.randrange(300):04d}"
+
+    def key(self, obj: dict[str, Any]) -> bytes | None:
+        """A message key in any spelling: the event's card id, its card number spelled otherwise, another
+        card, the tx_id, none, empty, binary, unicode."""
+        rng = self.rng
+        card = str(obj["card_id"])
+        digits = pan_digits(card)
+        return rng.choice([
+            card.encode(), card.encode(), f"card_{rng.randrange(300):04d}".encode(), str(obj["tx_id"]).encode(),
+            None, b"", rng.randbytes(rng.randint(1, 16)), f"cärd_ß_卡_{card}_🃏".encode(),
+            rng.choice(spellings(digits or rng.choice(PANS))).encode(),
+        ])
+
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        """Message headers: none, a few, binary values, unicode or empty names, repeated names, a card
+        number in a value, or hundreds of them."""
+        rng = self.rng
+        kind = rng.randrange(6)
+        if kind == 0:
+            return []
+        if kind == 1:
+            return [(f"h{i}", rng.randbytes(rng.randint(0, 32))) for i in range(rng.randint(1, 5))]
+        if kind == 2:
+            return [("", b""), ("ключ-🔑", "значение".encode()), ("dup", b"1"), ("dup", b"2"), ("null", None)]
+        if kind == 3:
+            return [("card", rng.choice(spellings(rng.choice(PANS))).encode()), ("trace", rng.randbytes(16))]
+        if kind == 4:
+            return [(f"x-{i}", rng.randbytes(8)) for i in range(rng.randint(100, 500))]
+        return [("big", rng.randbytes(rng.randint(1000, 20000)))]
+
+    def sized(self, obj: dict[str, Any], size: int) -> bytes:
+        """Exactly ``size`` bytes: the event padded with a ``note`` field, or cut when it is longer."""
+        raw = orjson.dumps(obj)
+        pad = size - len(raw) - len(b',"note":""')
+        if pad < 0:
+            return raw[:size]
+        return raw[:-1] + b',"note":"' + b"x" * pad + b'"}'
 
     def valid_tx(self) -> dict[str, Any]:
         rng = self.rng
@@ -186,20 +240,67 @@ class Mutator:
         return name, mutation(obj)
 
 
-def _spellings(pan: str) -> re.Pattern[bytes]:
-    spaced = " ".join(pan[i:i + 4] for i in range(0, len(pan), 4))
-    return re.compile(rb"(?<![0-9])(?:%s|%s)(?![0-9])" % (pan.encode(), spaced.encode()))
+def transaction_messages(mut: Mutator, n: int) -> Iterator[Message]:
+    """``n`` transaction messages: 85 % mutated (keys in any spelling), 5 % redeliveries of valid ones
+    (their key or another), 3 % late (a month before the others), the rest valid (mostly keyed by card)."""
+    rng = mut.rng
+    recent: list[Message] = []
+    for _ in range(n):
+        obj = mut.valid_tx()
+        r = rng.random()
+        if r < 0.85:
+            what, raw = mut.mutate(obj)
+            yield Message(what, raw, mut.key(obj))
+        elif r < 0.90 and recent:
+            again = rng.choice(recent)
+            yield Message("redelivery", again.value, again.key if rng.random() < 0.7 else mut.key(obj))
+        elif r < 0.93:
+            yield Message("late", orjson.dumps({**obj, "timestamp": T0 - 30 * 86_400_000}),
+                          str(obj["card_id"]).encode())
+        else:
+            message = Message("valid", orjson.dumps(obj),
+                              str(obj["card_id"]).encode() if rng.random() < 0.8 else mut.key(obj))
+            recent = (recent + [message])[-50:]
+            yield message
 
 
-_PAN_PATTERNS = {pan: _spellings(pan) for pan in PANS}
+def label_messages(mut: Mutator, n: int, scored: Sequence[tuple[str, str]]) -> Iterator[Message]:
+    """``n`` label messages, 70 % of them about the (tx_id, card_id) pairs in ``scored`` (read at each
+    message: the caller may extend it meanwhile): 80 % mutated, 5 % redeliveries, the rest valid."""
+    rng = mut.rng
+    recent: list[Message] = []
+    for _ in range(n):
+        obj = mut.valid_label(scored)
+        r = rng.random()
+        if r < 0.80:
+            what, raw = mut.mutate(obj)
+            yield Message(what, raw, mut.key(obj))
+        elif r < 0.85 and recent:
+            again = rng.choice(recent)
+            yield Message("redelivery", again.value, again.key if rng.random() < 0.7 else mut.key(obj))
+        else:
+            message = Message("valid", orjson.dumps(obj),
+                              obj["card_id"].encode() if rng.random() < 0.7 else mut.key(obj))
+            recent = (recent + [message])[-50:]
+            yield message
+
+
+def pan_pattern(pan: str) -> re.Pattern[bytes]:
+    """``pan`` in any spelling (digits, optionally one space or dash between any two), standing alone."""
+    return re.compile(rb"(?<![0-9])" + rb"[ -]?".join(d.encode() for d in pan) + rb"(?![0-9])")
+
+
+_PAN_PATTERNS = {pan: pan_pattern(pan) for pan in PANS}
 
 
 def _written_ok(chunks: list[bytes], ids: tuple[str, ...] = ()) -> bool:
-    """No raw card number (in the spellings the fuzzer sends) in what would be written. A number glued
-    to more digits (a byte flip turned a quote into a digit) is a longer number, not this card number.
-    ``ids``: tx_id / merchant_id of a valid event, the producer's ids (only card ids are tokenized)."""
+    """No raw card number (in any spelling) in what would be written. A number glued to more digits (a
+    byte flip turned a quote into a digit) is a longer number, not this card number. ``ids``: tx_id /
+    merchant_id of a valid event, the producer's ids (only card ids are tokenized): a card number that
+    is one of them is not looked for."""
     blob = b"\n".join(chunks)
-    return not any(pattern.search(blob) for pan, pattern in _PAN_PATTERNS.items() if pan not in ids)
+    return not any(pattern.search(blob) for pattern in _PAN_PATTERNS.values()
+                   if not any(pattern.fullmatch(i.encode()) for i in ids))
 
 
 def fuzz_transactions(n: int, seed: int, pans: PanTokenizer, scorer: Any = None) -> Tally:
@@ -211,7 +312,6 @@ def fuzz_transactions(n: int, seed: int, pans: PanTokenizer, scorer: Any = None)
     tally = Tally()
     leaks = 0
     batch: list[tuple[bytes | None, bytes | None, str]] = []
-    recent: list[bytes] = []
 
     def flush() -> None:
         nonlocal leaks
@@ -252,22 +352,9 @@ def fuzz_transactions(n: int, seed: int, pans: PanTokenizer, scorer: Any = None)
                 tally.crash(b"<scoring batch>")
         batch.clear()
 
-    for i in range(n):
-        obj = mut.valid_tx()
-        r = rng.random()
-        key: bytes | None = str(obj["card_id"]).encode()
+    for message in transaction_messages(mut, n):
         topic = "transactions.by-card" if rng.random() < 0.5 else "transactions"
-        if r < 0.85:
-            _, raw = mut.mutate(obj)
-            key = rng.choice([key, None, b"", rng.randbytes(8), obj["tx_id"].encode()])
-        elif r < 0.90 and recent:  # a redelivery
-            raw = rng.choice(recent)
-        elif r < 0.93:  # late: older than the card's horizon once the card has newer events
-            raw = orjson.dumps({**obj, "timestamp": T0 - 30 * 86_400_000})
-        else:
-            raw = orjson.dumps(obj)
-            recent = (recent + [raw])[-50:]
-        batch.append((raw, key, topic))
+        batch.append((message.value, message.key, topic))
         tally.inputs += 1
         if len(batch) == 500:
             flush()
@@ -286,6 +373,7 @@ def fuzz_labels(n: int, seed: int, pans: PanTokenizer) -> Tally:
     tally = Tally()
     leaks = 0
     vector = Captured([0.0] * len(FEATURE_NAMES), {"onnx": 0.1, "river": 0.2, "risk": 0.1}, T0)
+    messages = label_messages(mut, n, scored)
     for i in range(n):
         if rng.random() < 0.3:  # a transaction was scored meanwhile: its vector is captured, by card
             tx_id, card_id = f"tx-{i:08d}", mut.card()
@@ -296,10 +384,10 @@ def fuzz_labels(n: int, seed: int, pans: PanTokenizer) -> Tally:
                 card = None
             if card is not None:
                 capture(capture_key(card, tx_id), vector, captured, parked, pans)
-                scored = (scored + [(tx_id, card_id)])[-1000:]
-        obj = mut.valid_label(scored)
-        raw: bytes | None = orjson.dumps(obj) if rng.random() < 0.2 else mut.mutate(obj)[1]
-        key = rng.choice([obj["card_id"].encode(), obj["tx_id"].encode(), None, rng.randbytes(6), PANS[0].encode()])
+                scored.append((tx_id, card_id))
+                del scored[:-1000]
+        message = next(messages)
+        raw, key = message.value, message.key
         tally.inputs += 1
         written: list[bytes] = []
         try:
