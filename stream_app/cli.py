@@ -11,10 +11,13 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from stream_app.settings import Settings, env_table
+from stream_app.startup import StartupError, check_web_port
+
+T = TypeVar("T")
 
 
 def _topic_specs(settings: Settings) -> list:  # type: ignore[type-arg]
@@ -43,9 +46,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from stream_app.observability import configure_logging, json_stdlib_logging
 
     configure_logging(settings.log_level)
-    if not settings.bootstrap_servers:
-        print("stream-app worker: set KAFKA_BOOTSTRAP_SERVERS (or run `stream-app broker`)", file=sys.stderr)
-        return 2
     if args.create_topics:
         create_topics(settings)
     stream_app = create_app(settings)
@@ -81,9 +81,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.bootstrap_servers:
-        print("stream-app topics: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
-        return 2
     create_topics(settings)
     specs = _topic_specs(settings)
     for spec in specs:
@@ -108,26 +105,49 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.events import format_ts, parse_ts
     from stream_app.generator import GeneratorConfig
-    from stream_app.kafka.publisher import TrafficPlan, publish_traffic
+    from stream_app.kafka.publisher import TrafficPlan, TrafficReport, publish_traffic
     from stream_app.kafka.security import client_kwargs
 
-    if not settings.bootstrap_servers:
-        print("stream-app generate: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
-        return 2
-    config = GeneratorConfig(seed=args.seed, n_customers=args.customers, fraud_rate=args.fraud_rate)
-    plan = TrafficPlan(rate=args.rate, count=args.count, seconds=args.seconds,
-                       label_delay_s=args.label_delay, malformed_rate=args.malformed_rate)
+    try:
+        start_ms = None if args.start_time is None else parse_ts(args.start_time, "--start-time")
+    except ValueError as exc:
+        raise StartupError(f"{exc}, e.g. 2026-01-01T00:00:00Z") from None
+    config = GeneratorConfig(seed=args.seed, n_customers=args.customers, fraud_rate=args.fraud_rate,
+                             **({} if start_ms is None else {"start_ms": start_ms}))
+    plan = TrafficPlan(rate=args.rate, count=args.count, seconds=args.seconds, label_delay_s=args.label_delay,
+                       malformed_rate=args.malformed_rate, wall_clock=start_ms is None)
+    if plan.wall_clock:
+        print(f"event times: the wall clock at each send ({args.customers} cards at {args.rate:g}/s: a card pays "
+              f"every ~{args.customers / args.rate:.0f} s); --start-time for simulated days", file=sys.stderr)
+    else:
+        print(f"event times: simulated from {format_ts(config.start_ms)} on, a day in seconds", file=sys.stderr)
 
-    def progress(r) -> None:  # type: ignore[no-untyped-def]
-        print(f"sent={r.sent} malformed={r.malformed} labels={r.labels}", file=sys.stderr, flush=True)
+    def progress(r: TrafficReport) -> None:
+        print(f"sent={r.sent} malformed={r.malformed} labels={r.labels} labels_pending={r.labels_pending}",
+              file=sys.stderr, flush=True)
 
-    report = asyncio.run(publish_traffic(settings.bootstrap_servers, settings.transactions_topic,
-                                         settings.labels_topic, config, plan, on_progress=progress,
-                                         **client_kwargs(settings)))
+    report = asyncio.run(until_signalled(lambda stop: publish_traffic(
+        settings.bootstrap_servers, settings.transactions_topic, settings.labels_topic, config, plan,
+        on_progress=progress, stop=stop, **client_kwargs(settings))))
+    if report.labels_pending:
+        print(f"interrupted: {report.labels_pending} labels not published", file=sys.stderr)
+    span = ("" if report.first_event_ms is None or report.last_event_ms is None else
+            f" first_event={format_ts(report.first_event_ms)} last_event={format_ts(report.last_event_ms)}")
     print(f"RESULT sent={report.sent} malformed={report.malformed} frauds={len(report.frauds)} "
-          f"labels={report.labels} seconds={report.seconds:.1f}")
+          f"labels={report.labels} seconds={report.seconds:.1f}{span}")
     return 0
+
+
+async def until_signalled(run: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``run(stop)`` with Ctrl-C and SIGTERM setting ``stop``: the command ends early, but cleanly
+    and with its summary (a container stop is a SIGTERM)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await run(stop)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,8 +207,6 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.input and ranged:
             raise ValueError("--start-/--end-offset and --start-/--end-time need --from-topic")
-        if args.from_topic and not settings.bootstrap_servers:
-            raise ValueError("--from-topic needs KAFKA_BOOTSTRAP_SERVERS")
         if min(args.start_offset or 0, args.end_offset or 0, args.batch_rows - 1) < 0:
             raise ValueError("offsets must be >= 0 and --batch-rows >= 1")
         output = Path(args.output)
@@ -225,6 +243,26 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
                  max_bytes=settings.max_message_bytes, batch_rows=args.batch_rows, progress=progress, pans=pans)
     print(result.summary())
     return 0
+
+
+def preflight(args: argparse.Namespace, settings: Settings) -> None:
+    """Check what the command needs before it starts, local things first, so that a mistake is one line
+    naming the fix (:class:`StartupError`) instead of a traceback, a retry loop or a half-started worker."""
+    needs_kafka = args.command in ("worker", "topics", "generate") or bool(getattr(args, "from_topic", None))
+    if needs_kafka and not settings.bootstrap_servers:
+        raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
+                           "(or run `stream-app broker` for an embedded one)")
+    if args.command == "worker":
+        check_web_port(settings.web_host, settings.web_port)
+    if args.command in ("worker", "batch", "demo"):  # the model files load (the demo's worker child loads them)
+        from stream_app.scoring import FraudScorer
+
+        FraudScorer.from_settings(settings)
+    if needs_kafka or (args.command == "demo" and settings.bootstrap_servers):
+        from stream_app.kafka.preflight import check_broker
+        from stream_app.kafka.security import client_kwargs
+
+        check_broker(settings.bootstrap_servers, client_kwargs(settings))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,10 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--count", type=int, default=None, help="stop after this many transactions")
     gen.add_argument("--seconds", type=float, default=None, help="stop after this long")
     gen.add_argument("--fraud-rate", type=float, default=0.01, help="target fraud share")
-    gen.add_argument("--label-delay", type=float, default=5.0, help="seconds until a label; negative: none")
+    gen.add_argument("--label-delay", type=float, default=5.0,
+                     help="seconds from a transaction to its label (the last ones are waited for); negative: none")
     gen.add_argument("--malformed-rate", type=float, default=0.0, help="share of malformed events")
     gen.add_argument("--customers", type=int, default=5000, help="simulated customers")
     gen.add_argument("--seed", type=int, default=42, help="generator seed (same seed, same traffic)")
+    gen.add_argument("--start-time", metavar="RFC3339", default=None,
+                     help="backfill: simulated event times from this instant on, a simulated day every few seconds "
+                          "(default: each transaction's event time is the wall clock when it is sent)")
     gen.set_defaults(func=cmd_generate)
 
     train = sub.add_parser(
@@ -351,7 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"stream-app: configuration error: {exc}", file=sys.stderr)
         return 2
-    return int(args.func(args, settings))
+    try:
+        preflight(args, settings)
+        return int(args.func(args, settings))
+    except StartupError as exc:
+        print(f"stream-app {args.command}: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

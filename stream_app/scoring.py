@@ -14,7 +14,7 @@ import numpy as np
 
 from stream_app.decision import Decision, Policy, ReasonModel
 from stream_app.events import Transaction
-from stream_app.models.onnx_model import OnnxScorer
+from stream_app.models.onnx_model import OnnxScorer, load_configured
 from stream_app.models.registry import ModelSlot
 from stream_app.models.river_model import RiverScorer
 from stream_app.models.stacker import Stacker
@@ -51,13 +51,16 @@ class FraudScorer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FraudScorer:
-        """The scorer a worker (or batch run) with these settings serves, with a fresh River model."""
+        """The scorer a worker (or batch run) with these settings serves, with a fresh River model.
+
+        A configured model file that cannot serve raises :class:`~stream_app.startup.StartupError`."""
         stacker = Stacker(settings.stacker_warmup_labels) if settings.combiner == "stacked" else None
-        challenger = (ModelSlot(OnnxScorer.load(settings.challenger_model_path))
+        challenger = (ModelSlot(load_configured(settings.challenger_model_path, "STREAM_APP_CHALLENGER_MODEL"))
                       if settings.challenger_model_path else None)
         policy = Policy(settings.review_threshold, settings.decline_threshold, settings.river_max_weight,
                         settings.river_warmup_labels)
-        return cls(OnnxScorer.load(settings.onnx_model_path or None), RiverScorer(), policy, stacker, challenger)
+        onnx = load_configured(settings.onnx_model_path, "STREAM_APP_ONNX_MODEL")
+        return cls(onnx, RiverScorer(), policy, stacker, challenger)
 
     def adopt(self, river: RiverScorer, stacker: Stacker | None) -> None:
         """Take the online models of a checkpoint; its stacker only when this scorer uses one."""

@@ -2,6 +2,11 @@
 
 Open loop: the send schedule follows the clock, not the consumer, so a slow worker shows up as
 latency instead of silently lowering the offered load.
+
+Event times are either the simulation's own (``GeneratorConfig.start_ms`` on, a simulated day every
+few seconds: card histories look like days of use) or the wall clock at each send (``wall_clock``:
+what a live source sends, but each card then pays every few seconds). Every transaction that gets a
+label has it published before :func:`publish_traffic` returns: the last ones are waited for.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class TrafficPlan:
     # currency bug, a price shock): what the worker's drift monitor is there to notice.
     shift_after_s: float | None = None
     shift_factor: float = 3.0
+    wall_clock: bool = False  # event time = the wall clock at each send, instead of the simulation's
 
 
 @dataclass
@@ -44,7 +50,27 @@ class TrafficReport:
     frauds: dict[str, str] = field(default_factory=dict)  # tx_id -> injected pattern
     valid_ids: set[str] = field(default_factory=set)
     malformed_reasons: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # spent sending transactions (without the wait for the last labels)
+    labels_pending: int = 0  # labels not yet due
+    first_event_ms: int | None = None  # event times of the first and last transaction sent
+    last_event_ms: int | None = None
+
+
+def stamped(item: LabeledTx, plan: TrafficPlan, elapsed_s: float, now_ms: int) -> LabeledTx:
+    """The transaction as sent: event time from the wall clock (``wall_clock``), amounts shifted by
+    ``shift_factor`` once the drift scenario has begun."""
+    tx = item.tx
+    if plan.shift_after_s is not None and elapsed_s >= plan.shift_after_s:
+        tx = dataclasses.replace(tx, amount=round(tx.amount * plan.shift_factor, 2))
+    if plan.wall_clock:
+        tx = dataclasses.replace(tx, ts_ms=now_ms)
+    return item if tx is item.tx else dataclasses.replace(item, tx=tx)
+
+
+def due_transactions(elapsed_s: float, plan: TrafficPlan) -> int:
+    """How many transactions the open-loop schedule has sent by ``elapsed_s`` (the first at once)."""
+    due = int(elapsed_s * plan.rate) + 1
+    return due if plan.count is None else min(due, plan.count)
 
 
 async def publish_traffic(
@@ -61,37 +87,36 @@ async def publish_traffic(
     rng = random.Random(config.seed ^ 0x5EED)
     report = TrafficReport()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **client_kwargs)
-    await producer.start()
-    pending_labels: list[tuple[float, int, bytes, bytes]] = []
+    pending_labels: list[tuple[float, int, LabeledTx]] = []  # (due, sequence, transaction)
     in_flight: list[asyncio.Future[Any]] = []
     source = simulate(config)
     start = time.monotonic()
     last_progress = start
+    stopped = stop.is_set if stop else lambda: False
+
+    async def send_due_labels(now: float) -> None:
+        while pending_labels and pending_labels[0][0] <= now:
+            item = heapq.heappop(pending_labels)[2]  # label_time: when it is published
+            in_flight.append(await producer.send(labels_topic, _label_bytes(item), key=item.tx.card_id.encode()))
+            report.labels += 1
+        report.labels_pending = len(pending_labels)
+
     try:
-        while not (stop and stop.is_set()):
+        await producer.start()  # inside the try: a producer that failed to start is closed too
+        while not stopped():
             now = time.monotonic()
             elapsed = now - start
             if plan.seconds is not None and elapsed >= plan.seconds:
                 break
             if plan.count is not None and report.sent >= plan.count:
                 break
-            due = int(elapsed * plan.rate) + 1
-            if plan.count is not None:
-                due = min(due, plan.count)
-            shifted = plan.shift_after_s is not None and elapsed >= plan.shift_after_s
+            due = due_transactions(elapsed, plan)
             while report.sent < due:
-                item = next(source)
-                if shifted:
-                    item = dataclasses.replace(item, tx=dataclasses.replace(
-                        item.tx, amount=round(item.tx.amount * plan.shift_factor, 2)))
+                item = stamped(next(source), plan, elapsed, int(time.time() * 1000))
                 in_flight.append(await _send_one(producer, transactions_topic, item, plan, rng, report))
                 if plan.label_delay_s >= 0 and item.tx.tx_id in report.valid_ids:
-                    heapq.heappush(pending_labels, (now + plan.label_delay_s, report.sent,
-                                                    item.tx.card_id.encode(), _label_bytes(item)))
-            while pending_labels and pending_labels[0][0] <= now:
-                _, _, key, value = heapq.heappop(pending_labels)
-                in_flight.append(await producer.send(labels_topic, value, key=key))
-                report.labels += 1
+                    heapq.heappush(pending_labels, (now + plan.label_delay_s, report.sent, item))
+            await send_due_labels(now)
             if len(in_flight) > 2000:
                 await asyncio.gather(*in_flight)
                 in_flight.clear()
@@ -99,8 +124,17 @@ async def publish_traffic(
                 on_progress(report)
                 last_progress = now
             await asyncio.sleep(0.005)
-        await asyncio.gather(*in_flight)
         report.seconds = time.monotonic() - start
+        # The last transactions' labels are not due yet: wait them out, so that every label is sent
+        # with its delay (an interrupted run stops here instead).
+        while pending_labels and not stopped():
+            now = time.monotonic()
+            await send_due_labels(now)
+            if on_progress and now - last_progress >= 1.0:
+                on_progress(report)
+                last_progress = now
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*in_flight)
         return report
     finally:
         await producer.stop()
@@ -110,8 +144,8 @@ async def publish_due_labels(bootstrap: str, labels_topic: str, items: list[Labe
                              **client_kwargs: Any) -> int:
     """Publish the labels of ``items`` at once (tests and replays that do not wait for a delay)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **client_kwargs)
-    await producer.start()
     try:
+        await producer.start()
         futures = [await producer.send(labels_topic, _label_bytes(i), key=i.tx.card_id.encode()) for i in items]
         await asyncio.gather(*futures)
         return len(futures)
@@ -127,6 +161,8 @@ async def _send_one(producer: AIOKafkaProducer, topic: str, item: LabeledTx, pla
                     rng: random.Random, report: TrafficReport) -> asyncio.Future[Any]:
     tx = item.tx
     report.sent += 1
+    report.first_event_ms = tx.ts_ms if report.first_event_ms is None else report.first_event_ms
+    report.last_event_ms = tx.ts_ms
     if plan.malformed_rate and rng.random() < plan.malformed_rate:
         value, reason = corrupt(tx, rng)
         report.malformed += 1

@@ -17,12 +17,13 @@ import numpy as np
 import onnxruntime as ort
 
 from stream_app.features import FEATURE_NAMES
+from stream_app.startup import StartupError
 
 PACKAGED_MODEL = "fraud_gbt.onnx"
 
 
 class ModelRejected(ValueError):
-    """A model file that must not serve: wrong checksum, feature order or shape."""
+    """A model file that must not serve: missing, unreadable, not ONNX, wrong checksum, feature order or shape."""
 
 
 def packaged_model_path() -> Path:
@@ -50,23 +51,31 @@ class OnnxScorer:
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> OnnxScorer:
+        """The model at ``path`` (None: the packaged one); every reason it cannot serve is ``ModelRejected``."""
         model_path = Path(path) if path else packaged_model_path()
         try:
+            digest = sha256_file(model_path)
             card = json.loads(card_path(model_path).read_text())
-        except FileNotFoundError:
-            raise ModelRejected(f"no model card beside {model_path}") from None
-        digest = sha256_file(model_path)
+        except FileNotFoundError as exc:
+            missing = "no such file" if exc.filename == str(model_path) else "no model card beside it"
+            raise ModelRejected(f"{model_path}: {missing}") from None
+        except (OSError, ValueError) as exc:  # unreadable file or directory, card not JSON
+            raise ModelRejected(f"{model_path}: cannot read it or its card: {exc}") from None
         if card.get("sha256") != digest:
-            raise ModelRejected(f"{model_path.name}: sha256 {digest[:12]} does not match its card")
+            raise ModelRejected(f"{model_path}: sha256 {digest[:12]} does not match its card")
         if tuple(card.get("feature_names", ())) != FEATURE_NAMES:
-            raise ModelRejected(f"{model_path.name}: the card's feature order differs from the code's")
+            raise ModelRejected(f"{model_path}: the card's feature order differs from the code's")
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # one worker = one core; parallelism comes from partitions
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's errors share no public base class
+            first_line = (str(exc).splitlines() or [""])[0][:300]
+            raise ModelRejected(f"{model_path}: cannot be loaded: {type(exc).__name__}: {first_line}") from exc
         inputs = session.get_inputs()
         if len(inputs) != 1 or inputs[0].shape[-1] not in (len(FEATURE_NAMES), None, "N"):
-            raise ModelRejected(f"{model_path.name}: expected one input of width {len(FEATURE_NAMES)}")
+            raise ModelRejected(f"{model_path}: expected one input of width {len(FEATURE_NAMES)}")
         outputs = [o.name for o in session.get_outputs()]
         output = "probabilities" if "probabilities" in outputs else outputs[-1]
         return cls(session, card, inputs[0].name, output)
@@ -80,3 +89,12 @@ class OnnxScorer:
 
     def predict_proba_one(self, features: Sequence[float]) -> float:
         return self.predict_proba_many([features])[0]
+
+
+def load_configured(path: str, setting: str) -> OnnxScorer:
+    """The model a setting names (empty: the packaged one), or a :class:`StartupError` naming the setting."""
+    try:
+        return OnnxScorer.load(path or None)
+    except ModelRejected as exc:
+        raise StartupError(f"{setting}: {exc}; point {setting} at a readable .onnx file with its .card.json "
+                           "beside it (empty: the packaged model)") from None
