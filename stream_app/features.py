@@ -181,6 +181,7 @@ def update_state(state: CardState, tx: Transaction, horizon_ms: int, h: int) -> 
     if state["last_ts"] is None or ts >= state["last_ts"]:
         state["last_ts"] = ts
         state["last_country"] = tx.country
+    state.setdefault("first_ts", ts)  # how long this state has watched the card (drift.is_warm); never changes
 
 
 def load_once(states: MutableMapping[str, CardState], card_id: str,

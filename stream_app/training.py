@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_app.drift import reference_from_rows
+from stream_app.drift import is_warm, reference_from_rows
 from stream_app.evaluation import average_precision, precision_top_k_cards_per_day, roc_auc
 from stream_app.events import InvalidEvent, Transaction, format_ts, transaction_from_dict
 from stream_app.features import DAY_MS, FEATURE_NAMES, CardState, featurize
@@ -97,6 +97,7 @@ class Dataset:
     y: np.ndarray  # int8
     ts_ms: np.ndarray
     cards: np.ndarray
+    warm: np.ndarray  # bool: the card's state had watched it for drift.WARM_DAYS (drift.is_warm)
 
 
 # --------------------------------------------------------------------------------------- replay
@@ -113,6 +114,7 @@ def replay(items: Iterable[tuple[Transaction, bool]], horizon_ms: int, progress:
     labels: list[int] = []
     ts: list[int] = []
     cards: list[str] = []
+    warm: list[bool] = []
     started = time.monotonic()
     for i, (tx, is_fraud) in enumerate(items):
         try:
@@ -124,11 +126,13 @@ def replay(items: Iterable[tuple[Transaction, bool]], horizon_ms: int, progress:
         labels.append(int(is_fraud))
         ts.append(tx.ts_ms)
         cards.append(tx.card_id)
+        warm.append(is_warm(states[tx.card_id], tx.ts_ms))
         if progress and i and i % 100_000 == 0:
             rate = i / (time.monotonic() - started)
             print(f"  featurized {i:,} transactions ({rate:,.0f}/s)", file=sys.stderr, flush=True)
     return Dataset(np.asarray(rows, dtype=np.float32).reshape(-1, len(FEATURE_NAMES)),
-                   np.asarray(labels, dtype=np.int8), np.asarray(ts, dtype=np.int64), np.asarray(cards))
+                   np.asarray(labels, dtype=np.int8), np.asarray(ts, dtype=np.int64), np.asarray(cards),
+                   np.asarray(warm, dtype=bool))
 
 
 def build_dataset(config: GeneratorConfig, days: float, horizon_ms: int, progress: bool = True) -> Dataset:
@@ -651,8 +655,8 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
             "test": evaluate(y_test, onnx_test, data.ts_ms[test], data.cards[test], k),
         }
         card["onnx_parity_max_abs_diff"] = float(np.max(np.abs(onnx_test - lgb_test)))
-        # Drift is judged against the held-out period: warmed-up card state, the model's own scores.
-        card["drift_reference"] = reference_from_rows(x_test, onnx_test)
+        # Drift is judged against the held-out period and the model's own scores on it.
+        card["drift_reference"] = reference_from_rows(x_test, onnx_test, data.warm[test])
 
         comparison, current_scores = compare_with_current(model_path, x_test, y_test, onnx_test, cfg)
         card["replaced"] = comparison
@@ -666,8 +670,8 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
             raise ModelRefused(message, comparison, card)
 
         if cfg.edge_trees > 0:
-            card["edge_model"] = _export_edge(cfg, data.x[train], data.y[train], x_test, y_test, staging,
-                                              new_model, card)
+            card["edge_model"] = _export_edge(cfg, data.x[train], data.y[train], x_test, y_test, data.warm[test],
+                                              staging, new_model, card)
 
         png = model_path.with_name(model_path.stem + PR_CURVE_SUFFIX)
         previous = None
@@ -704,7 +708,8 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _export_edge(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                 y_test: np.ndarray, staging: Path, main_model: Path, main_card: dict[str, Any]) -> dict[str, Any]:
+                 y_test: np.ndarray, warm_test: np.ndarray, staging: Path, main_model: Path,
+                 main_card: dict[str, Any]) -> dict[str, Any]:
     """A small model for constrained devices: few shallow trees, its size and the AP it gives up."""
     from stream_app.models.onnx_model import OnnxScorer
 
@@ -724,8 +729,60 @@ def _export_edge(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_t
     main_ap = main_card["metrics"]["test"]["average_precision"]
     card["metrics"] = {"test": {"rows": int(len(y_test)), "frauds": int(y_test.sum()),
                                 "roc_auc": roc_auc(y_test, scores), "average_precision": edge_ap}}
+    card["drift_reference"] = reference_from_rows(x_test, scores, warm_test)  # its own scores, not the main model's
     card_path(path).write_text(json.dumps(card, indent=2, default=str))
     return {"file": f"edge/{EDGE_MODEL}", "version": card["version"], "trees": cfg.edge_trees,
             "max_depth": cfg.edge_max_depth, "size_bytes": path.stat().st_size,
             "main_size_bytes": main_model.stat().st_size, "test_average_precision": edge_ap,
             "ap_loss_vs_main": main_ap - edge_ap}
+
+
+# ------------------------------------------------------------------- drift reference of a shipped card
+
+def rebuild_drift_reference(model_path: Path) -> dict[str, Any]:
+    """Recompute the drift reference in an existing model's card, the model itself untouched.
+
+    The history is generated again from what the card recorded (generator config, days, test period)
+    and replayed through ``featurize``; the model scores its test period and ``reference_from_rows``
+    takes the histograms with the current row filter. Refuses (``ValueError``) when the regenerated
+    test period is not the card's (other row count or average precision): the reference would then
+    describe other data. Cards trained on a user's data file are retrained instead.
+    """
+    from stream_app.models.onnx_model import OnnxScorer
+
+    path = card_path(model_path)
+    card = json.loads(path.read_text())
+    history = card["training_data"]
+    if "generator" not in history:
+        raise ValueError(f"{path}: trained on a data file, not on generated history; retrain to rebuild its "
+                         "drift reference")
+    gen = GeneratorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in history["generator"].items()})
+    print(f"regenerating {history['days']} days of history ({gen}) ...", file=sys.stderr)
+    data = build_dataset(gen, history["days"], TrainConfig().dedup_horizon_s * 1000)
+    test = (data.ts_ms - gen.start_ms) // DAY_MS >= history["periods_days"]["test"][0]
+    scores = np.asarray(OnnxScorer.load(model_path).predict_proba_many(data.x[test].tolist()))
+    recorded_ap = card.get("metrics", {}).get("test", {}).get("average_precision")
+    ap = average_precision(data.y[test], scores)
+    if card["drift_reference"]["rows"] != int(test.sum()) or (recorded_ap is not None
+                                                             and not math.isclose(ap, recorded_ap, abs_tol=1e-9)):
+        raise ValueError(f"{path}: the regenerated test period ({int(test.sum())} rows, AP {ap:.6f}) is not the "
+                         f"card's ({card['drift_reference']['rows']} rows, AP {recorded_ap}); not rebuilt")
+    reference = reference_from_rows(data.x[test], scores, data.warm[test])
+    reference["rebuilt"] = {"at": format_ts(int(time.time() * 1000)),
+                            "by": "stream_app.training.rebuild_drift_reference",
+                            "from": "the card's own training_data (generator config, days, test period); "
+                                    "model unchanged, rows and average precision checked equal"}
+    card["drift_reference"] = reference
+    path.write_text(json.dumps(card, indent=2, default=str))
+    return reference
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m stream_app.training",
+                                     description="Rebuild the drift reference of existing model cards.")
+    parser.add_argument("--rebuild-drift-reference", nargs="+", metavar="MODEL.onnx", required=True)
+    for model in parser.parse_args().rebuild_drift_reference:
+        ref = rebuild_drift_reference(Path(model))
+        print(f"{model}: drift reference rebuilt, {ref['rows']} rows, {ref['filter']['rows']} of warm cards")

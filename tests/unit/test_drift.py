@@ -1,8 +1,10 @@
 """Drift monitor on generated traffic scored by the shipped model: quiet on the training distribution,
-loud (once) on shifted amounts or scores.
+from a cold start too, and loud (once) on shifted amounts or scores.
 
-The reference and the live traffic are taken after a 30-day warm-up: before it the 7 d / 30 d
-features of every card are still filling up, which is itself a shift (see the cold-start test).
+The reference is taken like training takes it, on a period of full card histories (days 30-40 of a
+history). The live traffic is a cold start: a worker that meets the cards on day 5 with empty states
+and runs for 45 days. Its history features are compared only once a card's state has watched it for
+WARM_DAYS (``is_warm``): without that filter the cold start itself is reported as drift.
 """
 
 from __future__ import annotations
@@ -13,40 +15,53 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from stream_app.drift import CALENDAR_FEATURES, SCORE, DriftEvent, DriftMonitor, reference_from_rows
-from stream_app.features import DAY_MS, FEATURE_NAMES, WINDOWS
-from stream_app.generator import GeneratorConfig
-from stream_app.models.onnx_model import OnnxScorer
-from stream_app.training import build_dataset
+from stream_app.drift import (
+    CALENDAR_FEATURES,
+    SCORE,
+    TRANSACTION_ONLY_FEATURES,
+    WARM_DAYS,
+    DriftEvent,
+    DriftMonitor,
+    is_warm,
+    reference_from_rows,
+)
+from stream_app.events import Transaction
+from stream_app.features import DAY_MS, FEATURE_NAMES, WINDOWS, featurize
+from stream_app.generator import GeneratorConfig, simulate
+from stream_app.models.onnx_model import OnnxScorer, packaged_model_path
+from stream_app.training import build_dataset, replay
 
 HORIZON = 7 * 86_400_000
-WARM_DAYS = 30  # the 30 d windows are full from here on
+COLD_START_DAY = 5
 BATCH = 500
 AMOUNT_SCALED = ("amount_eur", *(f"{stat}_amount_{w}" for w in ("1d", "7d", "30d") for stat in ("mean", "std")))
 UNTOUCHED_BY_AMOUNTS = (*(f"count_{w}" for w in WINDOWS), "seconds_since_prev", "amount_to_mean_30d",
                         "distinct_merchants_1d", "first_use_of_merchant", "country_changed", "is_ecom",
                         "is_atm", "is_moto")
+HISTORY_FEATURES = tuple(n for n in FEATURE_NAMES if n not in TRANSACTION_ONLY_FEATURES)
 
-Traffic = tuple[np.ndarray, np.ndarray]  # rows [n, 24] float32, scores [n]
+Traffic = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows [n, 24] float32, scores [n], warm [n] bool
 
 
-def _traffic(seed: int, days: int, scorer: OnnxScorer) -> tuple[Traffic, Traffic]:
-    """(cold: the first 10 days, steady: from WARM_DAYS on), each with the shipped model's scores."""
-    config = GeneratorConfig(seed=seed, n_customers=500)
-    data = build_dataset(config, days=days, horizon_ms=HORIZON, progress=False)
-    day = (data.ts_ms - config.start_ms) // DAY_MS
-    cold, steady = data.x[day < 10], data.x[day >= WARM_DAYS]
-    return ((cold, np.asarray(scorer.predict_proba_many(cold.tolist()))),
-            (steady, np.asarray(scorer.predict_proba_many(steady.tolist()))))
+def _scored(x: np.ndarray, warm: np.ndarray, scorer: OnnxScorer) -> Traffic:
+    return x, np.asarray(scorer.predict_proba_many(x.tolist())), warm
 
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, Traffic]:
     scorer = OnnxScorer.load()
-    cold, training = _traffic(1, 40, scorer)
-    _, live = _traffic(2, 50, scorer)
-    assert len(training[0]) > 10_000 and len(live[0]) >= 20_000
-    return {"cold": cold, "training": training, "live": live}
+    config = GeneratorConfig(seed=1, n_customers=500)
+    history = build_dataset(config, days=40, horizon_ms=HORIZON, progress=False)
+    held_out = (history.ts_ms - config.start_ms) // DAY_MS >= 30  # like training's test period
+    live = GeneratorConfig(seed=2, n_customers=500)
+    cold_from = live.start_ms + COLD_START_DAY * DAY_MS
+    cold = replay(((i.tx, i.is_fraud) for i in simulate(live, days=50) if i.tx.ts_ms >= cold_from),
+                  HORIZON, progress=False)
+    traffic = {"training": _scored(history.x[held_out], history.warm[held_out], scorer),
+               "live": _scored(cold.x, cold.warm, scorer)}
+    assert traffic["training"][2].mean() > 0.9, "a month into the history, most cards are warm"
+    assert len(cold.x) >= 40_000 and 0.2 < cold.warm.mean() < 0.5, (len(cold.x), cold.warm.mean())
+    return traffic
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +76,13 @@ def _amounts_times(x: np.ndarray, factor: float) -> np.ndarray:
     return shifted
 
 
-def _run(monitor: DriftMonitor, x: np.ndarray, scores: np.ndarray) -> list[tuple[list[DriftEvent], dict]]:
+def _run(monitor: DriftMonitor, x: np.ndarray, scores: np.ndarray,
+         warm: np.ndarray) -> list[tuple[list[DriftEvent], dict]]:
     """Feed in micro-batches as the stream does; per batch: its events and the PSI after it."""
     out = []
     for start in range(0, len(x), BATCH):
-        events = monitor.update_many(x[start:start + BATCH].tolist(), scores[start:start + BATCH].tolist())
+        end = start + BATCH
+        events = monitor.update_many(x[start:end].tolist(), scores[start:end].tolist(), warm[start:end].tolist())
         out.append((events, monitor.psi()))
     return out
 
@@ -74,10 +91,27 @@ def _detected(trace: Sequence[tuple[list[DriftEvent], dict]]) -> set[str]:
     return {e.name for events, _ in trace for e in events if e.detected}
 
 
-def test_reference_is_json_with_one_bin_per_value_of_discrete_features(reference: dict) -> None:
+def test_is_warm_after_warm_days_of_a_card_state_whatever_its_activity() -> None:
+    t0 = 1_767_225_600_000
+    tx = Transaction("t1", "c1", "m1", 10.0, "EUR", t0, "DE", "pos", "5411")
+    states: dict = {}
+    assert not is_warm({}, t0)
+    featurize(states, tx, HORIZON)
+    state = states["c1"]
+    assert state["first_ts"] == t0 and not is_warm(state, t0)
+    later = Transaction("t2", "c1", "m2", 10.0, "EUR", t0 + WARM_DAYS * DAY_MS, "DE", "pos", "5411")
+    assert is_warm(state, later.ts_ms) and not is_warm(state, later.ts_ms - 1)
+    featurize(states, later, HORIZON)
+    assert states["c1"]["first_ts"] == t0, "set once: the flag is the same before and after a transaction"
+    assert is_warm(state, t0 + 2 * DAY_MS, min_history_days=2)
+
+
+def test_reference_is_json_with_its_filter_and_one_bin_per_value_of_discrete_features(reference: dict) -> None:
     assert json.loads(json.dumps(reference)) == reference
     features = reference["features"]
     assert list(features) == list(FEATURE_NAMES) and SCORE in reference
+    assert reference["filter"]["name"] == "warm_card" and reference["filter"]["min_history_days"] == WARM_DAYS
+    assert set(reference["filter"]["applies_to"]) == {*HISTORY_FEATURES, SCORE}
     assert features["weekday"]["edges"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert features["is_atm"]["edges"] == [0.0]
     for hist in [*features.values(), reference[SCORE]]:
@@ -87,46 +121,79 @@ def test_reference_is_json_with_one_bin_per_value_of_discrete_features(reference
     assert len(features["amount_eur"]["edges"]) == 9
 
 
+def test_history_features_come_from_warm_rows_only() -> None:
+    x = np.zeros((1000, 24), dtype=np.float32)
+    x[:, FEATURE_NAMES.index("count_30d")] = np.where(np.arange(1000) < 600, 0.0, 5.0)  # cold rows: no history
+    x[:, FEATURE_NAMES.index("amount_eur")] = np.arange(1000) % 2
+    warm = np.arange(1000) >= 600
+    features = reference_from_rows(x, None, warm)["features"]
+    assert features["count_30d"]["proportions"] == [1.0]  # only the warm rows' 5.0
+    assert features["amount_eur"]["proportions"] == [0.5, 0.5]  # every row
+    scores = np.full(1000, 0.5)
+    cold_only = reference_from_rows(x, scores, np.zeros(1000, dtype=bool))  # a history shorter than WARM_DAYS
+    assert set(cold_only["features"]) == set(TRANSACTION_ONLY_FEATURES) and SCORE not in cold_only
+    monitor = DriftMonitor(cold_only, min_count=10)
+    assert monitor.update_many(x[:20], scores[:20], [True] * 20) == [] and set(monitor.psi()) == {
+        "amount_eur", "log_amount", "is_ecom", "is_atm", "is_moto"}
+
+
 def test_a_point_mass_at_the_maximum_gets_its_own_bin() -> None:
     x = np.zeros((1000, 24), dtype=np.float32)
     x[:, 0] = np.concatenate([np.arange(800), np.full(200, 1e4)])  # 20 % at the maximum
-    hist = reference_from_rows(x)["features"]["amount_eur"]
+    hist = reference_from_rows(x, None, np.ones(1000, dtype=bool))["features"]["amount_eur"]
     assert hist["edges"][-1] < 1e4 and hist["proportions"][-1] == pytest.approx(0.2)
 
 
-def test_unshifted_traffic_never_fires(data: dict[str, Traffic], reference: dict) -> None:
-    trace = _run(DriftMonitor(reference), *data["live"])
+def test_unshifted_traffic_from_a_cold_start_never_fires(data: dict[str, Traffic], reference: dict) -> None:
+    x, scores, warm = data["live"]
+    trace = _run(DriftMonitor(reference), x, scores, warm)
     assert [e for events, _ in trace for e in events] == []
+    first_month = trace[: int(np.argmax(np.cumsum(warm) >= 1000)) // BATCH]
+    assert first_month and all(set(psi) <= set(TRANSACTION_ONLY_FEATURES) for _, psi in first_month), \
+        "history features are not judged before 1000 rows of warm cards"
     names = set(trace[-1][1])
     assert names == (set(FEATURE_NAMES) - set(CALENDAR_FEATURES)) | {SCORE}
-    assert max(max(psi.values()) for _, psi in trace if psi) < 0.1
+    assert max(max(psi.values()) for _, psi in trace if psi) < 0.2
 
 
-def test_amounts_times_three_fire_amount_features_only(data: dict[str, Traffic], reference: dict) -> None:
-    x, _ = data["live"]
+def test_without_the_filter_a_cold_start_fires_on_history_features(
+        data: dict[str, Traffic], reference: dict) -> None:
+    """What a fresh worker reported before the filter: its own empty card states, as drift."""
+    x, scores, warm = data["live"]
+    detected = _detected(_run(DriftMonitor(reference), x, scores, np.ones_like(warm)))
+    assert {"count_7d", "count_30d", "seconds_since_prev", "first_use_of_merchant", SCORE} <= detected
+    assert detected.isdisjoint(TRANSACTION_ONLY_FEATURES)
+
+
+def test_amounts_times_three_fire_from_a_cold_start(data: dict[str, Traffic], reference: dict) -> None:
+    x, _, warm = data["live"]
     shifted = _amounts_times(x, 3.0)
     scores = np.asarray(OnnxScorer.load().predict_proba_many(shifted.tolist()))
-    detected = _detected(_run(DriftMonitor(reference), shifted, scores))
-    assert set(AMOUNT_SCALED) | {"log_amount"} <= detected
-    assert detected.isdisjoint(UNTOUCHED_BY_AMOUNTS)
+    trace = _run(DriftMonitor(reference), shifted, scores, warm)
+    first = {e.name: i for i, (events, _) in enumerate(trace) for e in events if e.detected}
+    assert {"amount_eur", "log_amount"} <= set(first)
+    assert max(first["amount_eur"], first["log_amount"]) <= 2, "as soon as 1000 rows are in, before any card is warm"
+    assert set(AMOUNT_SCALED) <= set(first), "the history amount features once cards are warm"
+    assert set(first).isdisjoint(UNTOUCHED_BY_AMOUNTS)
 
 
 def test_score_shift_fires_score_only(data: dict[str, Traffic], reference: dict) -> None:
-    x, scores = data["live"]
+    x, scores, warm = data["live"]
     recalibrated = np.sqrt(scores)  # a model whose scores mean something else, on the same traffic
-    assert _detected(_run(DriftMonitor(reference), x, recalibrated)) == {SCORE}
+    assert _detected(_run(DriftMonitor(reference), x, recalibrated, warm)) == {SCORE}
 
 
 def test_detection_is_reported_once_and_resolved_below_half_the_threshold(
         data: dict[str, Traffic], reference: dict) -> None:
-    x, scores = data["live"]
+    x, scores, warm = data["live"]
+    x, scores = x[warm], scores[warm]
     # 14 % of the scores recalibrated: a PSI between half the threshold and the threshold.
     partly = np.where(np.random.default_rng(0).random(len(scores)) < 0.14, np.sqrt(scores), scores)
-    phases = [(3000, scores), (5000, np.sqrt(scores)), (7000, partly), (6000, scores)]
+    phases = [(2000, scores), (4000, np.sqrt(scores)), (5500, partly), (4000, scores)]  # of the warm rows
     monitor = DriftMonitor(reference, psi_threshold=0.2)
     events, last_psi, start = [], [], 0
     for rows, stream in phases:
-        trace = _run(monitor, x[start:start + rows], stream[start:start + rows])
+        trace = _run(monitor, x[start:start + rows], stream[start:start + rows], np.ones(rows, dtype=bool))
         events.append([(e.name, e.detected) for batch_events, _ in trace for e in batch_events])
         last_psi.append(trace[-1][1][SCORE])
         start += rows
@@ -135,38 +202,36 @@ def test_detection_is_reported_once_and_resolved_below_half_the_threshold(
 
 
 def test_json_round_trip_gives_the_same_monitor(data: dict[str, Traffic], reference: dict) -> None:
-    x, scores = data["live"]
+    x, scores, warm = data["live"]
     shifted = np.concatenate([x[:8000], _amounts_times(x[8000:], 3.0)])
-    original = _run(DriftMonitor(reference), shifted, scores)
-    restored = _run(DriftMonitor(json.loads(json.dumps(reference))), shifted, scores)
+    original = _run(DriftMonitor(reference), shifted, scores, warm)
+    restored = _run(DriftMonitor(json.loads(json.dumps(reference))), shifted, scores, warm)
     assert restored == original and _detected(original)
 
 
 def test_window_counts_equal_a_fresh_count_whatever_the_batching(
         data: dict[str, Traffic], reference: dict) -> None:
-    x, scores = data["live"]
+    x, scores, _ = data["live"]
+    every = np.ones(len(x), dtype=bool)
     rolled = DriftMonitor(reference, window=5000)
     start = 0
     for size in (37, 500, 1234, 3000, 6000, 999, 1):
-        rolled.update_many(x[start:start + size], scores[start:start + size])
+        rolled.update_many(x[start:start + size], scores[start:start + size], every[start:start + size])
         start += size
     fresh = DriftMonitor(reference, window=5000)
-    fresh.update_many(x[start - 5000:start], scores[start - 5000:start])
+    fresh.update_many(x[start - 5000:start], scores[start - 5000:start], every[start - 5000:start])
     assert rolled.psi() == pytest.approx(fresh.psi(), rel=1e-12, abs=1e-15)
 
 
-def test_nothing_is_judged_before_min_count_rows(data: dict[str, Traffic], reference: dict) -> None:
-    x, scores = data["live"]
+def test_nothing_is_judged_before_min_count_rows_in_each_window(data: dict[str, Traffic], reference: dict) -> None:
+    x, scores, warm_cards = data["live"]
+    x, scores = x[warm_cards], scores[warm_cards]
     monitor = DriftMonitor(reference, min_count=1000)
-    assert monitor.update_many(x[:600], np.sqrt(scores[:600])) == [] and monitor.psi() == {}
-    assert [e.name for e in monitor.update_many(x[600:1200], np.sqrt(scores[600:1200]))] == [SCORE]
-
-
-def test_cold_start_reference_sees_the_warm_up_as_drift(data: dict[str, Traffic]) -> None:
-    """A reference from the first days of a history (cards without a month of past) disagrees with
-    traffic of established cards on the long-window features: build it from warmed-up rows."""
-    detected = _detected(_run(DriftMonitor(reference_from_rows(*data["cold"])), *data["live"]))
-    assert {"count_30d", "std_amount_30d"} <= detected
+    warm = np.arange(1200) % 2 == 0  # flagged as if half the rows were of cards not warm yet
+    assert monitor.update_many(x[:600], np.sqrt(scores[:600]), warm[:600]) == [] and monitor.psi() == {}
+    assert monitor.update_many(x[600:1200], np.sqrt(scores[600:1200]), warm[600:1200]) == []
+    assert SCORE not in monitor.psi() and "amount_eur" in monitor.psi(), "600 warm rows: the score is not judged yet"
+    assert [e.name for e in monitor.update_many(x[1200:2000], np.sqrt(scores[1200:2000]), [True] * 800)] == [SCORE]
 
 
 def test_calendar_features_would_fire_on_a_window_shorter_than_a_week(
@@ -175,14 +240,34 @@ def test_calendar_features_would_fire_on_a_window_shorter_than_a_week(
     assert "weekday" in detected
 
 
-def test_refuses_rows_of_another_shape_and_a_reference_for_other_features(reference: dict) -> None:
+def test_refuses_rows_of_another_shape_and_a_reference_for_other_features_or_without_filter(
+        reference: dict) -> None:
     monitor = DriftMonitor(reference)
     with pytest.raises(ValueError):
-        monitor.update_many([[0.0] * 23], [0.5])
+        monitor.update_many([[0.0] * 23], [0.5], [True])
     with pytest.raises(ValueError):
-        monitor.update_many([[0.0] * 24], [0.5, 0.5])
+        monitor.update_many([[0.0] * 24], [0.5, 0.5], [True])
+    with pytest.raises(ValueError):
+        monitor.update_many([[0.0] * 24], [0.5], [True, False])
     stale = {**reference, "features": {k: v for k, v in reference["features"].items() if k != "is_moto"}}
     with pytest.raises(ValueError, match="is_moto"):
         DriftMonitor(stale)
+    unfiltered = {k: v for k, v in reference.items() if k != "filter"}
+    with pytest.raises(ValueError, match="warm_card"):
+        DriftMonitor(unfiltered)
     with pytest.raises(ValueError):
-        reference_from_rows(np.full((10, 24), np.nan))
+        reference_from_rows(np.full((10, 24), np.nan), None, np.ones(10, dtype=bool))
+
+
+@pytest.mark.parametrize("model", ["fraud_gbt.onnx", "edge/fraud_gbt_edge.onnx"])
+def test_shipped_cards_carry_a_filtered_reference_of_their_own_scores(model: str) -> None:
+    """Rebuilt by ``rebuild_drift_reference`` from each card's own history: the edge model's score
+    histogram is its own, not the main model's."""
+    cards = {name: json.loads((packaged_model_path().parent / f"{name}.card.json").read_text())
+             for name in ("fraud_gbt.onnx", "edge/fraud_gbt_edge.onnx")}
+    reference = cards[model]["drift_reference"]
+    assert DriftMonitor(reference).min_history_days == WARM_DAYS
+    assert reference["filter"]["name"] == "warm_card" and 0 < reference["filter"]["rows"] <= reference["rows"]
+    assert reference["rows"] == cards[model]["metrics"]["test"]["rows"]
+    main, edge = (c["drift_reference"][SCORE] for c in cards.values())
+    assert main != edge
