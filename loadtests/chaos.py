@@ -1,6 +1,6 @@
 """Chaos run: two workers in one consumer group under open-loop load, ``kill -9`` one mid-stream.
 
-    python -m loadtests.chaos --rate 400 --seconds 40 --restart
+    python -m loadtests.chaos --rate 400 --seconds 40 --restart [--partitioner murmur2|crc32|fnv1a|mixed]
 
 Starts the embedded broker (or uses ``--bootstrap``, loopback only), creates the run's own topics,
 starts two ``stream-app worker`` processes, publishes synthetic payments (with malformed ones) while
@@ -14,11 +14,23 @@ takeover (the killed worker's partitions wait for the session timeout, the rebal
 
 Card state is checked too: every score record's features are compared with a reference that runs the
 same ``featurize`` over the ledger's valid events in send order in one process, without any kill. A state
-lost in a takeover or a restart shows up as ``feature_mismatches``.
+lost in a takeover or a restart shows up as ``feature_mismatches``. And each card's last stored state (the
+cards table's changelog) must hold exactly the events that reference folds into it (``state_mismatches``:
+its tx_id digests and per-day counts, which do not depend on the order of folding).
+
+``--partitioner`` picks how the load's producers partition the card-keyed events: ``murmur2`` (Java,
+aiokafka, kafkajs: the card's own partition), ``crc32`` (librdkafka's default ``consistent_random``:
+confluent-kafka, node-rdkafka), ``fnv1a`` (sarama's default), or ``mixed`` (each event's producer picks
+one of the three at random, seeded). Kafka orders a card's events only within a partition: mixed producers
+split them over several, and the worker folds them in arrival order (re-keyed ones a hop later), so with
+``mixed`` features may differ from the send-order reference for events of a card that arrive close
+together; that run is judged on ``state_mismatches`` (and lost/duplicates), its ``feature_mismatches`` are
+reported only.
 
 The last line is machine-readable:
-``RESULT sent=… scored=… dlq=… lost=… duplicate_alerts=… takeover_s=… duplicate_scores=… feature_mismatches=…``
-Exit status 0 when nothing was lost, no alert was duplicated and a takeover was measured, else 1.
+``RESULT sent=… scored=… dlq=… lost=… duplicate_alerts=… takeover_s=… duplicate_scores=… feature_mismatches=…
+state_mismatches=… partitioner=…`` (one line). Exit status 0 when nothing was lost, no alert or score was
+duplicated, card states and (unless ``mixed``) features match the reference and a takeover was measured, else 1.
 """
 
 from __future__ import annotations
@@ -33,18 +45,21 @@ import tempfile
 import time
 import urllib.request
 import uuid
+import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from loadtests.ledger import Check, LedgerEntry, LedgerWriter, Outputs, check, read_ledger, read_outputs
+from loadtests.ledger import (Check, LedgerEntry, LedgerWriter, OutputRecord, Outputs, check, read_all, read_ledger,
+                              read_outputs)
 from stream_app.events import Transaction
-from stream_app.features import FEATURE_NAMES, featurize
+from stream_app.features import FEATURE_NAMES, CardState, featurize
 from stream_app.generator import GeneratorConfig, simulate
+from stream_app.ingress import card_partition
 from stream_app.kafka.broker import EmbeddedBroker
 from stream_app.malformed import corrupt
 from stream_app.settings import Settings
@@ -53,6 +68,22 @@ from stream_app.worker_process import WorkerProcess, topic_env
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _fnv1a_partition(key: bytes, partitions: int) -> int:
+    """sarama's default hash partitioner: int32(FNV-1a 32 of the key) % n, negated when negative."""
+    h = 0x811C9DC5
+    for byte in key:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return abs(h - (1 << 32) if h >= 1 << 31 else h) % partitions
+
+
+#: How producers of other clients partition a non-empty key over ``n`` partitions.
+PARTITIONERS: dict[str, Callable[[bytes, int], int]] = {
+    "murmur2": card_partition,  # Java's default (toPositive(murmur2) % n), aiokafka, kafkajs
+    "crc32": lambda key, n: zlib.crc32(key) % n,  # librdkafka consistent_random: rd_crc32(key) % partition_cnt
+    "fnv1a": _fnv1a_partition,
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +101,7 @@ class ChaosOptions:
     drain_timeout_s: float = 90.0
     workdir: Path | None = None
     bootstrap: str | None = None  # None: start the embedded broker
+    partitioner: str = "murmur2"  # a PARTITIONERS name, or "mixed": each event's producer picks one
     worker_env: tuple[tuple[str, str], ...] = ()  # extra environment for the workers
 
 
@@ -79,6 +111,8 @@ class ChaosReport:
     takeover_s: float  # inf when a partition never produced again
     takeover_by_partition: dict[int, float]
     feature_mismatches: int
+    state_mismatches: int
+    partitioner: str
     restarted_scored: int | None  # events scored by the restarted worker (None: no restart)
     kill_ms: int
     ledger_path: Path
@@ -86,14 +120,16 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        return self.check.ok and math.isfinite(self.takeover_s) and self.feature_mismatches == 0 and (
-            self.restarted_scored is None or self.restarted_scored > 0)
+        features_ok = self.feature_mismatches == 0 or self.partitioner == "mixed"  # arrival order: see above
+        return (self.check.ok and self.check.duplicate_scores == 0 and math.isfinite(self.takeover_s) and features_ok
+                and self.state_mismatches == 0 and (self.restarted_scored is None or self.restarted_scored > 0))
 
     def result_line(self) -> str:
         c = self.check
         return (f"RESULT sent={c.sent} scored={c.scored} dlq={c.dlq} lost={c.lost} "
                 f"duplicate_alerts={c.duplicate_alerts} takeover_s={self.takeover_s:.1f} "
-                f"duplicate_scores={c.duplicate_scores} feature_mismatches={self.feature_mismatches}")
+                f"duplicate_scores={c.duplicate_scores} feature_mismatches={self.feature_mismatches} "
+                f"state_mismatches={self.state_mismatches} partitioner={self.partitioner}")
 
 
 class Load:
@@ -105,11 +141,14 @@ class Load:
         self.valid: list[Transaction] = []  # in send order
         self.sent = 0
         self.failed = 0
+        self.source = simulate(GeneratorConfig(seed=options.seed, n_customers=options.customers, fraud_rate=0.02))
+        self.rng = random.Random(options.seed ^ 0xC4A05)
+        self.pick = random.Random(options.seed ^ 0x9A27)  # its own stream: the same events whatever the partitioner
 
     async def run(self, stop: asyncio.Event) -> None:
-        o = self.o
-        rng = random.Random(o.seed ^ 0xC4A05)
-        source = simulate(GeneratorConfig(seed=o.seed, n_customers=o.customers, fraud_rate=0.02))
+        """``o.seconds`` of load; a second call continues the same stream (a later phase of a test)."""
+        o, rng, source = self.o, self.rng, self.source
+        names = sorted(PARTITIONERS) if o.partitioner == "mixed" else [o.partitioner]
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all")
         await producer.start()
         in_flight: list[asyncio.Future[Any]] = []
@@ -129,7 +168,9 @@ class Load:
                         valid = False
                     else:
                         value, valid = tx.to_bytes(), True
-                    fut = await producer.send(self.topic, value, key=tx.card_id.encode())
+                    key = tx.card_id.encode()
+                    partition = PARTITIONERS[self.pick.choice(names)](key, o.partitions)
+                    fut = await producer.send(self.topic, value, key=key, partition=partition)
                     if valid:
                         self.valid.append(tx)
                     fut.add_done_callback(lambda f, tx_id=tx.tx_id, ok=valid, ms=_now_ms(): self._done(f, tx_id, ok, ms))
@@ -151,13 +192,14 @@ class Load:
         self.ledger.write(LedgerEntry(tx_id, valid, sent_ms, meta.partition, meta.offset))
 
 
-def takeover(outputs: Outputs, input_topic: str, kill_ms: int) -> dict[int, float]:
-    """Per input partition: seconds from the kill to the first score of one of its events scored after it."""
+def takeover(outputs: Outputs, input_topics: set[str], kill_ms: int) -> dict[int, float]:
+    """Per input partition number: seconds from the kill to the first score of one of its events scored after
+    it (``input_topics``: the input and re-key topics, whose partition n is owned by one worker)."""
     first_after: dict[int, int] = {}
     seen: set[int] = set()
     for r in outputs.scores:
         src = r.value.get("source") or {}
-        if src.get("topic") != input_topic:
+        if src.get("topic") not in input_topics:
             continue
         p = int(src["partition"])
         seen.add(p)
@@ -167,15 +209,22 @@ def takeover(outputs: Outputs, input_topic: str, kill_ms: int) -> dict[int, floa
     return {p: (first_after[p] - kill_ms) / 1000 if p in first_after else math.inf for p in sorted(seen)}
 
 
-def feature_mismatches(valid: Sequence[Transaction], outputs: Outputs, horizon_ms: int) -> tuple[int, list[str]]:
-    """Score records whose features differ from one uninterrupted pass of ``featurize`` over the events."""
-    states: dict[str, Any] = {}
+def reference(valid: Sequence[Transaction], horizon_ms: int) -> tuple[dict[str, list[float]], dict[str, CardState]]:
+    """One uninterrupted pass of ``featurize`` over the events in send order: each event's features, and
+    each card's state at the end."""
+    states: dict[str, CardState] = {}
     expected: dict[str, list[float]] = {}
     for tx in valid:
         try:
             expected[tx.tx_id] = featurize(states, tx, horizon_ms)
         except Exception:  # a duplicate or late event in the generated stream: not scored
             continue
+    return expected, states
+
+
+def feature_mismatches(valid: Sequence[Transaction], outputs: Outputs, horizon_ms: int) -> tuple[int, list[str]]:
+    """Score records whose features differ from one uninterrupted pass of ``featurize`` over the events."""
+    expected, _ = reference(valid, horizon_ms)
     bad: list[str] = []
     for r in outputs.scores:
         want = expected.get(str(r.value.get("tx_id")))
@@ -185,6 +234,22 @@ def feature_mismatches(valid: Sequence[Transaction], outputs: Outputs, horizon_m
         values = [got.get(n) for n in FEATURE_NAMES]
         if any(g is None or not math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9) for g, w in zip(values, want)):
             bad.append(str(r.value["tx_id"]))
+    return len(bad), bad
+
+
+def state_mismatches(valid: Sequence[Transaction], changelog: Sequence[OutputRecord],
+                     horizon_ms: int) -> tuple[int, list[str]]:
+    """Cards whose last record in the cards table's changelog (offset order) lacks one of the events one
+    uninterrupted pass folds into the card, or has another: compared on the tx_id digests and the per-day
+    counts, which do not depend on the order the events were folded in."""
+    _, states = reference(valid, horizon_ms)
+    stored = {r.key: r.value for r in sorted(changelog, key=lambda r: (r.partition, r.offset)) if r.key is not None}
+
+    def folded(state: dict[str, Any]) -> tuple[list[int], dict[int, int]]:
+        return sorted(h for h, _ in state.get("seen", [])), {int(d[0]): int(d[1]) for d in state.get("days", [])}
+
+    bad = [card for card, state in states.items()
+           if card.encode() not in stored or folded(stored[card.encode()]) != folded(state)]
     return len(bad), bad
 
 
@@ -204,7 +269,7 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-async def _wait_scored(bootstrap: str, s: Settings, valid_ids: set[str], timeout_s: float) -> Outputs:
+async def wait_scored(bootstrap: str, s: Settings, valid_ids: set[str], timeout_s: float) -> Outputs:
     """Read the outputs until every valid event has a score record (or the timeout): the drain."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -243,7 +308,8 @@ def run_chaos(o: ChaosOptions) -> ChaosReport:
         for w in workers:
             w.wait_ready()
         _say(f"two workers ready (web ports {workers[0].web_port}, {workers[1].web_port}); "
-             f"{o.rate:.0f} events/s for {o.seconds:.0f} s, kill -9 at {o.kill_at * o.seconds:.0f} s")
+             f"{o.rate:.0f} events/s for {o.seconds:.0f} s partitioned by {o.partitioner}, "
+             f"kill -9 at {o.kill_at * o.seconds:.0f} s")
         ledger_path = workdir / "ledger.jsonl"
         ledger_path.unlink(missing_ok=True)
         ledger = LedgerWriter(ledger_path)
@@ -254,16 +320,22 @@ def run_chaos(o: ChaosOptions) -> ChaosReport:
         _say(f"load done: {load.sent} events acknowledged by the broker ({load.failed} failed sends)")
         entries = read_ledger(ledger_path)
         valid_ids = {e.tx_id for e in entries if e.valid}
-        outputs = asyncio.run(_wait_scored(bootstrap, s, valid_ids, o.drain_timeout_s))
+        outputs = asyncio.run(wait_scored(bootstrap, s, valid_ids, o.drain_timeout_s))
         if o.restart:
             restarted_scored = _metric(victim.web_port, "stream_app_events_scored_total")
         result = check(entries, outputs, s.transactions_topic)
-        by_partition = takeover(outputs, s.transactions_topic, kill_ms)
+        by_partition = takeover(outputs, {s.transactions_topic, s.rekeyed_topic}, kill_ms)
         mismatches, bad = feature_mismatches(load.valid, outputs, s.dedup_horizon_s * 1000)
+        changelog = f"{s.app_id}-cards-changelog"  # faust's name for the cards table's changelog
+        states_bad, bad_cards = state_mismatches(
+            load.valid, asyncio.run(read_all(bootstrap, [changelog], idle_s=1.0))[changelog], s.dedup_horizon_s * 1000)
         report = ChaosReport(result, max(by_partition.values(), default=math.inf), by_partition, mismatches,
-                             None if restarted_scored is None else int(restarted_scored), kill_ms, ledger_path)
+                             states_bad, o.partitioner, None if restarted_scored is None else int(restarted_scored),
+                             kill_ms, ledger_path)
         if bad:
             report.notes.append(f"feature mismatches for: {', '.join(bad[:10])}")
+        if bad_cards:
+            report.notes.append(f"card states unlike the reference: {', '.join(bad_cards[:10])}")
         lost = set(result.lost_valid) | set(result.lost_malformed)
         if lost:
             where = Counter(e.partition for e in entries if e.tx_id in lost)
@@ -307,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--malformed-rate", type=float, default=d.malformed_rate)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--partitions", type=int, default=d.partitions)
+    p.add_argument("--partitioner", choices=[*sorted(PARTITIONERS), "mixed"], default=d.partitioner,
+                   help="how the load's producers partition card keys (mixed: each event picks one)")
     p.add_argument("--session-timeout", type=float, default=d.session_timeout_s, help="seconds (workers')")
     p.add_argument("--bootstrap", default=None, help="a loopback broker to use instead of starting Tansu")
     p.add_argument("--workdir", type=Path, default=None, help="worker data, logs and the ledger (default: a temp dir)")
@@ -314,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     o = ChaosOptions(rate=a.rate, seconds=a.seconds, kill_at=a.kill_at, restart=a.restart,
                      restart_after_s=a.restart_after, malformed_rate=a.malformed_rate, seed=a.seed,
                      partitions=a.partitions, session_timeout_s=a.session_timeout, bootstrap=a.bootstrap,
-                     workdir=a.workdir)
+                     workdir=a.workdir, partitioner=a.partitioner)
     report = run_chaos(o)
     for line in report.check.lines():
         _say(line)

@@ -83,6 +83,7 @@ class OutputRecord:
     offset: int
     timestamp_ms: int
     value: dict[str, Any]
+    key: bytes | None = None
 
 
 @dataclass
@@ -123,7 +124,7 @@ async def read_all(bootstrap: str, topics: Iterable[str], *, idle_s: float = 2.0
                         value = orjson.loads(m.value) if m.value is not None else {"_unreadable": True}
                     except orjson.JSONDecodeError:
                         value = {"_unreadable": True}
-                    out[tp.topic].append(OutputRecord(m.partition, m.offset, m.timestamp, value))
+                    out[tp.topic].append(OutputRecord(m.partition, m.offset, m.timestamp, value, m.key))
                     position[tp] = m.offset + 1
             caught_up = all((hw := consumer.highwater(tp)) is not None and position[tp] >= hw for tp in tps)
             if caught_up and time.monotonic() - last_data >= idle_s:

@@ -307,7 +307,7 @@ def fuzz_transactions(n: int, seed: int, pans: PanTokenizer, scorer: Any = None)
     """``n`` transaction messages through the worker's ingress; ``scorer``: also score the valid ones."""
     mut = Mutator(seed)
     rng = mut.rng
-    ingress = Ingress(MAX_BYTES, HORIZON_MS, pans, "transactions")
+    ingress = Ingress(MAX_BYTES, HORIZON_MS, pans, "transactions", 4)
     cards: dict[str, bytes] = {}  # the cards table
     tally = Tally()
     leaks = 0
@@ -321,7 +321,7 @@ def fuzz_transactions(n: int, seed: int, pans: PanTokenizer, scorer: Any = None)
             written: list[bytes] = []
             try:
                 out = ingress(raw, key, topic, states,
-                              lambda c: None if (s := cards.get(c)) is None else orjson.loads(s))
+                              lambda c: None if (s := cards.get(c)) is None else orjson.loads(s), partition=None)
                 tally.outcomes[out.kind] += 1
                 if out.kind == "dead_lettered":
                     assert out.error is not None and out.error.reason in DLQ_REASONS

@@ -4,15 +4,20 @@ The agents in :mod:`stream_app.app` call these for every message and only turn t
 sends and metrics, so the fuzz tests (``tests/unit/test_fuzz.py``, ``python -m stream_app.fuzz``) drive
 the worker's own decisions, not a copy. Every input ends as exactly one outcome kind:
 
-* transactions: ``scored`` (features computed; the caller scores), ``rekeyed`` (valid, but keyed by
-  something else than its card: forwarded), ``dead_lettered`` (with a reason) or ``duplicate``;
+* transactions: ``scored`` (features computed; the caller scores), ``rekeyed`` (valid, but not keyed by
+  its card or not in its card's partition: forwarded), ``dead_lettered`` (with a reason) or ``duplicate``;
 * labels: ``joined`` (an example to learn), ``parked`` (its transaction has not been scored yet),
-  ``rekeyed`` (valid, but keyed by something else than its card: forwarded), ``duplicate`` or
-  ``dead_lettered``.
+  ``rekeyed`` (valid, but not keyed by its card or not in its card's partition: forwarded),
+  ``duplicate`` or ``dead_lettered``.
 
-The label join is local to the card's partition: the scoring agent captures each transaction's
-feature vector in the card's partition (:func:`capture`), and labels are read keyed by card, so the
-worker that scored a transaction is the one that gets its label.
+A card's state lives in one partition, :func:`card_partition` (Kafka's default partitioner, murmur2):
+the card tables' changelogs are written there, and the worker that owns that partition number owns the
+card. Producers built on librdkafka (CRC-32) or sarama (FNV-1a) put a card's events elsewhere, and a
+mix of producers splits them over several partitions; so an input message is re-keyed (through the
+re-key topic, which the worker writes with murmur2) unless both its key and its partition are its
+card's. The label join is local to the card's partition the same way: the scoring agent captures each
+transaction's feature vector there (:func:`capture`), so the worker that scored a transaction is the
+one that gets its label.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
+
+from aiokafka.partitioner import murmur2
 
 from stream_app.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
 from stream_app.features import CardState, featurize, load_once
@@ -42,6 +50,33 @@ def card_of(key: bytes) -> bytes:
     return key.rpartition(SEPARATOR)[0]
 
 
+@lru_cache(maxsize=1 << 15)  # murmur2 is pure Python (~9 µs a key); a card's next events hit the cache
+def card_partition(card_key: bytes, partitions: int) -> int:
+    """The partition of a card's state and events: Kafka's default partitioner (Java client, aiokafka,
+    kafkajs), the one the worker's producer uses for the card tables' changelogs and the re-key topics."""
+    return (murmur2(card_key) & 0x7FFFFFFF) % partitions
+
+
+def in_card_partition(card_key: bytes, partition: int | None, partitions: int | None) -> bool:
+    """``partition`` is the card's; True when there is nothing to check (``partition`` None: not read
+    from a topic; ``partitions`` None: no partition check asked)."""
+    return partition is None or partitions is None or partition == card_partition(card_key, partitions)
+
+
+class Misrouted(InvalidEvent):
+    """A message on a re-key topic outside its card's partition. The worker writes those topics keyed by
+    card with murmur2, so only a foreign producer, or a re-key topic whose partition count differs from
+    the card tables', puts one there; scoring it would split the card's state and forwarding it again
+    could loop, so it is dead-lettered (replaying it to the input topic re-keys it)."""
+
+    reason = "misrouted"
+
+    @classmethod
+    def at(cls, partition: int | None, partitions: int | None) -> Misrouted:
+        return cls(f"read from partition {partition} of a re-key topic, not its card's "
+                   f"(murmur2 of the card id mod {partitions})", "partition")
+
+
 @dataclass(slots=True)
 class TxOutcome:
     kind: TxKind
@@ -60,11 +95,13 @@ class Ingress:
     max_bytes: int
     horizon_ms: int
     pans: PanTokenizer
-    input_topic: str  # messages on this topic whose key is not their card id are re-keyed
+    input_topic: str  # messages on this topic not keyed by their card or not in its partition are re-keyed
+    partitions: int  # of the card tables (and of the input and re-key topics): see card_partition
 
     def __call__(self, raw: bytes | None, key: bytes | None, topic: str, states: dict[str, CardState],
-                 load_state: Callable[[str], CardState | None]) -> TxOutcome:
-        """Parse, re-key or featurize one message; ``states`` holds the batch's card states (updated)."""
+                 load_state: Callable[[str], CardState | None], *, partition: int | None) -> TxOutcome:
+        """Parse, re-key or featurize one message; ``states`` holds the batch's card states (updated).
+        ``partition``: the message's partition, None when it was not read from a topic (no partition check)."""
         t0 = time.perf_counter()
         try:
             tx = parse_transaction(raw or b"", self.max_bytes, self.pans)  # a null value is an empty message
@@ -72,9 +109,13 @@ class Ingress:
             return TxOutcome("dead_lettered", error=exc, decode_s=time.perf_counter() - t0)
         t1 = time.perf_counter()
         card_key = tx.card_id.encode()
-        if key != card_key and topic == self.input_topic:
-            forward = self.pans.clean(raw or b"", tx.to_bytes)
-            return TxOutcome("rekeyed", tx=tx, forward=forward, decode_s=t1 - t0)
+        placed = in_card_partition(card_key, partition, self.partitions)
+        if topic == self.input_topic:
+            if key != card_key or not placed:
+                forward = self.pans.clean(raw or b"", tx.to_bytes)
+                return TxOutcome("rekeyed", tx=tx, forward=forward, decode_s=t1 - t0)
+        elif not placed:  # the re-key topic: never forwarded again
+            return TxOutcome("dead_lettered", tx=tx, error=Misrouted.at(partition, self.partitions), decode_s=t1 - t0)
         load_once(states, tx.card_id, load_state)
         try:
             row = featurize(states, tx, self.horizon_ms)
@@ -104,16 +145,24 @@ def learn_label(key: bytes, label: Label, captured: Captured, table: MutableMapp
 
 def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int], now_ms: int, *,
                max_bytes: int, pans: PanTokenizer, captured: MutableMapping[bytes, bytes],
-               parked: MutableMapping[bytes, bytes], input_topic: str | None = None) -> LabelOutcome:
+               parked: MutableMapping[bytes, bytes], input_topic: str | None = None,
+               partitions: int | None = None) -> LabelOutcome:
     """One label against the captured-features and parked-labels tables (updated in place);
     ``source`` is (topic, partition, offset). A label read from ``input_topic`` whose message key is
-    not its card id is re-keyed instead: its card's partition may be another worker's."""
+    not its card id, or whose partition is not its card's (of ``partitions``; None: no partition check),
+    is re-keyed instead: its card's partition may be another worker's. On any other topic (the re-key
+    topic) a label outside its card's partition is dead-lettered (see :class:`Misrouted`)."""
     try:
         label = parse_label(raw or b"", max_bytes, pans)
     except InvalidEvent as exc:
         return LabelOutcome("dead_lettered", error=exc)
-    if source[0] == input_topic and key != label.card_id.encode():
-        return LabelOutcome("rekeyed", label=label, forward=pans.clean(raw or b"", label.to_bytes))
+    card_key = label.card_id.encode()
+    placed = in_card_partition(card_key, source[1], partitions)
+    if source[0] == input_topic:
+        if key != card_key or not placed:
+            return LabelOutcome("rekeyed", label=label, forward=pans.clean(raw or b"", label.to_bytes))
+    elif not placed:  # the re-key topic: never forwarded again
+        return LabelOutcome("dead_lettered", label=label, error=Misrouted.at(source[1], partitions))
     tx_key = capture_key(label.card_id, label.tx_id)
     stored = captured.get(tx_key)
     if stored == LEARNED or (stored is None and tx_key in parked):

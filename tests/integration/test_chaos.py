@@ -1,36 +1,80 @@
 """Chaos on a real broker: two workers under load, kill -9 one, restart it; and a broker that restarts.
 
-The first test is `python -m loadtests.chaos --restart` in small: every ledger entry accounted for
-(0 lost), 0 duplicate alerts, a finite takeover, card state continuous across the takeover and the
-restart (features equal to one uninterrupted pass), and the restarted worker scores again.
+The first test is `python -m loadtests.chaos --restart --partitioner mixed` in small: every ledger entry
+accounted for (0 lost), 0 duplicate alerts and scores, a finite takeover, card state continuous across
+the takeover and the restart, and the restarted worker scores again, while each event's producer
+partitioned it by murmur2, CRC-32 or FNV-1a. The second is the CRC-32 case alone, without a kill but
+with a rebalance: features equal to one uninterrupted pass, every event scored in its card's partition.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+import uuid
 from pathlib import Path
 
-
-from loadtests.chaos import ChaosOptions, run_chaos
-from stream_app.worker_process import topic_env
+from loadtests.chaos import ChaosOptions, Load, feature_mismatches, run_chaos, wait_scored
+from loadtests.ledger import LedgerWriter, check, read_ledger
+from outputs import scrape
 from stream_app.cli import create_topics
+from stream_app.ingress import card_partition
 from stream_app.kafka.broker import EmbeddedBroker
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.worker_process import WorkerProcess, topic_env
 
 
 def test_kill9_one_of_two_workers(kafka_bootstrap: str, tmp_path: Path) -> None:
     report = run_chaos(ChaosOptions(rate=200, seconds=36, kill_at=0.2, restart=True, restart_after_s=16,
-                                    bootstrap=kafka_bootstrap, workdir=tmp_path))
+                                    bootstrap=kafka_bootstrap, workdir=tmp_path, partitioner="mixed"))
     c = report.check
     print("\n".join(c.lines()), report.takeover_by_partition, report.result_line(), sep="\n")
     assert c.sent > 5000 and c.valid > 0 and c.malformed > 0
     assert c.lost == 0, (c.lost_valid[:10], c.lost_malformed[:10])
     assert c.duplicate_alerts == 0, c.duplicated_alert_ids[:10]
+    assert c.duplicate_scores == 0
     assert math.isfinite(report.takeover_s) and report.takeover_s > 0
     assert report.feature_mismatches == 0, report.notes
     assert report.restarted_scored is not None and report.restarted_scored > 0, "the restarted worker rejoined"
+
+
+def test_crc32_producer_card_state_follows_the_card_across_a_rebalance(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A librdkafka-like producer (CRC-32 of the key) puts most cards' events outside their murmur2
+    partition, where the card tables' changelogs put their state. One worker scores a first phase, a
+    second joins (the group rebalances; each recovers the changelog partitions it now owns), then a
+    second phase of the same cards. Before the re-keying by partition, the joining worker rebuilt the
+    states of other cards than those whose events it got: features diverged from one uninterrupted pass."""
+    o = ChaosOptions(rate=150, seconds=3, customers=30, malformed_rate=0.0, partitioner="crc32")
+    env = {**topic_env(f"crc-{uuid.uuid4().hex[:8]}", o.partitions),
+           "STREAM_APP_SESSION_TIMEOUT_S": str(o.session_timeout_s)}
+    s = Settings.from_env({**env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    create_topics(s)
+    ledger = LedgerWriter(tmp_path / "ledger.jsonl")
+    load = Load(kafka_bootstrap, s.transactions_topic, ledger, o)
+    first, second = (WorkerProcess(kafka_bootstrap, tmp_path / name, env) for name in ("worker-a", "worker-b"))
+    try:
+        first.start().wait_ready()
+        asyncio.run(load.run(asyncio.Event()))
+        phase1 = asyncio.run(wait_scored(kafka_bootstrap, s, {t.tx_id for t in load.valid}, 60))
+        second.start().wait_ready()
+        asyncio.run(load.run(asyncio.Event()))
+        outputs = asyncio.run(wait_scored(kafka_bootstrap, s, {t.tx_id for t in load.valid}, 90))
+        scored_by_second = scrape(second.web_port)[("stream_app_events_scored_total", ())]
+    finally:
+        second.stop()
+        first.stop()
+    ledger.close()
+    c = check(read_ledger(tmp_path / "ledger.jsonl"), outputs, s.transactions_topic)
+    print("\n".join(c.lines()))
+    assert len(phase1.scores) > 300 and len(load.valid) > len(phase1.scores) + 300  # two phases of load
+    assert c.lost == 0 and c.duplicate_scores == 0, c.lost_valid[:10]
+    assert scored_by_second > 0, "the second worker took partitions over"
+    mismatches, bad = feature_mismatches(load.valid, outputs, s.dedup_horizon_s * 1000)
+    assert mismatches == 0, bad[:10]
+    sources = [(r.value["source"], r.value["card_id"].encode()) for r in outputs.scores]
+    assert sum(src["topic"] == s.rekeyed_topic for src, _ in sources) > len(sources) / 2  # most were misplaced
+    assert all(src["partition"] == card_partition(card, o.partitions) for src, card in sources)
 
 
 def test_broker_restart_with_memory_storage_stops_the_worker_loudly(tmp_path: Path) -> None:

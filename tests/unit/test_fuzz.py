@@ -23,7 +23,7 @@ from stream_app.records import Source, dead_letter_record
 from stream_app.schemas import DLQ_REASONS
 
 PANS = PanTokenizer(fuzz.FUZZ_KEY)
-INGRESS = Ingress(fuzz.MAX_BYTES, fuzz.HORIZON_MS, PANS, "transactions")
+INGRESS = Ingress(fuzz.MAX_BYTES, fuzz.HORIZON_MS, PANS, "transactions", 4)
 SOURCE = Source("transactions", 0, 0, fuzz.T0)
 FUZZ = settings(max_examples=600, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -79,7 +79,8 @@ def _account(raw: bytes | None, key: bytes | None, outcome: Any, pans: PanTokeni
 @given(mutated(VALID_TX), st.one_of(st.none(), st.binary(max_size=20)), st.sampled_from(["transactions", "x"]))
 def test_ingress_accounts_for_every_input(raw: bytes | None, key: bytes | None, topic: str) -> None:
     for pans in (PANS, NO_PAN_KEY):
-        out = Ingress(fuzz.MAX_BYTES, fuzz.HORIZON_MS, pans, "transactions")(raw, key, topic, {}, lambda _c: None)
+        out = Ingress(fuzz.MAX_BYTES, fuzz.HORIZON_MS, pans, "transactions", 4)(raw, key, topic, {}, lambda _c: None,
+                                                                                 partition=None)
         assert out.kind in {"scored", "rekeyed", "duplicate", "dead_lettered"}
         assert (out.error is not None) == (out.kind == "dead_lettered")
         _account(raw, key, out, pans)

@@ -131,7 +131,7 @@ def test_nothing_the_pipeline_writes_holds_a_raw_card_number(pans: PanTokenizer)
     rng = random.Random(7)
     numbers = [with_luhn("".join(rng.choice("0123456789") for _ in range(15))) for _ in range(20)]
     numbers = [n for n in numbers if pan_digits(n)] + [VISA]
-    ingress = Ingress(16384, 7 * 86_400_000, pans, "transactions")
+    ingress = Ingress(16384, 7 * 86_400_000, pans, "transactions", 4)
     states: dict = {}
     written: list[bytes] = []
     log_lines: list[str] = []
@@ -150,7 +150,7 @@ def test_nothing_the_pipeline_writes_holds_a_raw_card_number(pans: PanTokenizer)
                 body["card_id"] = int(number)  # wrong type, the number in JSON
             raw = orjson.dumps(body)
             key = rng.choice([number.encode(), None, b"card"])
-            out = ingress(raw, key, "transactions", states, lambda _card: None)
+            out = ingress(raw, key, "transactions", states, lambda _card: None, partition=None)
             if out.kind == "scored":
                 scored = Scored(out.tx, out.row, 0.9, 0.5, 0.9, "decline", {"onnx": "o", "river": "r"}, "weighted",
                                 0.0)
