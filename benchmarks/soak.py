@@ -10,8 +10,8 @@ writes report.json and soak.png (RSS and lag over time) to --out and prints a ma
 
   RESULT minutes=… sent=… scored=… lost=… rss_start_mb=… rss_end_mb=… rss_max_mb=… max_lag=… errors=…
 
-``sent`` counts valid transactions (malformed ones, --malformed-rate, go to the DLQ and are reported by
-reason); ``lost`` = valid sent but never scored; ``max_lag`` = the largest "sent, not yet scored" seen;
+``minutes`` is the traffic's (the drain is in the report); ``sent`` counts valid transactions (malformed ones,
+--malformed-rate, go to the DLQ and are reported by reason); ``lost`` = valid sent but never scored; ``max_lag`` = the largest "sent, not yet scored" seen;
 the worker's own consumer lag is in the report too. RSS growth per hour is the least-squares slope over
 the second half of the samples (the first half includes the warm-up: card states filling up), besides
 end - start. The worker's log stays in --out/worker/worker.log.
@@ -75,6 +75,7 @@ class Soak:
     duplicate_scores: int = 0
     dead_letters: dict[str, float] = field(default_factory=dict)  # "topic reason" -> count, from /metrics
     rss_hwm_mb: float = float("nan")
+    traffic_end_s: float = float("nan")  # since the worker was ready; the drain follows
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
@@ -190,6 +191,7 @@ async def soak_run(args: argparse.Namespace, settings: Settings, worker: WorkerP
                                                                                 n_customers=args.customers),
                                          plan, on_progress=keep, stop=interrupted)
     drain_deadline = time.monotonic() + args.drain_s
+    soak.traffic_end_s = round(time.monotonic() - t0, 1)
     traffic_done.set()
     await sampling
     await sample(soak, worker, t0)  # the final state, after the drain
@@ -231,7 +233,9 @@ def summarize(soak: Soak, rss_start: float, findings: dict[str, Any]) -> dict[st
     last = samples[-1]
     valid = soak.traffic.valid_ids
     return {
-        "minutes": round(last.t_s / 60, 2),
+        "minutes": round(soak.traffic.seconds / 60, 2),  # of traffic
+        "traffic_end_s": soak.traffic_end_s,
+        "drain_s": round(last.t_s - soak.traffic_end_s, 1),
         "sent": len(valid),
         "malformed_sent": soak.traffic.malformed,
         "labels_sent": soak.traffic.labels,
@@ -281,6 +285,9 @@ def plot(samples: list[Sample], summary: dict[str, Any], path: Path) -> None:
     bottom.plot(minutes, [s.outstanding for s in samples], label="sent, not yet scored")
     bottom.plot(minutes, [nan_if_none(s.worker_lag) for s in samples],
                 label="worker consumer lag (/metrics)")
+    for ax in (top, bottom):
+        ax.axvline(summary["traffic_end_s"] / 60, color="black", linewidth=0.8, linestyle="--")
+    bottom.text(summary["traffic_end_s"] / 60, 0, " traffic ends", fontsize="small", va="bottom")
     bottom.set_xlabel("minutes since the worker was ready")
     bottom.set_ylabel("events")
     bottom.grid(True, alpha=0.3)
