@@ -161,6 +161,7 @@ def register(stream_app: StreamApp, app: faust.App) -> None:
     if auth.enabled:
         # Faust serves through aiohttp; middlewares can be added until the server starts.
         app.web.web_app.middlewares.append(auth.middleware())  # type: ignore[attr-defined]
+    stream_app.metrics.ready.set_function(lambda: float(all(stream_app.readiness().values())))  # read at each scrape
 
     def load_state(card_id: str) -> CardState | None:
         stored = stream_app.cards.get(card_id.encode())

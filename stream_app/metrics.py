@@ -74,6 +74,8 @@ class Metrics:
                                ["feature"], registry=r)
         self.drift_detected = Gauge("stream_app_drift_detected", "1 while a feature's drift is detected.",
                                     ["feature"], registry=r)
+        self.ready = Gauge("stream_app_ready", "1 while the worker is ready (GET /ready answers 200), else 0.",
+                           registry=r)
 
     def snapshot(self) -> dict[str, Any]:
         """Totals for the `worker.stats` log event: every sample of every counter, by name+labels."""

@@ -64,7 +64,9 @@ def test_openapi_describes_the_bearer_scheme() -> None:
 def _stub(settings: Settings) -> Any:
     from prometheus_client import CollectorRegistry
 
-    return types.SimpleNamespace(settings=settings, metrics=types.SimpleNamespace(registry=CollectorRegistry()),
+    from stream_app.metrics import Metrics
+
+    return types.SimpleNamespace(settings=settings, metrics=Metrics(CollectorRegistry()),
                                  readiness=lambda: {"models_loaded": True}, models_info=lambda: {"onnx": "v1"},
                                  cards={}, horizon_ms=1)
 

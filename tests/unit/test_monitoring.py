@@ -38,6 +38,23 @@ def test_scrape_config_targets_metrics_path() -> None:
     assert "metrics_path: /metrics" in text and ":6066" in text
 
 
+def test_alerting_rules_are_loaded_by_the_config_and_name_exported_metrics() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"] and (ROOT / "alerts.yml").is_file()
+    compose = yaml.safe_load((ROOT.parent / "docker-compose.yml").read_text())
+    assert "./monitoring/alerts.yml:/etc/prometheus/alerts.yml:ro" in compose["services"]["prometheus"]["volumes"]
+    rules = [r for g in yaml.safe_load((ROOT / "alerts.yml").read_text())["groups"] for r in g["rules"]]
+    used = {name for r in rules for name in re.findall(r"\b(stream_app_[a-z_]+)", r["expr"])}
+    assert used and used <= exported_names(), used - exported_names()
+    assert {"stream_app_consumer_lag_messages", "stream_app_events_dead_lettered_total", "stream_app_ready",
+            "stream_app_drift_detected", "stream_app_checkpoint_timestamp_seconds",
+            "stream_app_label_to_model_lag_seconds"} <= used
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"page", "ticket"} and rule["annotations"]["summary"], rule["alert"]
+
+
 
 @given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=200))
 def test_observe_many_equals_observing_one_by_one(values: list[float]) -> None:
