@@ -131,8 +131,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     report = asyncio.run(until_signalled(lambda stop: publish_traffic(
         settings.bootstrap_servers, settings.transactions_topic, settings.labels_topic, config, plan,
         on_progress=progress, stop=stop, **client_kwargs(settings))))
-    if report.labels_pending:
-        print(f"interrupted: {report.labels_pending} labels not published", file=sys.stderr)
+    if report.labels_early:
+        print(f"interrupted: the last {report.labels_early} labels were sent without their delay", file=sys.stderr)
     span = ("" if report.first_event_ms is None or report.last_event_ms is None else
             f" first_event={format_ts(report.first_event_ms)} last_event={format_ts(report.last_event_ms)}")
     print(f"RESULT sent={report.sent} malformed={report.malformed} frauds={len(report.frauds)} "

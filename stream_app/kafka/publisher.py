@@ -6,7 +6,8 @@ latency instead of silently lowering the offered load.
 Event times are either the simulation's own (``GeneratorConfig.start_ms`` on, a simulated day every
 few seconds: card histories look like days of use) or the wall clock at each send (``wall_clock``:
 what a live source sends, but each card then pays every few seconds). Every transaction that gets a
-label has it published before :func:`publish_traffic` returns: the last ones are waited for.
+label has it published before :func:`publish_traffic` returns: the last ones are waited for (or sent
+early when the run is stopped).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import heapq
+import math
 import random
 import time
 from collections.abc import Callable
@@ -52,6 +54,7 @@ class TrafficReport:
     malformed_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # spent sending transactions (without the wait for the last labels)
     labels_pending: int = 0  # labels not yet due
+    labels_early: int = 0  # sent before their delay because the run was interrupted
     first_event_ms: int | None = None  # event times of the first and last transaction sent
     last_event_ms: int | None = None
 
@@ -125,10 +128,13 @@ async def publish_traffic(
                 last_progress = now
             await asyncio.sleep(0.005)
         report.seconds = time.monotonic() - start
-        # The last transactions' labels are not due yet: wait them out, so that every label is sent
-        # with its delay (an interrupted run stops here instead).
-        while pending_labels and not stopped():
+        # The last transactions' labels are not due yet: wait them out, each with its delay; an
+        # interrupted run sends them at once. Either way every transaction that gets a label has it.
+        while pending_labels:
             now = time.monotonic()
+            if stopped():
+                report.labels_early = len(pending_labels)
+                now = math.inf
             await send_due_labels(now)
             if on_progress and now - last_progress >= 1.0:
                 on_progress(report)

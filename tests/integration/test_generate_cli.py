@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -17,15 +18,26 @@ from stream_app.kafka.topic_reader import TopicRange, read_topic
 COUNT = 300
 
 
-def _generate(kafka_bootstrap: str, app_env: dict[str, str], *extra: str) -> dict[str, str]:
-    env = {**os.environ, **app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
-    proc = subprocess.run([sys.executable, "-m", "stream_app.cli", "generate", "--count", str(COUNT), "--rate", "300",
-                           "--label-delay", "2", "--malformed-rate", "0.05", "--customers", "200", *extra],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    last = proc.stdout.strip().splitlines()[-1]
+def _command(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "stream_app.cli", "generate", "--rate", "300", "--label-delay", "2",
+            "--malformed-rate", "0.05", "--customers", "200", *extra]
+
+
+def _env(kafka_bootstrap: str, app_env: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+
+
+def _result(returncode: int, stdout: str, stderr: str) -> dict[str, str]:
+    assert returncode == 0, stderr[-2000:]
+    last = stdout.strip().splitlines()[-1]
     assert last.startswith("RESULT "), last
     return dict(re.findall(r"(\w+)=(\S+)", last))
+
+
+def _generate(kafka_bootstrap: str, app_env: dict[str, str], *extra: str) -> dict[str, str]:
+    proc = subprocess.run(_command("--count", str(COUNT), *extra), capture_output=True, text=True, timeout=120,
+                          env=_env(kafka_bootstrap, app_env))
+    return _result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def _read(kafka_bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
@@ -74,3 +86,22 @@ def test_generate_with_start_time_backfills_simulated_days(kafka_bootstrap: str,
     assert event_times[0] >= start_ms and event_times[-1] < start_ms + 7 * 86_400_000
     assert event_times[-1] - event_times[0] > 3_600_000, "simulated time runs faster than the clock"
     assert int(result["labels"]) == len(event_times)
+
+
+def test_stopped_generate_still_sends_every_label_before_result(kafka_bootstrap: str,
+                                                                app_env: dict[str, str]) -> None:
+    """SIGTERM (a container stop) mid-run: the labels not yet due are sent at once, then RESULT."""
+    proc = subprocess.Popen(_command("--seconds", "60", "--label-delay", "30"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(kafka_bootstrap, app_env))
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("sent="):  # the first progress line: a second of traffic is out
+            break
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    result = _result(proc.returncode, stdout, stderr)
+    assert "labels were sent without their delay" in stderr
+    valid = _valid(_read(kafka_bootstrap, app_env["STREAM_APP_TRANSACTIONS_TOPIC"]))
+    labels = [orjson.loads(v)["tx_id"] for _, v in _read(kafka_bootstrap, app_env["STREAM_APP_LABELS_TOPIC"])]
+    assert len(valid) == int(result["sent"]) - int(result["malformed"]) > 0
+    assert sorted(labels) == sorted(tx_id for *_, tx_id in valid) and int(result["labels"]) == len(labels)
