@@ -140,8 +140,7 @@ class _Window:
 
     def add(self, columns: Sequence[np.ndarray]) -> None:
         """Add rows given column by column (in the order of the histograms)."""
-        n = len(columns[0]) if columns else 0
-        if n == 0:
+        if not columns or len(columns[0]) == 0:
             return
         columns = [c[-self._window:] for c in columns]  # older rows of a huge batch would leave at once
         n = len(columns[0])
