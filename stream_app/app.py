@@ -13,10 +13,13 @@ acknowledged and lost, while here every bad message becomes a dead-letter record
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import signal
 import time
 from pathlib import Path
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import faust
@@ -25,6 +28,7 @@ from prometheus_client import CollectorRegistry
 import orjson
 import structlog
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from stream_app.events import (
     InvalidEvent,
@@ -44,7 +48,14 @@ from stream_app.metrics import Metrics, observe_many
 from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, ParkedLabel, PrequentialMetrics
 from stream_app.models import checkpoint
 from stream_app.models.registry import ModelWatcher
-from stream_app.records import Source, alert_record, dead_letter_record, score_record
+from stream_app.records import (
+    Source,
+    alert_record,
+    dead_letter_key,
+    dead_letter_record,
+    minimal_dead_letter_record,
+    score_record,
+)
 from stream_app.scoring import FraudScorer, Scored
 from stream_app.settings import Settings
 
@@ -62,8 +73,11 @@ def _now_ms() -> int:
 class StreamApp:
     """Builds the Faust app and holds what its agents share (scorer, stats)."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
+                 request_stop: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self.failure: str | None = None  # set by fail(): a write failed for good; the worker is stopping
+        self.request_stop = request_stop or (lambda: os.kill(os.getpid(), signal.SIGTERM))
         self.scorer = FraudScorer.from_settings(settings)
         self.learner = OnlineLearner(self.scorer.river, self.scorer.stacker,
                                      PrequentialMetrics(settings.quality_window, settings.review_threshold),
@@ -80,12 +94,14 @@ class StreamApp:
         self.horizon_ms = settings.dedup_horizon_s * 1000
         self._unconfirmed: list[tuple[Transaction, list[float], Source]] = []
         self._seq = time.time_ns()  # micro-batch numbers, unique across restarts (kept in card states)
+        self._seq_start = self._seq  # this worker's batches are numbered above it
         self._open_batches: set[int] = set()  # scored, outputs not confirmed yet
         self._unconfirmed_since = 2**63
         self.pans = PanTokenizer.from_settings(settings)
         if not self.pans.keyed:
             log.warning("pan.no_key", effect="card ids that look like card numbers are dead-lettered as raw_pan")
-        self.ingress = Ingress(settings.max_message_bytes, self.horizon_ms, self.pans, settings.transactions_topic)
+        self.ingress = Ingress(settings.max_message_bytes, self.horizon_ms, self.pans, settings.transactions_topic,
+                              settings.partitions)
         self.kafka_security = kafka_security(settings)  # files read once; every Kafka client uses it
         self.restore_checkpoint()
         self.app = self._build_app()
@@ -111,6 +127,7 @@ class StreamApp:
             web_graph_enabled=False,
             web_stats_enabled=False,
             producer_acks=-1,
+            producer_request_timeout=s.delivery_timeout_s,
             key_serializer="raw",
             value_serializer="raw",
             consumer_auto_offset_reset="earliest",
@@ -133,16 +150,16 @@ class StreamApp:
                                        help="labels that arrived before their transaction was scored")
         app.agent(self.transactions, name="score")(self._score_agent)
         app.agent(self.labels, name="label-join")(self._label_agent)
-        app.timer(max(0.5, min(60.0, s.label_wait_s / 2)))(self._expire_parked_labels)
+        app.timer(max(0.5, min(60.0, s.label_wait_s / 2)))(self._writes(self._expire_parked_labels))
         app.task(self._learner)
         app.timer(s.checkpoint_interval_s)(self.save_checkpoint)
-        app.timer(3600.0)(self._expire_captured)
+        app.timer(3600.0)(self._writes(self._expire_captured))
         if s.model_watch_path:
             self.watcher = ModelWatcher(s.model_watch_path)
             app.timer(s.model_poll_s)(self._poll_model)
         app.timer(30.0)(self._log_stats)
         app.timer(5.0)(self._refresh_gauges)
-        app.timer(5.0)(self._check_broker)
+        app.task(self._probe_broker)
         from stream_app.http import register  # the HTTP door; imported here to keep faust.web off the core
 
         register(self, app)
@@ -152,6 +169,18 @@ class StreamApp:
             await self.save_checkpoint()
 
         return app
+
+    def _writes(self, job: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """A timer that writes to Kafka: a failed write stops the worker (see `fail`), as in the agents."""
+
+        @functools.wraps(job)
+        async def guarded() -> None:
+            try:
+                await job()
+            except Exception as exc:
+                self.fail(exc, job.__name__.strip("_"))
+
+        return guarded
 
     # -- hot path ---------------------------------------------------------------------------------
     @property
@@ -170,6 +199,12 @@ class StreamApp:
         return PartitionBatches(self.producer, self._partitions)
 
     async def _score_agent(self, stream: faust.StreamT[bytes]) -> None:
+        try:
+            await self._score_batches(stream)
+        except Exception as exc:  # a write failed for good (or a bug): stop, nothing of it acknowledged
+            self.fail(exc, "score")
+
+    async def _score_batches(self, stream: faust.StreamT[bytes]) -> None:
         s = self.settings
         await self._metadata()
         in_flight: deque[asyncio.Future[None]] = deque()
@@ -190,10 +225,28 @@ class StreamApp:
                 await asyncio.gather(*state_acks)
                 pending.extend(await self._repair_unconfirmed())
             # Pipelined: the next micro-batch is taken and scored while this one waits for the broker.
-            in_flight.append(asyncio.ensure_future(self._confirm(stream, events, state_acks, pending, self._seq)))
+            confirming = asyncio.ensure_future(self._confirm(stream, events, state_acks, pending, self._seq))
+            confirming.add_done_callback(self._check_confirmed)  # a failure stops the worker at once, not at the next batch
+            in_flight.append(confirming)
             while in_flight and (len(in_flight) >= s.max_in_flight_batches or in_flight[0].done()):
                 await in_flight.popleft()  # a failed delivery raises here: the agent stops, nothing acked
         await asyncio.gather(*in_flight)  # shutting down: let the batches taken so far be confirmed and acked
+
+    def _check_confirmed(self, confirming: asyncio.Future[None]) -> None:
+        if not confirming.cancelled() and confirming.exception() is not None:
+            self.fail(cast(Exception, confirming.exception()), "score")
+
+    def fail(self, exc: BaseException, where: str) -> None:
+        """A write failed for good: say why once, turn /ready to 503 and stop the worker (exit code 70)
+        without acknowledging the batch, so its messages are read again after the restart. Faust's
+        shutdown would wait for the unacknowledged messages forever: it is told not to."""
+        if self.failure is not None:
+            return
+        self.failure = f"{where}: {exc!r}"
+        log.error("delivery.failed", agent=where, error=repr(exc), hint=_failure_hint(exc),
+                  effect="nothing of the batch is acknowledged; the worker stops and its input is read again")
+        self.app.conf.stream_wait_empty = False
+        self.request_stop()
 
     async def _confirm(self, stream: faust.StreamT[bytes], events: list[faust.EventT],
                        state_acks: list[asyncio.Future[Any]], outputs: list[Awaitable[Any]], seq: int) -> None:
@@ -205,14 +258,15 @@ class StreamApp:
         self._open_batches.discard(seq)
 
     def process_batch(self, events: list[faust.EventT], state: PartitionBatches, seq: int = 0) -> list[Awaitable[Any]]:
-        """Score a batch. Card states and captured vectors go into ``state`` (their changelogs); returns
-        the output sends (not started) that the caller awaits, after ``state``, before acknowledging."""
+        """Score a batch. Card states, captured vectors (their changelogs) and re-keyed transactions go into
+        ``state``; returns the output sends (not started) that the caller awaits, after ``state``, before
+        acknowledging."""
         s, m = self.settings, self.metrics
         m.consumed.inc(len(events))
         m.batch_size.observe(len(events))
         decode_s = features_s = 0.0
         sends: list[Awaitable[Any]] = []
-        outputs = self._batches()  # scores, alerts, re-keyed transactions, examples of parked labels
+        outputs = self._batches()  # scores, alerts, examples of parked labels
         states: dict[str, CardState] = {}
         txs: list[Transaction] = []
         rows: list[list[float]] = []
@@ -221,7 +275,7 @@ class StreamApp:
             msg = event.message
             source = Source.of(msg)
             self._positions[(msg.topic, msg.partition)] = msg.offset
-            out = self.ingress(event.value, event.key, msg.topic, states, self._load_card)
+            out = self.ingress(event.value, event.key, msg.topic, states, self._load_card, partition=msg.partition)
             decode_s += out.decode_s
             features_s += out.features_s
             if out.kind == "scored":
@@ -231,7 +285,9 @@ class StreamApp:
                 sources.append(source)
             elif out.kind == "rekeyed":
                 assert out.tx is not None
-                outputs.add(s.rekeyed_topic, out.tx.card_id.encode(), out.forward or b"")
+                # With the card states: handed to the producer in input order (the outputs of a later batch
+                # may be sent before an earlier one's), so a card's re-keyed events stay in order.
+                state.add(s.rekeyed_topic, out.tx.card_id.encode(), out.forward or b"")
                 m.rekeyed.inc()
             elif out.kind == "duplicate":
                 assert out.tx is not None
@@ -239,7 +295,7 @@ class StreamApp:
                     m.duplicates.inc()
             else:
                 assert out.error is not None
-                sends.append(self._dead_letter(event.value, out.error, source, event.key))
+                sends.append(self._dead_letter(s.dlq_topic, event.value, out.error, source, event.key))
         t2 = time.perf_counter()
         self._remember_outputs(states, txs, rows, sources, seq)
         sizes = []
@@ -258,7 +314,8 @@ class StreamApp:
             self._capture(scored, state, outputs)
             m.stage_seconds.labels("produce").inc(time.perf_counter() - t3)
             if self.drift is not None:
-                for drift_event in self.drift.update_many(rows, [x.onnx_score for x in scored]):
+                warm = [self.drift.is_warm(states[tx.card_id], tx.ts_ms) for tx in txs]
+                for drift_event in self.drift.update_many(rows, [x.onnx_score for x in scored], warm):
                     self._on_drift(drift_event)
         sends.append(delivered(outputs.send()))  # a coroutine: the batches are handed over when awaited
         return sends
@@ -281,9 +338,18 @@ class StreamApp:
         for card_id, entries in fresh.items():
             previous = states[card_id].get(UNCONFIRMED)
             if previous:  # entries of batches still in flight stay; confirmed ones go
-                entries = {t: e for t, e in previous["tx"].items()
-                           if len(e) > 2 and e[2] in self._open_batches} | entries
+                entries = {t: e for t, e in previous["tx"].items() if self._still_unconfirmed(e, now)} | entries
             states[card_id][UNCONFIRMED] = {"at": now, "tx": entries}
+
+    def _still_unconfirmed(self, entry: list[Any], now: int) -> bool:
+        """An entry of this worker's batches is unconfirmed while its batch is in flight. One of another
+        worker's (a takeover) stays until its redelivery can no longer come: the card's other events may
+        overtake that redelivery (re-keyed events of one card take several paths), and must not drop it."""
+        if len(entry) < 3:
+            return False
+        if self._seq_start < entry[2] <= self._seq:
+            return entry[2] in self._open_batches
+        return bool(entry[1][3] > now - UNCONFIRMED_MAX_AGE_MS)
 
     def _maybe_unconfirmed(self, tx: Transaction, states: dict[str, CardState]) -> bool:
         last = states.get(tx.card_id, {}).get(UNCONFIRMED)
@@ -337,8 +403,12 @@ class StreamApp:
             log.warning("drift.no_reference", onnx_version=self.scorer.onnx.version)
             return None
         window = self.settings.drift_window
-        return DriftMonitor(reference, window=window, psi_threshold=self.settings.drift_psi,
-                            min_count=min(1000, window))
+        try:
+            return DriftMonitor(reference, window=window, psi_threshold=self.settings.drift_psi,
+                                min_count=min(1000, window))
+        except ValueError as exc:  # e.g. a reference without the warm-card filter: it would false-alarm
+            log.warning("drift.reference_refused", onnx_version=self.scorer.onnx.version, error=str(exc))
+            return None
 
     def _on_drift(self, event: DriftEvent) -> None:
         self.metrics.drift_detected.labels(event.name).set(1.0 if event.detected else 0.0)
@@ -368,13 +438,24 @@ class StreamApp:
         observe_many(m.latency.labels("event_time"), [max(0.0, (now - x.tx.ts_ms) / 1000) for x in scored])
         observe_many(m.risk, [x.risk for x in scored])
 
-    def _dead_letter(self, raw: bytes | None, exc: InvalidEvent, source: Source,
-                     key: bytes | None) -> Awaitable[Any]:
-        self.metrics.dead_lettered.labels(self.settings.dlq_topic, exc.reason).inc()
+    async def _dead_letter(self, topic: str, raw: bytes | None, exc: InvalidEvent, source: Source,
+                           key: bytes | None) -> None:
+        """Publish a dead-letter record and count it once the broker has it. A record the producer or
+        broker refuses as too large is published again without the original's bytes (size and digest
+        kept): a poison message must not stop the worker on every restart."""
         log.debug("event.dead_lettered", reason=exc.reason, topic=source.topic,
                   partition=source.partition, offset=source.offset)
-        record = dead_letter_record(raw, exc, source, key, _now_ms(), self.pans)
-        return self._send(self.settings.dlq_topic, None if key is None else self.pans.mask(key), orjson.dumps(record))
+        record = dead_letter_record(raw, exc, source, key, _now_ms(), self.pans, self.settings.dlq_original_max_bytes)
+        out_key = dead_letter_key(key, self.pans)
+        try:
+            await self._send(topic, out_key, orjson.dumps(record))
+        except Exception as error:
+            if not _too_large(error):
+                raise
+            log.warning("dead_letter.minimal", reason=exc.reason, topic=source.topic, partition=source.partition,
+                        offset=source.offset, size=record["original_size"], error=repr(error))
+            await self._send(topic, out_key, orjson.dumps(minimal_dead_letter_record(record)))
+        self.metrics.dead_lettered.labels(topic, exc.reason).inc()
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
         return _delivered(self.app.producer.send(topic, key, value, None, None, None))
@@ -394,6 +475,12 @@ class StreamApp:
                 outputs.add(self.settings.examples_topic, example.tx_id.encode(), example.to_bytes())
 
     async def _label_agent(self, stream: faust.StreamT[bytes]) -> None:
+        try:
+            await self._label_batches(stream)
+        except Exception as exc:  # as in the score agent: stop, the batch unacknowledged
+            self.fail(exc, "label-join")
+
+    async def _label_batches(self, stream: faust.StreamT[bytes]) -> None:
         """Join each label with its captured vector; a label for a tx_id not captured (yet) is parked
         for STREAM_APP_LABEL_WAIT_S, in case its score record is still on its way."""
         s = self.settings
@@ -408,7 +495,7 @@ class StreamApp:
                 msg = event.message
                 out = join_label(event.value, event.key, (msg.topic, msg.partition, msg.offset), now,
                                  max_bytes=s.max_message_bytes, pans=self.pans, captured=captured_table,
-                                 parked=parked_table, input_topic=s.labels_topic)
+                                 parked=parked_table, input_topic=s.labels_topic, partitions=s.partitions)
                 if out.kind == "dead_lettered":
                     assert out.error is not None
                     sends.append(self._dead_letter_label(event.value, out.error, Source.of(msg), event.key))
@@ -424,12 +511,9 @@ class StreamApp:
             await asyncio.gather(*sends)
             await acknowledge(stream, events)  # only now: an interrupted batch stays unacknowledged
 
-    def _dead_letter_label(self, raw: bytes, exc: InvalidEvent, source: Source, key: bytes | None) -> Awaitable[Any]:
+    def _dead_letter_label(self, raw: bytes, exc: InvalidEvent, source: Source, key: bytes | None) -> Awaitable[None]:
         self.metrics.labels.labels("unknown" if exc.reason == "unknown_tx" else "invalid").inc()
-        self.metrics.dead_lettered.labels(self.settings.labels_dlq_topic, exc.reason).inc()
-        record = dead_letter_record(raw, exc, source, key, _now_ms(), self.pans)
-        return self._send(self.settings.labels_dlq_topic, None if key is None else self.pans.mask(key),
-                          orjson.dumps(record))
+        return self._dead_letter(self.settings.labels_dlq_topic, raw, exc, source, key)
 
     async def _expire_parked_labels(self) -> None:
         """A label still without its transaction after the wait is for a tx_id we never scored."""
@@ -520,6 +604,12 @@ class StreamApp:
             self.metrics.models_refused.inc()
             log.error("model.refused", error=result.error, serving=result.version, path=str(candidate))
 
+    async def _probe_broker(self) -> None:
+        """The broker check at start (so /ready can turn 200 with the worker), then every 5 s."""
+        while True:
+            await self._check_broker()
+            await asyncio.sleep(5.0)
+
     async def _check_broker(self) -> None:
         """Readiness needs to know the broker answers; a metadata round trip, bounded."""
         try:
@@ -549,6 +639,7 @@ class StreamApp:
             "not_rebalancing": not self.app.rebalancing,
             "broker_reachable": time.monotonic() - self._broker_ok_at < 15.0,
             "models_loaded": self.scorer.onnx is not None and self.scorer.river is not None,
+            "writes_ok": self.failure is None,
         }
 
     def models_info(self) -> dict[str, Any]:
@@ -603,10 +694,13 @@ async def micro_batches(stream: faust.StreamT[bytes], size: int, within_s: float
     processors, a passive-drainer task): measured at ~14 events per 5 ms window on a busy 2-core worker,
     so batches stayed tiny and their fixed costs dominated. Here a batch is the first event plus whatever
     the conductor has queued meanwhile, waiting at most ``within_s`` for more when fewer than ``size``
-    are there; each message is tracked as faust's stream would (the rebalance waits for its ack)."""
+    are there; each message is tracked as faust's stream would (the rebalance waits for its ack), and each
+    partition's inbound time is recorded as faust's stream would (its consumer logs "Stream has not
+    started processing TP(...)" for a partition without one once stream_processing_timeout has passed)."""
     channel = cast(faust.ChannelT, aiter(stream.channel))  # registers the iterator channel the conductor delivers to
     queue = channel.queue
     track = stream.app.consumer.track_message
+    inbound = stream.app.monitor.stream_inbound_time
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -625,8 +719,10 @@ async def micro_batches(stream: faust.StreamT[bytes], size: int, within_s: float
                     break
             else:
                 events.append(queue.get_nowait())
+        now = time.monotonic()
         for event in events:
             track(event.message)
+            inbound[event.message.tp] = now
         yield events
 
 
@@ -634,6 +730,30 @@ async def acknowledge(stream: faust.StreamT[bytes], events: list[faust.EventT]) 
     """Mark a micro-batch's messages safe to commit (faust commits a consecutive run of them)."""
     for event in events:
         await stream.ack(event)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from (faust wraps aiokafka's errors in ProducerSendError)."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
+def _too_large(exc: BaseException) -> bool:
+    return any(isinstance(e, MessageSizeTooLargeError | RecordTooLargeError) for e in _causes(exc))
+
+
+def _failure_hint(exc: BaseException) -> str:
+    """What to fix, for the errors a restart would only repeat."""
+    names = " ".join(type(e).__name__ for e in _causes(exc))
+    if "AuthorizationFailed" in names:
+        return "grant the worker's principal Write (and Describe) on the output and dead-letter topics"
+    if _too_large(exc):
+        return "raise the topic's max.message.bytes or lower STREAM_APP_DLQ_ORIGINAL_MAX_BYTES"
+    if "KafkaTimeoutError" in names or "RequestTimedOut" in names:
+        return "the broker did not confirm within STREAM_APP_DELIVERY_TIMEOUT_S: check that it is reachable"
+    return "see the error; the worker's input is read again after the restart"
 
 
 async def _delivered(send: Awaitable[Awaitable[Any]]) -> Any:

@@ -39,16 +39,22 @@ def create_topics(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings.bootstrap_servers, _topic_specs(settings), **client_kwargs(settings)))
 
 
+#: The worker's exit code after a write failed for good (sysexits' EX_SOFTWARE): restart me.
+EXIT_WRITE_FAILED = 70
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
     from stream_app.app import create_app
+    from stream_app.shutdown import StopDeadline
     from stream_app.observability import configure_logging, json_stdlib_logging
 
     configure_logging(settings.log_level)
     if args.create_topics:
         create_topics(settings)
     stream_app = create_app(settings)
+    deadline = StopDeadline(settings.shutdown_timeout_s, lambda: EXIT_WRITE_FAILED if stream_app.failure else 0)
 
     class _Worker(Worker):
         """faust's worker whose every output line is JSON: no terminal spinner (its cursor codes, like
@@ -65,6 +71,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             json_stdlib_logging(level, self.stderr)  # self.stderr: the real one, from before the redirect
             logging.getLogger("mode.redirect").setLevel(logging.WARNING)  # printed text: never filtered out
 
+        def _schedule_shutdown(self, signal: signal.Signals) -> None:
+            deadline.arm(signal.name)  # SIGTERM and SIGINT (Ctrl-C) both come here
+            super()._schedule_shutdown(signal)
+
         async def on_startup_finished(self) -> None:
             await super().on_startup_finished()
             import structlog
@@ -76,8 +86,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     worker = _Worker(stream_app.app, loglevel=args.faust_log_level, quiet=True,
                      redirect_stdouts_level=logging.WARNING)
-    worker.execute_from_commandline()
-    return 0
+    stream_app.request_stop = lambda: worker._schedule_shutdown(signal.SIGTERM)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:  # mode exits 0 after a stop, 1 after a crash
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:
+        code = 0
+    deadline.cancel()
+    return EXIT_WRITE_FAILED if stream_app.failure else code
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:

@@ -65,6 +65,18 @@ class Settings:
         "Replication factor of the topics the app creates, Faust's changelogs included (3 on a production cluster)."))
     max_message_bytes: int = field(default=16384, metadata=_env(
         "STREAM_APP_MAX_MESSAGE_BYTES", "Larger transaction messages are dead-lettered as message_too_large."))
+    dlq_original_max_bytes: int = field(default=65536, metadata=_env(
+        "STREAM_APP_DLQ_ORIGINAL_MAX_BYTES",
+        "A dead-letter record keeps at most this many bytes of the original message (card numbers masked), with "
+        "the whole message's size and SHA-256; at most 700000, so a record always fits a 1 MB produce request."))
+    delivery_timeout_s: float = field(default=120.0, metadata=_env(
+        "STREAM_APP_DELIVERY_TIMEOUT_S",
+        "A produced record not confirmed by the broker within this time is a failed write: the worker stops "
+        "without acknowledging its input (which is read again after the restart)."))
+    shutdown_timeout_s: float = field(default=8.0, metadata=_env(
+        "STREAM_APP_SHUTDOWN_TIMEOUT_S",
+        "After SIGTERM / SIGINT or a failed write, the worker drains what is in flight for at most this long, "
+        "then exits anyway (what was not acknowledged is read again by the next owner)."))
     dedup_horizon_s: int = field(default=7 * 86400, metadata=_env(
         "STREAM_APP_DEDUP_HORIZON_S",
         "Event-time horizon of per-card replay detection; older events are dead-lettered as late_event."))
@@ -169,6 +181,10 @@ class Settings:
         if not 0 <= self.river_max_weight <= 1:
             raise ValueError("river_max_weight must be in [0, 1]")
         _check_kafka_security(self)
+        if not 0 <= self.dlq_original_max_bytes <= DLQ_ORIGINAL_LIMIT:
+            raise ValueError(f"STREAM_APP_DLQ_ORIGINAL_MAX_BYTES must be in [0, {DLQ_ORIGINAL_LIMIT}]")
+        if self.delivery_timeout_s <= 0 or self.shutdown_timeout_s <= 0:
+            raise ValueError("STREAM_APP_DELIVERY_TIMEOUT_S and STREAM_APP_SHUTDOWN_TIMEOUT_S must be > 0")
         if self.replication_factor < 1:
             raise ValueError("STREAM_APP_REPLICATION_FACTOR must be >= 1")
         if self.http_token and self.http_token_file:
@@ -179,6 +195,9 @@ class Settings:
             raise ValueError("STREAM_APP_PAN_KEY must be at least 16 bytes")
 
 
+#: Largest original prefix kept in a dead-letter record: base64 (4/3) plus the record around it stays
+#: below the producer's default request limit (1,000,000 bytes).
+DLQ_ORIGINAL_LIMIT = 700_000
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 

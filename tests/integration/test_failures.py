@@ -48,11 +48,14 @@ def _ready(port: int) -> tuple[int, dict[str, object]]:
         return exc.code, json.loads(exc.read())
 
 
-def _timed_stop(worker: WorkerProcess, sig: int = signal.SIGTERM) -> float:
-    """Seconds from the signal to the process's exit (killed at 30 s, which the caller's bound fails)."""
+def _timed_stop(worker: WorkerProcess, sig: int = signal.SIGTERM, state: str = "") -> float:
+    """Seconds from the signal to the process's exit (killed at 30 s, which the caller's bound fails);
+    printed, for the figures in README (pytest -s)."""
     t0 = time.monotonic()
     worker.stop(sig, timeout_s=30.0)
-    return time.monotonic() - t0
+    seconds = time.monotonic() - t0
+    print(f"STOP state={state} signal={signal.Signals(sig).name} seconds={seconds:.2f}")
+    return seconds
 
 
 def test_messages_of_any_size_are_dead_lettered(kafka_bootstrap: str, app_env: dict[str, str],
@@ -90,7 +93,7 @@ def test_messages_of_any_size_are_dead_lettered(kafka_bootstrap: str, app_env: d
     assert metrics[(name, (("reason", "message_too_large"), ("topic", s.dlq_topic)))] == 2
     assert metrics[(name, (("reason", "message_too_large"), ("topic", s.labels_dlq_topic)))] == 1
     assert _ready(worker.web_port)[0] == 200, _ready(worker.web_port)
-    assert _timed_stop(worker) < STOP_BOUND_S
+    assert _timed_stop(worker, state="after_large_messages") < STOP_BOUND_S
     assert worker.process is not None and worker.process.returncode == 0
 
 
@@ -122,16 +125,19 @@ def test_failed_write_stops_the_worker_unacknowledged(tmp_path: Path) -> None:
             first.wait_ready()
             asyncio.run(produce(broker.bootstrap, s.transactions_topic, [(b"card_1", b"not json at all")]))
             assert first.process is not None
-            seen_503, counted, t0 = False, 0.0, time.monotonic()
+            seen_503, counted, t0, failed_at = False, 0.0, time.monotonic(), 0.0
             while first.process.poll() is None and time.monotonic() < t0 + 30:
                 try:
-                    seen_503 = seen_503 or _ready(first.web_port)[0] == 503
+                    if not seen_503 and _ready(first.web_port)[0] == 503:
+                        seen_503, failed_at = True, time.monotonic()
                     counted += sum(v for (name, _), v in scrape(first.web_port).items()
                                    if name == "stream_app_events_dead_lettered_total")
                 except (urllib.error.URLError, ConnectionError, TimeoutError):
                     pass  # the web server is already gone
                 time.sleep(0.1)
             assert first.process.poll() == EXIT_WRITE_FAILED, first.log()[-3000:]
+            if seen_503:
+                print(f"STOP state=after_failed_write signal=none seconds={time.monotonic() - failed_at:.2f}")
             assert time.monotonic() - t0 < 3 + STOP_BOUND_S + 5  # delivery timeout + stop + slack for a busy CI
         finally:
             first.stop()
@@ -159,7 +165,7 @@ def test_stop_is_bounded_idle_and_under_load(kafka_bootstrap: str, app_env: dict
     s = _settings(kafka_bootstrap, app_env)
     idle = WorkerProcess(kafka_bootstrap, tmp_path / "idle", app_env).start()
     idle.wait_ready()
-    assert _timed_stop(idle, sig) < STOP_BOUND_S
+    assert _timed_stop(idle, sig, "idle") < STOP_BOUND_S
     assert idle.process is not None and idle.process.returncode == 0
 
     busy = WorkerProcess(kafka_bootstrap, tmp_path / "busy", app_env).start()
@@ -167,7 +173,7 @@ def test_stop_is_bounded_idle_and_under_load(kafka_bootstrap: str, app_env: dict
     asyncio.run(produce(kafka_bootstrap, s.transactions_topic, _txs(20_000, seed=8)))  # a backlog to chew on
     time.sleep(1.0)
     assert scrape(busy.web_port).get(("stream_app_events_scored_total", ()), 0) > 0, "it was busy scoring"
-    assert _timed_stop(busy, sig) < STOP_BOUND_S
+    assert _timed_stop(busy, sig, "under_load") < STOP_BOUND_S
 
 
 def test_stop_is_bounded_with_the_broker_gone(tmp_path: Path) -> None:
@@ -180,7 +186,7 @@ def test_stop_is_bounded_with_the_broker_gone(tmp_path: Path) -> None:
     time.sleep(2.0)  # the broker is gone; the worker notices
     try:
         assert worker.process is not None and worker.process.poll() is None
-        assert _timed_stop(worker) < STOP_BOUND_S, worker.log()[-2000:]
+        assert _timed_stop(worker, state="broker_gone") < STOP_BOUND_S, worker.log()[-2000:]
     finally:
         worker.kill()
 
