@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -128,9 +129,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from stream_app.kafka.security import client_kwargs
 
     try:
-        start_ms = None if args.start_time is None else parse_ts(args.start_time, "--start-time")
+        start_ms = (None if args.start_time is None else int(time.time() * 1000) if args.start_time == "now"
+                    else parse_ts(args.start_time, "--start-time"))
     except ValueError as exc:
-        raise StartupError(f"{exc}, e.g. 2026-01-01T00:00:00Z") from None
+        raise StartupError(f"{exc}, e.g. 2026-01-01T00:00:00Z or now") from None
     config = GeneratorConfig(seed=args.seed, n_customers=args.customers, fraud_rate=args.fraud_rate,
                              **({} if start_ms is None else {"start_ms": start_ms}))
     plan = TrafficPlan(rate=args.rate, count=args.count, seconds=args.seconds, label_delay_s=args.label_delay,
@@ -342,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--malformed-rate", type=float, default=0.0, help="share of malformed events")
     gen.add_argument("--customers", type=int, default=5000, help="simulated customers")
     gen.add_argument("--seed", type=int, default=42, help="generator seed (same seed, same traffic)")
-    gen.add_argument("--start-time", metavar="RFC3339", default=None,
-                     help="backfill: simulated event times from this instant on, a simulated day every few seconds "
+    gen.add_argument("--start-time", metavar="RFC3339|now", default=None,
+                     help="simulated event times from this instant on (a backfill; `now`: from the current time), a "
+                          "simulated day every few seconds, so card histories look like days of use "
                           "(default: each transaction's event time is the wall clock when it is sent)")
     gen.set_defaults(func=cmd_generate)
 

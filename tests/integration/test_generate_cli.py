@@ -88,6 +88,16 @@ def test_generate_with_start_time_backfills_simulated_days(kafka_bootstrap: str,
     assert int(result["labels"]) == len(event_times)
 
 
+def test_generate_start_time_now_simulates_days_from_the_current_time(kafka_bootstrap: str,
+                                                                     app_env: dict[str, str]) -> None:
+    before_ms = time.time() * 1000
+    _generate(kafka_bootstrap, app_env, "--start-time", "now")
+    event_times = sorted(event_ms for _, event_ms, _ in _valid(
+        _read(kafka_bootstrap, app_env["STREAM_APP_TRANSACTIONS_TOPIC"])))
+    assert before_ms - 1000 <= event_times[0] <= before_ms + 3_600_000, "the simulation starts now"
+    assert event_times[-1] - event_times[0] > 3_600_000, "simulated time runs faster than the clock"
+
+
 def test_stopped_generate_still_sends_every_label_before_result(kafka_bootstrap: str,
                                                                 app_env: dict[str, str]) -> None:
     """SIGTERM (a container stop) mid-run: the labels not yet due are sent at once, then RESULT."""
