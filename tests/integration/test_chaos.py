@@ -2,8 +2,8 @@
 
 The first test is `python -m loadtests.chaos --restart --partitioner mixed` in small: every ledger entry
 accounted for (0 lost), 0 duplicate alerts and scores, a finite takeover, card state continuous across
-the takeover and the restart, and the restarted worker scores again, while each event's producer
-partitioned it by murmur2, CRC-32 or FNV-1a. The second is the CRC-32 case alone, without a kill but
+the takeover and the restart (each card's last stored state holds exactly its events), and the restarted
+worker scores again, while each event's producer partitioned it by murmur2, CRC-32 or FNV-1a. The second is the CRC-32 case alone, without a kill but
 with a rebalance: features equal to one uninterrupted pass, every event scored in its card's partition.
 """
 
@@ -35,7 +35,9 @@ def test_kill9_one_of_two_workers(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert c.duplicate_alerts == 0, c.duplicated_alert_ids[:10]
     assert c.duplicate_scores == 0
     assert math.isfinite(report.takeover_s) and report.takeover_s > 0
-    assert report.feature_mismatches == 0, report.notes
+    # Mixed producers split a card's events over partitions, which Kafka does not order between: features
+    # follow arrival order (loadtests.chaos), so the card states are what must match the reference here.
+    assert report.state_mismatches == 0, report.notes
     assert report.restarted_scored is not None and report.restarted_scored > 0, "the restarted worker rejoined"
 
 
