@@ -154,7 +154,12 @@ class Reader:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await self._consumer.stop()
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:  # aiokafka re-raises the cancellation of a fetch in its retry back-off
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
 
 
 @dataclass(frozen=True)
@@ -444,6 +449,28 @@ def card_number_leaks(out: Collected) -> list[str]:
     return found
 
 
+def schema_violations(out: Collected, names: Names) -> list[str]:
+    """Records that break their published JSON Schema (scores, alerts, dead letters), and examples whose
+    features are not all numbers (the learner cannot learn them)."""
+    import jsonschema
+
+    from stream_app.schemas import load_schema
+
+    found = []
+    for topic, schema in ((names.scores, "score"), (names.alerts, "alert"), (names.dlq, "dead_letter"),
+                          (names.labels_dlq, "dead_letter")):
+        validator = jsonschema.Draft202012Validator(load_schema(schema))
+        for record in out.parsed[topic]:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(record))
+            if error is not None:
+                found.append(f"{topic}: tx_id={record.get('tx_id')} {error.json_path}: {error.message[:200]}")
+    for example in out.parsed[names.examples]:
+        features = example.get("features")
+        if not isinstance(features, list) or not all(isinstance(v, int | float) for v in features):
+            found.append(f"{names.examples}: tx_id={example.get('tx_id')} features {str(features)[:200]}")
+    return found
+
+
 def log_leaks(log: bytes) -> list[str]:
     return [f"worker log line {i}" for i, line in enumerate(log.splitlines(), 1)
             if any(p.search(line) for p in _PATTERNS)]
@@ -461,6 +488,7 @@ class Report:
     exit_code: int | None = None
     seconds: float = 0.0
     workdir: Path | None = None
+    worker_errors: list[str] = field(default_factory=list)  # its first error-level log lines
 
     def count(self, outcome: str, kind: str | None = None) -> int:
         return sum(1 for e in self.entries
@@ -488,6 +516,7 @@ class Report:
                     for (expected, actual), n in sorted(other.items())]
         out += [f"UNEXPECTED {issue}" for issue in self.issues[:20]]
         out += [f"LEAK card number in {where}" for where in self.leaks[:20]]
+        out += [f"WORKER ERROR {line}" for line in self.worker_errors]
         out.append(f"worker: alive={int(self.alive)} health={int(self.health)} stop_s={self.stop_s:.1f} "
                    f"exit_code={self.exit_code} log={self.workdir}")
         return out
@@ -531,7 +560,10 @@ def run(bootstrap: str, n: int, workdir: Path, *, seed: int = 0, partitions: int
         report.exit_code = None if worker.process is None else worker.process.returncode
     finally:
         worker.stop()
-    report.leaks += log_leaks(worker.log_path.read_bytes())
+    log_bytes = worker.log_path.read_bytes()
+    report.leaks += log_leaks(log_bytes)
+    report.worker_errors = [line[:400].decode(errors="replace") for line in log_bytes.splitlines()
+                            if b'"level": "error"' in line or b'"level": "critical"' in line][:5]
     report.seconds = time.monotonic() - started
     report.workdir = workdir
     return report
@@ -571,7 +603,8 @@ async def _traffic(bootstrap: str, settings: Settings, worker: WorkerProcess, n:
                                        if e.kind == "transactions" and e.actual == "scored" and e.group})
         await settle(ledger, reader, names, worker, None, idle_s, log)
         ledger.account(reader.out, names)
-        return Report(ledger.entries, ledger.issues, card_number_leaks(reader.out))
+        return Report(ledger.entries, ledger.issues + schema_violations(reader.out, names),
+                      card_number_leaks(reader.out))
     finally:
         await producer.stop()
         await reader.stop()

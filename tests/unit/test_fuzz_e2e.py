@@ -11,7 +11,8 @@ import pytest
 
 from stream_app import fuzz
 from stream_app.fuzz import Message
-from stream_app.fuzz_e2e import Collected, Ledger, Names, card_number_leaks, fuzz_messages, size_ladder
+from stream_app.fuzz_e2e import Collected, Ledger, Names, card_number_leaks, fuzz_messages, schema_violations, \
+    size_ladder
 from stream_app.pan import PanTokenizer
 
 NAMES = Names("t", "t.rk", "t.dlq", "s", "a", "l", "l.rk", "l.dlq", "ex")
@@ -142,3 +143,12 @@ def test_leak_scan_reads_keys_headers_and_dead_letter_originals() -> None:
     out.records["x.scores"] = [(1, 5, None, b"{}", [("h", fuzz.PANS[2].encode())]),
                                (1, 6, b"tok_" + fuzz.PANS[0].encode() + b"0", b"{}", [])]  # glued: a longer number
     assert card_number_leaks(out) == ["x.dlq 0/0", "x.scores 1/5"]
+
+
+def test_records_are_checked_against_their_schemas() -> None:
+    out = _outputs()
+    out.parsed["ex"] = [{"tx_id": "A", "features": [1.0, None]}, {"tx_id": "B", "features": [1.0, 2]}]
+    found = schema_violations(out, NAMES)
+    assert any(f.startswith("s: tx_id=A") for f in found)  # the fixture's score records lack most fields
+    assert any(f.startswith("t.dlq: ") for f in found) and any(f.startswith("a: tx_id=A") for f in found)
+    assert [f for f in found if f.startswith("ex:")] == ["ex: tx_id=A features [1.0, None]"]
