@@ -55,7 +55,7 @@ from stream_app.events import InvalidEvent, Label, Transaction, parse_label, par
 from stream_app.features import SEEN_CAP
 from stream_app.fuzz import FUZZ_KEY, HORIZON_MS, MAX_BYTES, PANS, Message, Mutator, label_messages, pan_pattern, \
     transaction_messages
-from stream_app.pan import PanTokenizer
+from stream_app.pan import PanTokenizer, pan_digits
 from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess, topic_env
 
@@ -270,7 +270,7 @@ class Ledger:
                         self.issues.append(f"{dlq}: original_size {record.get('original_size')} != {e.size} "
                                            f"sent at {src}")
                 elif src.get("topic") == rekey_topic:
-                    e = rekeyed_member(kind, self._group_of_original(kind, record))
+                    e = rekeyed_member(kind, self._group_of_original(record))
                 else:
                     e = None
                 if e is None or e.actual:
@@ -334,15 +334,18 @@ class Ledger:
                 self.issues.append(f"{e.kind}: {e.what} message at {e.partition}/{e.offset} was {e.actual}, "
                                    f"expected {e.expected}")
 
-    def _group_of_original(self, kind: str, record: dict[str, Any]) -> tuple[str, str] | None:
-        """(card, tx_id) of a dead-lettered re-keyed event, from the original bytes the record keeps."""
+    def _group_of_original(self, record: dict[str, Any]) -> tuple[str, str] | None:
+        """(card, tx_id) of a dead-lettered re-keyed event, from the original bytes the record keeps, read
+        leniently: the worker may refuse the bytes it re-keyed, which is then what is reported."""
         try:
-            raw = base64.b64decode(record.get("original_b64") or "")
-            event = (parse_transaction(raw, len(raw) + 1, self.pans) if kind == "transactions"
-                     else parse_label(raw, len(raw) + 1, self.pans))
-        except (InvalidEvent, ValueError):
+            obj = orjson.loads(base64.b64decode(record.get("original_b64") or ""))
+        except ValueError:
             return None
-        return event.card_id, event.tx_id
+        card, tx_id = (obj.get("card_id"), obj.get("tx_id")) if isinstance(obj, dict) else (None, None)
+        if not isinstance(card, str) or not isinstance(tx_id, str):
+            return None
+        digits = pan_digits(card)
+        return (card if digits is None else self.pans.token(digits) or card), tx_id
 
     def pending(self, kind: str | None = None) -> int:
         return sum(1 for e in self.entries if e.actual == "lost" and (kind is None or e.kind == kind))
