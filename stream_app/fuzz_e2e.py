@@ -55,6 +55,7 @@ from stream_app.events import InvalidEvent, Label, Transaction, parse_label, par
 from stream_app.features import SEEN_CAP
 from stream_app.fuzz import FUZZ_KEY, HORIZON_MS, MAX_BYTES, PANS, Message, Mutator, label_messages, pan_pattern, \
     transaction_messages
+from stream_app.learning import ParkedLabel
 from stream_app.pan import PanTokenizer, pan_digits
 from stream_app.settings import Settings
 from stream_app.worker_process import WorkerProcess, topic_env
@@ -433,21 +434,25 @@ _PATTERNS = [pan_pattern(pan) for pan in PANS]
 
 def card_number_leaks(out: Collected) -> list[str]:
     """Where a raw card number sent (any spelling) appears in what the worker wrote: any record's key,
-    value, header, or the decoded original and key of a dead-letter record."""
+    value, header, or the base64 bytes of a dead-letter record (original, key) or of a parked label."""
     found = []
 
-    def chunks(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Iterator[bytes]:
+    def chunks(topic: str, key: bytes | None, value: bytes | None,
+               headers: list[tuple[str, bytes]]) -> Iterator[bytes]:
         yield from (key or b"", value or b"")
         for name, header in headers:
             yield from (name.encode(), header or b"")
-        if value and value.startswith(b"{") and b"_b64" in value:
+        if value and topic.endswith("parked-labels-changelog"):
+            parked = ParkedLabel.from_bytes(value)
+            yield from (parked.raw, parked.key or b"")
+        elif value and value.startswith(b"{") and b"_b64" in value:
             record = orjson.loads(value)
             for name in _B64_FIELDS:
                 yield base64.b64decode(record.get(name) or "")
 
     for topic, records in out.records.items():
         for partition, offset, key, value, headers in records:
-            if any(p.search(c) for c in chunks(key, value, headers) for p in _PATTERNS):
+            if any(p.search(c) for c in chunks(topic, key, value, headers) for p in _PATTERNS):
                 found.append(f"{topic} {partition}/{offset}")
     return found
 

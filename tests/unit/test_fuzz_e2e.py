@@ -13,6 +13,7 @@ from stream_app import fuzz
 from stream_app.fuzz import Message
 from stream_app.fuzz_e2e import Collected, Ledger, Names, card_number_leaks, fuzz_messages, schema_violations, \
     size_ladder
+from stream_app.learning import ParkedLabel
 from stream_app.pan import PanTokenizer
 
 NAMES = Names("t", "t.rk", "t.dlq", "s", "a", "l", "l.rk", "l.dlq", "ex")
@@ -142,7 +143,9 @@ def test_leak_scan_reads_keys_headers_and_dead_letter_originals() -> None:
                              [])]
     out.records["x.scores"] = [(1, 5, None, b"{}", [("h", fuzz.PANS[2].encode())]),
                                (1, 6, b"tok_" + fuzz.PANS[0].encode() + b"0", b"{}", [])]  # glued: a longer number
-    assert card_number_leaks(out) == ["x.dlq 0/0", "x.scores 1/5"]
+    out.records["x-parked-labels-changelog"] = [
+        (2, 0, b"k", ParkedLabel(b"card " + fuzz.PANS[3].encode(), "l", 0, 1, None, 0).to_bytes(), [])]
+    assert card_number_leaks(out) == ["x.dlq 0/0", "x.scores 1/5", "x-parked-labels-changelog 2/0"]
 
 
 def test_records_are_checked_against_their_schemas() -> None:
