@@ -28,6 +28,10 @@ EUR_RATES: Final[dict[str, float]] = {
 }
 CHANNELS: Final[frozenset[str]] = frozenset({"pos", "ecom", "atm", "moto"})
 MAX_AMOUNT: Final[float] = 1e9
+#: The smallest minor unit of any ISO 4217 currency (three decimals): a smaller amount is no payment, and
+#: a denormal one (5e-324) made a card's amount-to-mean ratio infinite.
+MIN_AMOUNT: Final[float] = 0.001
+MAX_TS_MS: Final[int] = 32_503_680_000_000  # year 3000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
 
@@ -156,7 +160,7 @@ def parse_ts(value: object, field: str = "timestamp") -> int:
     if isinstance(value, bool):
         raise WrongType(f"{field} must be an RFC 3339 string or epoch milliseconds", field)
     if isinstance(value, int):
-        if not 0 <= value < 32503680000000:  # year 3000
+        if not 0 <= value < MAX_TS_MS:
             raise InvalidValue(f"{field} epoch milliseconds out of range", field)
         return value
     if not isinstance(value, str):
@@ -167,7 +171,10 @@ def parse_ts(value: object, field: str = "timestamp") -> int:
         raise InvalidValue(f"{field} is not an RFC 3339 timestamp", field) from None
     if parsed.tzinfo is None:
         raise InvalidValue(f"{field} needs a UTC offset (e.g. Z)", field)
-    return (parsed - _EPOCH) // _MS
+    ts_ms = (parsed - _EPOCH) // _MS
+    if not 0 <= ts_ms < MAX_TS_MS:  # the range of the epoch form, and of what format_ts writes back
+        raise InvalidValue(f"{field} must be between 1970 and 3000", field)
+    return ts_ms
 
 
 #: No key: card ids that look like card numbers are refused (``raw_pan``). The default of every parser,
@@ -217,8 +224,8 @@ def _amount(obj: dict[str, Any]) -> float:
     amount = float(value)
     if not math.isfinite(amount):
         raise InvalidValue("amount must be finite", "amount")
-    if amount <= 0 or amount > MAX_AMOUNT:
-        raise InvalidValue(f"amount must be in (0, {MAX_AMOUNT:g}]", "amount")
+    if not MIN_AMOUNT <= amount <= MAX_AMOUNT:
+        raise InvalidValue(f"amount must be in [{MIN_AMOUNT:g}, {MAX_AMOUNT:g}]", "amount")
     return amount
 
 

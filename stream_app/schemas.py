@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stream_app.events import CHANNELS, EUR_RATES, LABEL_SOURCES, LABELS
+from stream_app.events import CHANNELS, EUR_RATES, LABEL_SOURCES, LABELS, MAX_AMOUNT, MAX_TS_MS, MIN_AMOUNT
 from stream_app.features import FEATURE_NAMES
 
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"}
@@ -53,11 +53,12 @@ def _build() -> dict[str, dict[str, Any]]:
             "tx_id": {**_ID, "description": "Unique transaction id (replays with the same id are recognised)."},
             "card_id": {**_ID, "description": "Card token; never a raw card number."},
             "merchant_id": {**_ID, "description": "Merchant / terminal id."},
-            "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e9,
-                       "description": "Amount in `currency`, > 0, finite."},
+            "amount": {"type": "number", "minimum": MIN_AMOUNT, "maximum": MAX_AMOUNT,
+                       "description": "Amount in `currency`, from 0.001 (the smallest minor unit) to 1e9."},
             "currency": {"enum": sorted(EUR_RATES), "description": "ISO 4217 code (the currencies with a reference rate)."},
-            "timestamp": {"oneOf": [_TS, {"type": "integer", "minimum": 0, "description": "epoch milliseconds"}],
-                          "description": "Event time: RFC 3339 with offset, or epoch ms."},
+            "timestamp": {"oneOf": [_TS, {"type": "integer", "minimum": 0, "exclusiveMaximum": MAX_TS_MS,
+                                          "description": "epoch milliseconds"}],
+                          "description": "Event time: RFC 3339 with offset, or epoch ms; from 1970 to 3000."},
             "country": {"type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2 of the merchant."},
             "channel": {"enum": sorted(CHANNELS), "description": "pos (card present), ecom, atm, moto (mail/phone)."},
             "mcc": {"type": "string", "pattern": "^[0-9]{4}$", "description": "ISO 18245 merchant category code."},
