@@ -549,7 +549,7 @@ class StreamApp:
                 for message in batches.get(tp, []):
                     try:
                         example = Example.from_bytes(message.value)
-                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError):  # orjson's decode error is a ValueError
                         log.warning("learner.unreadable_example", offset=message.offset)
                         continue
                     self.learner.apply(example, message.offset)

@@ -92,8 +92,15 @@ class Example:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Example:
+        """Raises ValueError (or KeyError/TypeError) for a record a model must not learn from: the
+        examples log is a topic anyone with write access can append to, and a null or infinite
+        feature would break the online model's weights."""
         d = orjson.loads(raw)
-        return cls(d["tx_id"], d["features"], bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"])
+        features = d["features"]
+        if not isinstance(features, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in features):
+            raise ValueError("features must be finite numbers")
+        return cls(d["tx_id"], features, bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"])
 
 
 class PrequentialMetrics:

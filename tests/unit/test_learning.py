@@ -181,3 +181,13 @@ def test_label_join_in_the_cards_partition_whichever_comes_first() -> None:
 
     assert label("tx-3", key=b"tx-3", topic="labels").kind == "rekeyed"
     assert label("tx-3", key=b"card_1", topic="labels").kind == "parked", "keyed by its card: joined here"
+
+
+@pytest.mark.parametrize("features", [b"[1.0,null]", b"[1.0,1e999]", b"[true,1.0]", b'"1,2"', b'[1.0,"2"]'])
+def test_an_example_with_a_feature_that_is_not_a_finite_number_is_unreadable(features: bytes) -> None:
+    """The learner skips such a record (logged) instead of crashing: found by the end-to-end fuzzer,
+    when an infinite feature was written to the examples log as null."""
+    good = Example("t1", [1.0, 2.0], True, {"onnx": 0.5}, "chargeback", 1).to_bytes()
+    assert Example.from_bytes(good).features == [1.0, 2.0]
+    with pytest.raises(ValueError):
+        Example.from_bytes(good.replace(b"[1.0,2.0]", features))
