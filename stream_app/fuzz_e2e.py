@@ -520,7 +520,7 @@ class Report:
             out += [f"  {kind} {e.what}: {e.actual}" + (f" ({e.error})" if e.error else "")
                     for e in mine if e.what.startswith("size:") and e.what != "size:random"]
             other = Counter((e.expected, e.actual) for e in mine if e.actual not in {e.expected, "refused", "lost"})
-            out += [f"  {kind} predicted {expected}, was {actual} (order-dependent): {n}"
+            out += [f"  {kind} predicted {expected}, was {actual}: {n}"
                     for (expected, actual), n in sorted(other.items())]
         out += [f"UNEXPECTED {issue}" for issue in self.issues[:20]]
         out += [f"LEAK card number in {where}" for where in self.leaks[:20]]
