@@ -185,7 +185,7 @@ async def soak_run(args: argparse.Namespace, settings: Settings, worker: WorkerP
     drain_deadline = float("inf")
     sampling = asyncio.create_task(sampler())
     plan = TrafficPlan(rate=args.rate, seconds=args.minutes * 60, label_delay_s=args.label_delay,
-                       malformed_rate=args.malformed_rate)
+                       malformed_rate=args.malformed_rate, linger_ms=args.linger_ms)
     soak.traffic = await publish_traffic(settings.bootstrap_servers, settings.transactions_topic,
                                          settings.labels_topic, GeneratorConfig(seed=args.seed,
                                                                                 n_customers=args.customers),
@@ -309,6 +309,10 @@ def main() -> int:
     parser.add_argument("--drain-s", type=float, default=120.0, help="after the traffic, wait this long at most")
     parser.add_argument("--out", type=Path, default=Path("soak-report"))
     parser.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
+    parser.add_argument("--linger-ms", type=int, default=1000,
+                        help="the generator's producer linger (records per batch); with --batch-window-ms, what keeps "
+                             "the embedded broker's batch count per partition below its fetch cliff (README, Tansu)")
+    parser.add_argument("--batch-window-ms", type=int, default=1000, help="the worker's STREAM_APP_BATCH_WINDOW_MS")
     args = parser.parse_args()
     if args.bootstrap and args.bootstrap.rsplit(":", 1)[0] not in LOOPBACK:
         parser.error("--bootstrap must be a loopback address")
@@ -319,7 +323,8 @@ def main() -> int:
     worker: WorkerProcess | None = None
     try:
         bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
-        env = topic_env(f"soak-{uuid.uuid4().hex[:6]}", PARTITIONS)
+        env = {**topic_env(f"soak-{uuid.uuid4().hex[:6]}", PARTITIONS),
+               "STREAM_APP_BATCH_WINDOW_MS": str(args.batch_window_ms)}
         settings = Settings.from_env(env, bootstrap_servers=bootstrap)
         create_topics(settings)
         worker = WorkerProcess(bootstrap, workdir, env).start()

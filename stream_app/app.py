@@ -73,11 +73,11 @@ def _now_ms() -> int:
 class StreamApp:
     """Builds the Faust app and holds what its agents share (scorer, stats)."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
-                 request_stop: Callable[[], None] | None = None) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.failure: str | None = None  # set by fail(): a write failed for good; the worker is stopping
-        self.request_stop = request_stop or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+        # How fail() stops the worker: `stream-app worker` sets its faust Worker's stop (bounded, see cli).
+        self.request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self.scorer = FraudScorer.from_settings(settings)
         self.learner = OnlineLearner(self.scorer.river, self.scorer.stacker,
                                      PrequentialMetrics(settings.quality_window, settings.review_threshold),

@@ -42,6 +42,9 @@ class TrafficPlan:
     shift_after_s: float | None = None
     shift_factor: float = 3.0
     wall_clock: bool = False  # event time = the wall clock at each send, instead of the simulation's
+    # The producer's linger: records gathered per batch. The embedded broker (Tansu 0.6.0, memory storage)
+    # slows down with the number of batches a partition holds (README, Tansu): long runs need bigger batches.
+    linger_ms: int = 5
 
 
 @dataclass
@@ -89,7 +92,7 @@ async def publish_traffic(
 ) -> TrafficReport:
     rng = random.Random(config.seed ^ 0x5EED)
     report = TrafficReport()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **client_kwargs)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=plan.linger_ms, acks="all", **client_kwargs)
     pending_labels: list[tuple[float, int, LabeledTx]] = []  # (due, sequence, transaction)
     in_flight: list[asyncio.Future[Any]] = []
     source = simulate(config)
