@@ -55,6 +55,7 @@ from stream_app.events import InvalidEvent, Label, Transaction, parse_label, par
 from stream_app.features import SEEN_CAP
 from stream_app.fuzz import FUZZ_KEY, HORIZON_MS, MAX_BYTES, PANS, Message, Mutator, label_messages, pan_pattern, \
     transaction_messages
+from stream_app.kafka.security import client_kwargs
 from stream_app.learning import ParkedLabel
 from stream_app.pan import PanTokenizer, pan_digits
 from stream_app.settings import Settings
@@ -117,14 +118,14 @@ class Reader:
     """A consumer without group reading every partition of ``topics`` from the start, in the background
     (a read until idle: Tansu's end offsets are wrong, see the shared notes)."""
 
-    def __init__(self, bootstrap: str, topics: list[str], json_topics: set[str]) -> None:
+    def __init__(self, bootstrap: str, topics: list[str], json_topics: set[str], **client: Any) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.json_topics = json_topics
         self.out = Collected()
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                           auto_offset_reset="earliest", fetch_max_wait_ms=50,
-                                          max_partition_fetch_bytes=8 * 2**20)
+                                          max_partition_fetch_bytes=8 * 2**20, **client)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -581,7 +582,8 @@ async def _traffic(bootstrap: str, settings: Settings, worker: WorkerProcess, n:
                    idle_s: float, log: Callable[[str], None]) -> Report:
     names = Names.of(settings)
     ledger = Ledger(PanTokenizer(FUZZ_KEY), MAX_BYTES)
-    admin = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    client = client_kwargs(settings)  # a --bootstrap cluster may need TLS/SASL, like the worker
+    admin = AIOKafkaConsumer(bootstrap_servers=bootstrap, **client)
     await admin.start()
     try:
         changelogs = sorted(t for t in await admin.topics()
@@ -590,9 +592,10 @@ async def _traffic(bootstrap: str, settings: Settings, worker: WorkerProcess, n:
         await admin.stop()
     outputs = [names.scores, names.alerts, names.dlq, names.labels_dlq, names.examples, names.rekeyed,
                names.labels_rekeyed, *changelogs]
-    reader = Reader(bootstrap, outputs, {names.scores, names.alerts, names.dlq, names.labels_dlq, names.examples})
+    reader = Reader(bootstrap, outputs, {names.scores, names.alerts, names.dlq, names.labels_dlq, names.examples},
+                    **client)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                max_request_size=2 * limit + PRODUCER_SLACK, request_timeout_ms=60_000)
+                                max_request_size=2 * limit + PRODUCER_SLACK, request_timeout_ms=60_000, **client)
     await reader.start()
     await producer.start()
     try:
