@@ -63,6 +63,7 @@ log = structlog.get_logger("stream_app.worker")
 
 
 UNCONFIRMED = "unconfirmed"  # key in a card's state: its last micro-batch (see _remember_outputs)
+FAILED_READY_GRACE_S = 1.0  # after a failed write: /ready answers 503 this long before the stop begins
 UNCONFIRMED_MAX_AGE_MS = 300_000  # older: long confirmed (takeovers take seconds), a plain duplicate
 
 
@@ -246,7 +247,9 @@ class StreamApp:
         log.error("delivery.failed", agent=where, error=repr(exc), hint=_failure_hint(exc),
                   effect="nothing of the batch is acknowledged; the worker stops and its input is read again")
         self.app.conf.stream_wait_empty = False
-        self.request_stop()
+        # /ready answers 503 for a moment before the stop takes the web server down, so a readiness probe
+        # (or a load balancer in front of POST /score) sees the worker go out of service first.
+        asyncio.get_running_loop().call_later(FAILED_READY_GRACE_S, self.request_stop)
 
     async def _confirm(self, stream: faust.StreamT[bytes], events: list[faust.EventT],
                        state_acks: list[asyncio.Future[Any]], outputs: list[Awaitable[Any]], seq: int) -> None:

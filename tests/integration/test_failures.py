@@ -128,13 +128,13 @@ def test_failed_write_stops_the_worker_unacknowledged(tmp_path: Path) -> None:
             seen_503, counted, t0, failed_at = False, 0.0, time.monotonic(), 0.0
             while first.process.poll() is None and time.monotonic() < t0 + 30:
                 try:
-                    if not seen_503 and _ready(first.web_port)[0] == 503:
+                    if not seen_503 and _ready(first.web_port)[0] == 503:  # 503 for ~1 s before the stop
                         seen_503, failed_at = True, time.monotonic()
-                    counted += sum(v for (name, _), v in scrape(first.web_port).items()
-                                   if name == "stream_app_events_dead_lettered_total")
+                        counted = sum(v for (name, _), v in scrape(first.web_port).items()
+                                      if name == "stream_app_events_dead_lettered_total")
                 except (urllib.error.URLError, ConnectionError, TimeoutError):
                     pass  # the web server is already gone
-                time.sleep(0.1)
+                time.sleep(0.05)
             assert first.process.poll() == EXIT_WRITE_FAILED, first.log()[-3000:]
             if seen_503:
                 print(f"STOP state=after_failed_write signal=none seconds={time.monotonic() - failed_at:.2f}")
