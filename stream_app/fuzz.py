@@ -239,6 +239,16 @@ class Mutator:
         mutation: Callable[[dict[str, Any]], bytes | None] = getattr(self, name)
         return name, mutation(obj)
 
+    def mutated(self, obj: dict[str, Any]) -> Message:
+        """``obj`` mutated, keyed in any spelling."""
+        what, raw = self.mutate(obj)
+        return Message(what, raw, self.key(obj))
+
+    def redelivery(self, recent: Sequence[Message], obj: dict[str, Any]) -> Message:
+        """One of the ``recent`` valid messages again, with its key or (30 %) another spelling of ``obj``'s."""
+        again = self.rng.choice(recent)
+        return Message("redelivery", again.value, again.key if self.rng.random() < 0.7 else self.key(obj))
+
 
 def transaction_messages(mut: Mutator, n: int) -> Iterator[Message]:
     """``n`` transaction messages: 85 % mutated (keys in any spelling), 5 % redeliveries of valid ones
@@ -249,11 +259,9 @@ def transaction_messages(mut: Mutator, n: int) -> Iterator[Message]:
         obj = mut.valid_tx()
         r = rng.random()
         if r < 0.85:
-            what, raw = mut.mutate(obj)
-            yield Message(what, raw, mut.key(obj))
+            yield mut.mutated(obj)
         elif r < 0.90 and recent:
-            again = rng.choice(recent)
-            yield Message("redelivery", again.value, again.key if rng.random() < 0.7 else mut.key(obj))
+            yield mut.redelivery(recent, obj)
         elif r < 0.93:
             yield Message("late", orjson.dumps({**obj, "timestamp": T0 - 30 * 86_400_000}),
                           str(obj["card_id"]).encode())
@@ -273,11 +281,9 @@ def label_messages(mut: Mutator, n: int, scored: Sequence[tuple[str, str]]) -> I
         obj = mut.valid_label(scored)
         r = rng.random()
         if r < 0.80:
-            what, raw = mut.mutate(obj)
-            yield Message(what, raw, mut.key(obj))
+            yield mut.mutated(obj)
         elif r < 0.85 and recent:
-            again = rng.choice(recent)
-            yield Message("redelivery", again.value, again.key if rng.random() < 0.7 else mut.key(obj))
+            yield mut.redelivery(recent, obj)
         else:
             message = Message("valid", orjson.dumps(obj),
                               obj["card_id"].encode() if rng.random() < 0.7 else mut.key(obj))
