@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from stream_app.events import Transaction, kept_json
-from stream_app.features import featurize
+from stream_app.domain.events import Transaction, kept_json
+from stream_app.domain.features import featurize
 
 HORIZON_MS = 7 * 86_400_000
 START_MS = 1_767_225_600_000

@@ -14,9 +14,9 @@ from collections import deque
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
-from stream_app.evaluation import average_precision, roc_auc
-from stream_app.features import featurize
-from stream_app.generator import GeneratorConfig, simulate
+from stream_app.offline.evaluation import average_precision, roc_auc
+from stream_app.domain.features import featurize
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.models.river_model import RiverScorer, default_pipeline
 
 

@@ -40,11 +40,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app.cli import create_topics
-from stream_app.generator import GeneratorConfig
-from stream_app.kafka.broker import EmbeddedBroker
-from stream_app.kafka.publisher import TrafficPlan, TrafficReport, publish_traffic
+from stream_app.devtools.generator import GeneratorConfig
+from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess, topic_env
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 PARTITIONS = 4
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}

@@ -35,12 +35,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_app.cli import create_topics
-from stream_app.generator import GeneratorConfig, simulate
-from stream_app.kafka.broker import EmbeddedBroker, free_port
-from stream_app.kafka.children import die_with_parent
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.devtools.broker import EmbeddedBroker, free_port
+from stream_app.devtools.children import die_with_parent
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess, topic_env
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 PARTITIONS = 4
 CONTENDERS = {"a": "passthrough", "b": "naive", "c": "faust", "d": "stream_app"}

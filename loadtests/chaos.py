@@ -56,14 +56,14 @@ from aiokafka import AIOKafkaProducer
 
 from loadtests.ledger import (Check, LedgerEntry, LedgerWriter, OutputRecord, Outputs, check, read_all, read_ledger,
                               read_outputs)
-from stream_app.events import Transaction
-from stream_app.features import FEATURE_NAMES, CardState, featurize
-from stream_app.generator import GeneratorConfig, simulate
-from stream_app.ingress import card_partition
-from stream_app.kafka.broker import EmbeddedBroker
-from stream_app.malformed import corrupt
+from stream_app.domain.events import Transaction
+from stream_app.domain.features import FEATURE_NAMES, CardState, featurize
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.ingress import card_partition
+from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.devtools.malformed import corrupt
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess, topic_env
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 
 def _now_ms() -> int:

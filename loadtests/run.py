@@ -20,10 +20,10 @@ from pathlib import Path
 from loadtests.plots import write_plots
 from loadtests.profiles import RateProfile, parse_steps
 from loadtests.runner import LagSample, LoadOptions, LoadReport, Topics, run_load
-from stream_app.kafka.broker import EmbeddedBroker
-from stream_app.observability import configure_logging
+from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.worker.logs import configure_logging
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.devtools.worker_process import WorkerProcess
 
 
 def is_loopback(bootstrap: str) -> bool:

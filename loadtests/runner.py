@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.histogram import REPORTED, LatencyHistogram
 from loadtests.profiles import RateProfile
-from stream_app.generator import GeneratorConfig, simulate
-from stream_app.malformed import corrupt
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.devtools.malformed import corrupt
 from stream_app.settings import Settings
 
 log = structlog.get_logger("loadtests")

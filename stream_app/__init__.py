@@ -1,8 +1,10 @@
 """stream_app: streaming, real-time fraud scoring on Kafka with an online River model and an ONNX model.
 
-Layout follows the flow: events (parse/validate) -> features (per-card state) -> models (River,
-ONNX) -> decision (combine, decide, explain) -> scoring (the core) -> records (outputs); app.py
-wires it into Faust, kafka/ holds the broker adapters, cli.py the command.
+The packages follow the flow: ``domain`` (parse and validate events, per-card features, scoring,
+decisions, output records: pure, no Kafka), ``models`` (River, ONNX, stacker, registry, checkpoints),
+``worker`` (the faust app: agents, the delivery protocol, HTTP, metrics), ``kafka`` (broker adapters
+and the one module that touches framework internals), ``offline`` (batch scoring, training,
+evaluation) and ``devtools`` (embedded broker, traffic generator, demo, fuzzers); ``cli`` calls them.
 """
 
 __version__ = "0.1.0"

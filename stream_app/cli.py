@@ -47,9 +47,9 @@ EXIT_WRITE_FAILED = 70
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
-    from stream_app.app import create_app
-    from stream_app.shutdown import StopDeadline
-    from stream_app.observability import configure_logging, json_stdlib_logging
+    from stream_app.worker.runtime import create_app
+    from stream_app.worker.shutdown import StopDeadline
+    from stream_app.worker.logs import configure_logging, json_stdlib_logging
 
     configure_logging(settings.log_level)
     if args.create_topics:
@@ -108,7 +108,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
-    from stream_app.kafka.broker import EmbeddedBroker
+    from stream_app.devtools.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         create_topics(Settings.from_env(bootstrap_servers=broker.bootstrap, partitions=settings.partitions))
@@ -123,9 +123,9 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
-    from stream_app.events import format_ts, parse_ts
-    from stream_app.generator import GeneratorConfig
-    from stream_app.kafka.publisher import TrafficPlan, TrafficReport, publish_traffic
+    from stream_app.domain.events import format_ts, parse_ts
+    from stream_app.devtools.generator import GeneratorConfig
+    from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic
     from stream_app.kafka.security import client_kwargs
 
     try:
@@ -170,7 +170,7 @@ async def until_signalled(run: Callable[[asyncio.Event], Awaitable[T]]) -> T:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from stream_app.training import ModelRefused, TrainConfig, train_and_export
+    from stream_app.offline.training import ModelRefused, TrainConfig, train_and_export
 
     columns: dict[str, str] = {}
     for spec in args.column:
@@ -205,7 +205,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from stream_app.demo import DemoOptions, run_demo
+    from stream_app.devtools.demo import DemoOptions, run_demo
 
     return run_demo(settings, DemoOptions(seconds=args.seconds, rate=args.rate, seed=args.seed,
                                           customers=args.customers, label_delay_s=args.label_delay,
@@ -217,9 +217,9 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     from collections.abc import Iterable
     from pathlib import Path
 
-    from stream_app.batch import Position, Progress, RawRow, file_format, load_scorer, read_file, run
-    from stream_app.events import parse_ts
-    from stream_app.pan import PanTokenizer
+    from stream_app.offline.batch import Position, Progress, RawRow, file_format, load_scorer, read_file, run
+    from stream_app.domain.events import parse_ts
+    from stream_app.domain.pan import PanTokenizer
 
     ranged = (args.start_offset, args.end_offset, args.start_time, args.end_time) != (None,) * 4
     rows: Iterable[tuple[Position, RawRow]] | None = None
@@ -274,7 +274,7 @@ def preflight(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "worker":
         check_web_port(settings.web_host, settings.web_port)
     if args.command in ("worker", "batch", "demo"):  # the model files load (the demo's worker child loads them)
-        from stream_app.scoring import FraudScorer
+        from stream_app.domain.scoring import FraudScorer
 
         FraudScorer.from_settings(settings)
     if needs_kafka or (args.command == "demo" and settings.bootstrap_servers):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from stream_app.observability import CurrentStderr
+from stream_app.worker.logs import CurrentStderr
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream_app.records import Source
+from stream_app.domain.records import Source
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from stream_app.features import FEATURE_NAMES
+from stream_app.domain.features import FEATURE_NAMES
 from stream_app.startup import StartupError
 
 PACKAGED_MODEL = "fraud_gbt.onnx"

@@ -15,7 +15,7 @@ assignment, so a reader sees either the old or the new model, never a mix. Reade
             await asyncio.get_running_loop().run_in_executor(None, slot.try_swap, path)
 
 Challenger: the app holds a second :class:`ModelSlot` for a challenger model (its own watcher and
-swaps). :class:`stream_app.scoring.FraudScorer` scores each batch with it too and records that
+swaps). :class:`stream_app.domain.scoring.FraudScorer` scores each batch with it too and records that
 score beside the others, but the challenger never takes part in the decision: it is there to be
 compared with the champion on the same traffic before it is promoted.
 """
@@ -34,7 +34,7 @@ from typing import Any, Final, overload
 
 import numpy as np
 
-from stream_app.features import FEATURE_NAMES, N_FEATURES
+from stream_app.domain.features import FEATURE_NAMES, N_FEATURES
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, sha256_file
 
 CONSTANT_TOLERANCE: Final = 1e-6  # probe scores closer than this are "all identical"

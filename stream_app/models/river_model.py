@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from river import compose, linear_model, optim, preprocessing
 
-from stream_app.features import FEATURE_NAMES
+from stream_app.domain.features import FEATURE_NAMES
 
 
 def default_pipeline() -> compose.Pipeline:

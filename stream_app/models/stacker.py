@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from river import linear_model, optim
 
-from stream_app.features import FEATURE_NAMES
+from stream_app.domain.features import FEATURE_NAMES
 from stream_app.models.river_model import sigmoid
 
 #: feature -> scale: each input stays within a few units, so SGD needs no scaler.

@@ -15,13 +15,13 @@ from pathlib import Path
 import docker
 import pytest
 
-from stream_app.kafka.broker import EmbeddedBroker
+from stream_app.devtools.broker import EmbeddedBroker
 from outputs import PARTITIONS
 
 from stream_app.cli import create_topics
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess, topic_env
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 HERE = Path(__file__).parent
 

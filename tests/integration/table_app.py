@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 
-from stream_app.kafka.faust_transport import broker_url
+from stream_app.kafka.transport import broker_url
 
 ENV = os.environ
 EXPECTED: dict[str, int] = json.loads(ENV["EXPECTED"])

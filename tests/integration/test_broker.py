@@ -24,8 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport import by_url
 
 import stream_app.kafka
-from stream_app.kafka.broker import EmbeddedBroker
-from stream_app.kafka.faust_transport import Transport, broker_url, verified_highwaters
+from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.kafka.transport import Transport, broker_url, verified_highwaters
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 
 BATCH_RECORDS = 150

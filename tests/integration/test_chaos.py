@@ -19,10 +19,10 @@ from loadtests.chaos import ChaosOptions, Load, feature_mismatches, run_chaos, w
 from loadtests.ledger import LedgerWriter, check, read_ledger
 from outputs import scrape
 from stream_app.cli import create_topics
-from stream_app.ingress import card_partition
-from stream_app.kafka.broker import EmbeddedBroker
+from stream_app.domain.ingress import card_partition
+from stream_app.devtools.broker import EmbeddedBroker
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess, topic_env
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 
 def test_kill9_one_of_two_workers(kafka_bootstrap: str, tmp_path: Path) -> None:

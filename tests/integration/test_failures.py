@@ -20,10 +20,10 @@ import orjson
 import pytest
 
 from stream_app.cli import EXIT_WRITE_FAILED, create_topics
-from stream_app.generator import GeneratorConfig, simulate
-from stream_app.kafka.broker import EmbeddedBroker, free_port
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.devtools.broker import EmbeddedBroker, free_port
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess, topic_env
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 from faults import ProduceBlackhole
 from outputs import PARTITIONS, produce, read_until, scrape

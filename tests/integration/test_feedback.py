@@ -17,13 +17,13 @@ import orjson
 import pytest
 from outputs import PARTITIONS, produce, read_until, scrape
 
-from stream_app.evaluation import average_precision
-from stream_app.features import FEATURE_NAMES
-from stream_app.generator import GeneratorConfig, LabeledTx, label_record, simulate
+from stream_app.offline.evaluation import average_precision
+from stream_app.domain.features import FEATURE_NAMES
+from stream_app.devtools.generator import GeneratorConfig, LabeledTx, label_record, simulate
 from stream_app.models import checkpoint
 from stream_app.models.onnx_model import card_path, packaged_model_path, sha256_file
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.devtools.worker_process import WorkerProcess
 
 KEY = "test-checkpoint-key"
 
@@ -183,7 +183,7 @@ def test_restart_restores_the_checkpointed_model(
 
 def test_refused_onnx_model_leaves_the_old_one_serving(
         kafka_bootstrap: str, feedback_env: dict[str, str], tmp_path: Path) -> None:
-    from stream_app.training import TrainConfig, train_and_export
+    from stream_app.offline.training import TrainConfig, train_and_export
 
     models = tmp_path / "models"
     models.mkdir()

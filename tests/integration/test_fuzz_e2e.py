@@ -1,13 +1,13 @@
 """End-to-end fuzzing at CI size: 600 transaction and 600 label messages, bad and valid, of sizes from
 0 bytes to twice a broker's message limit, through a running worker on the broker (full size:
-``python -m stream_app.fuzz_e2e --n 20000``). Every message must be accounted for, nothing may carry a
+``python -m stream_app.devtools.fuzz_e2e --n 20000``). Every message must be accounted for, nothing may carry a
 card number out, and the worker must survive it all and stop on SIGTERM within 10 s."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stream_app import fuzz_e2e
+from stream_app.devtools import fuzz_e2e
 
 REASONS = {"invalid_json", "not_an_object", "missing_field", "wrong_type", "invalid_value", "message_too_large"}
 

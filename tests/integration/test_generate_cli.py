@@ -12,7 +12,7 @@ import time
 
 import orjson
 
-from stream_app.events import parse_transaction, parse_ts
+from stream_app.domain.events import parse_transaction, parse_ts
 from stream_app.kafka.topic_reader import TopicRange, read_topic
 
 COUNT = 300

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from loadtests.run import main
-from stream_app.worker_process import WorkerProcess
+from stream_app.devtools.worker_process import WorkerProcess
 
 
 def test_tiny_fixed_profile_scores_every_event_and_writes_the_report(

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.generator import GeneratorConfig, simulate
-from stream_app.malformed import corrupt
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.devtools.malformed import corrupt
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.devtools.worker_process import WorkerProcess
 
 from outputs import PARTITIONS, produce, read_until
 
@@ -129,7 +129,7 @@ def test_restarted_worker_recovers_card_state(kafka_bootstrap: str, app_env: dic
         w2.stop()
 
     # Reference: the same events through featurize in one process, no restart.
-    from stream_app.features import FEATURE_NAMES, featurize
+    from stream_app.domain.features import FEATURE_NAMES, featurize
 
     states: dict = {}
     expected = {i.tx.tx_id: featurize(states, i.tx, s.dedup_horizon_s * 1000) for i in items}

@@ -18,10 +18,10 @@ from typing import Any
 
 from outputs import PARTITIONS, read_until
 
-from stream_app.generator import GeneratorConfig
-from stream_app.kafka.publisher import TrafficPlan, publish_traffic
+from stream_app.devtools.generator import GeneratorConfig
+from stream_app.devtools.publisher import TrafficPlan, publish_traffic
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.devtools.worker_process import WorkerProcess
 
 
 def json_lines(worker: WorkerProcess) -> list[dict[str, Any]]:

@@ -13,9 +13,9 @@ from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedEr
 from faust.exceptions import ProducerSendError
 from prometheus_client import CollectorRegistry
 
-from stream_app.app import StreamApp
-from stream_app.events import NotJson
-from stream_app.records import Source
+from stream_app.worker.runtime import StreamApp
+from stream_app.domain.events import NotJson
+from stream_app.domain.records import Source
 from stream_app.settings import Settings
 
 SOURCE = Source("transactions", 1, 7, 0)

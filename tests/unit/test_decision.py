@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_app.decision import Policy, ReasonModel
-from stream_app.features import FEATURE_NAMES
+from stream_app.domain.decision import Policy, ReasonModel
+from stream_app.domain.features import FEATURE_NAMES
 
 probability = st.floats(0, 1, allow_nan=False)
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from stream_app.cli import build_parser
-from stream_app.http import PROBES
+from stream_app.worker.http import PROBES
 from stream_app.settings import Settings, env_table
 
 ROOT = Path(__file__).parents[2]
@@ -109,7 +109,7 @@ def test_worker_pods_probe_real_public_pages_on_the_served_port() -> None:
     _parses(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == Settings.from_env(_configmap()).web_port
-    http_source = (ROOT / "stream_app" / "http.py").read_text()
+    http_source = (ROOT / "stream_app" / "worker" / "http.py").read_text()
     for probe, path in (("livenessProbe", "/health"), ("startupProbe", "/health"), ("readinessProbe", "/ready")):
         get = container[probe]["httpGet"]
         assert (get["path"], get["port"]) == (path, "http")

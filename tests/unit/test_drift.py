@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from stream_app.drift import (
+from stream_app.domain.drift import (
     CALENDAR_FEATURES,
     SCORE,
     TRANSACTION_ONLY_FEATURES,
@@ -25,11 +25,11 @@ from stream_app.drift import (
     is_warm,
     reference_from_rows,
 )
-from stream_app.events import Transaction
-from stream_app.features import DAY_MS, FEATURE_NAMES, WINDOWS, featurize
-from stream_app.generator import GeneratorConfig, simulate
+from stream_app.domain.events import Transaction
+from stream_app.domain.features import DAY_MS, FEATURE_NAMES, WINDOWS, featurize
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.models.onnx_model import OnnxScorer, packaged_model_path
-from stream_app.training import build_dataset, replay
+from stream_app.offline.training import build_dataset, replay
 
 HORIZON = 7 * 86_400_000
 COLD_START_DAY = 5

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.drift import DriftMonitor
-from stream_app.training import TrainConfig, rebuild_drift_reference, train_and_export
+from stream_app.domain.drift import DriftMonitor
+from stream_app.offline.training import TrainConfig, rebuild_drift_reference, train_and_export
 
 # 40 days, the last 8 tested: cards met on the first days are warm (30 days watched) in the test period.
 SMALL = dict(seed=5, n_customers=300, days=40, label_delay_days=2, test_days=8, n_estimators=20)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.events import DuplicateEvent, LateEvent, Transaction
-from stream_app.features import (
+from stream_app.domain.events import DuplicateEvent, LateEvent, Transaction
+from stream_app.domain.features import (
     DAY_MS,
     FEATURE_NAMES,
     HOUR_MS,

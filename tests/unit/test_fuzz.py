@@ -1,4 +1,4 @@
-"""Fuzzing the worker's ingress decoder and label join (CI size; full size: ``python -m stream_app.fuzz``).
+"""Fuzzing the worker's ingress decoder and label join (CI size; full size: ``python -m stream_app.devtools.fuzz``).
 
 Every generated input must end as exactly one outcome (scored / re-keyed / duplicate / dead-lettered
 with a reason; joined / parked / duplicate / dead-lettered for labels), no exception may escape, and
@@ -13,14 +13,14 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app import fuzz
-from stream_app.events import NO_PAN_KEY, parse_label
-from stream_app.features import FEATURE_NAMES
-from stream_app.ingress import Ingress, capture_key, join_label
-from stream_app.learning import Captured
-from stream_app.pan import PanTokenizer
-from stream_app.records import Source, dead_letter_record
-from stream_app.schemas import DLQ_REASONS
+from stream_app.devtools import fuzz
+from stream_app.domain.events import NO_PAN_KEY, parse_label
+from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.ingress import Ingress, capture_key, join_label
+from stream_app.domain.learning import Captured
+from stream_app.domain.pan import PanTokenizer
+from stream_app.domain.records import Source, dead_letter_record
+from stream_app.domain.schemas import DLQ_REASONS
 
 PANS = PanTokenizer(fuzz.FUZZ_KEY)
 INGRESS = Ingress(fuzz.MAX_BYTES, fuzz.HORIZON_MS, PANS, "transactions", 4)

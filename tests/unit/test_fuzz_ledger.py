@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app import fuzz
-from stream_app.fuzz import Message
-from stream_app.fuzz_e2e import Collected, Ledger, Names, card_number_leaks, fuzz_messages, schema_violations, \
+from stream_app.devtools import fuzz
+from stream_app.devtools.fuzz import Message
+from stream_app.devtools.fuzz_e2e import Collected, Ledger, Names, card_number_leaks, fuzz_messages, schema_violations, \
     size_ladder
-from stream_app.learning import ParkedLabel
-from stream_app.pan import PanTokenizer
+from stream_app.domain.learning import ParkedLabel
+from stream_app.domain.pan import PanTokenizer
 
 NAMES = Names("t", "t.rk", "t.dlq", "s", "a", "l", "l.rk", "l.dlq", "ex")
 PANS = PanTokenizer(fuzz.FUZZ_KEY)

@@ -9,8 +9,8 @@ from itertools import islice
 
 import pytest
 
-from stream_app.events import EUR_RATES, format_ts, parse_transaction, parse_ts, transaction_from_dict
-from stream_app.generator import (
+from stream_app.domain.events import EUR_RATES, format_ts, parse_transaction, parse_ts, transaction_from_dict
+from stream_app.devtools.generator import (
     COUNTRIES,
     FRAUD_PATTERNS,
     GeneratorConfig,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.events import Transaction
-from stream_app.http import MAX_BATCH, RequestError, openapi_document, parse_score_request
+from stream_app.domain.events import Transaction
+from stream_app.worker.http import MAX_BATCH, RequestError, openapi_document, parse_score_request
 
 TX = Transaction("tx-1", "card_1", "m_1", 10.0, "EUR", 1_767_225_600_000, "FR", "pos", "5411")
 
@@ -57,7 +57,7 @@ def test_published_schemas_are_current() -> None:
     import json
     from pathlib import Path
 
-    from stream_app.schemas import SCHEMAS
+    from stream_app.domain.schemas import SCHEMAS
 
     directory = Path(__file__).parents[2] / "schemas"
     for name, schema in SCHEMAS.items():

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app.http import PROBES, BearerAuth, openapi_document, register
+from stream_app.worker.http import PROBES, BearerAuth, openapi_document, register
 from stream_app.settings import Settings
 
 TOKEN = "tok-5d1e0b-secret"
@@ -64,7 +64,7 @@ def test_openapi_describes_the_bearer_scheme() -> None:
 def _stub(settings: Settings) -> Any:
     from prometheus_client import CollectorRegistry
 
-    from stream_app.metrics import Metrics
+    from stream_app.worker.metrics import Metrics
 
     return types.SimpleNamespace(settings=settings, metrics=Metrics(CollectorRegistry()),
                                  readiness=lambda: {"models_loaded": True}, models_info=lambda: {"onnx": "v1"},

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadtests.chaos import PARTITIONERS
-from stream_app.events import parse_label, parse_transaction
-from stream_app.ingress import Ingress, capture_key, card_partition, join_label
-from stream_app.pan import PanTokenizer
+from stream_app.domain.events import parse_label, parse_transaction
+from stream_app.domain.ingress import Ingress, capture_key, card_partition, join_label
+from stream_app.domain.pan import PanTokenizer
 
 PANS = PanTokenizer(b"k" * 32)
 P = 4

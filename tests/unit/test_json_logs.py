@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stream_app.observability import json_stdlib_logging
+from stream_app.worker.logs import json_stdlib_logging
 
 ROUTED = ("", "faust", "mode", "aiokafka")
 

@@ -168,7 +168,7 @@ def test_password_not_in_client_logs_when_the_broker_is_unreachable(caplog: pyte
 def test_every_kafka_client_gets_the_security_arguments() -> None:
     """One code path: each aiokafka client built in stream_app passes ``**<security kwargs>``.
 
-    The embedded broker's own readiness probe (kafka/broker.py) is the exception: it talks plaintext
+    The embedded broker's own readiness probe (devtools/broker.py) is the exception: it talks plaintext
     to the loopback Tansu it started."""
     root = Path(__file__).parents[2] / "stream_app"
     clients = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient", "AIOKafkaClient"}

@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.events import InvalidEvent, parse_label
-from stream_app.features import FEATURE_NAMES, featurize
-from stream_app.generator import GeneratorConfig, simulate
-from stream_app.learning import Captured, Example, OnlineLearner, PrequentialMetrics
+from stream_app.domain.events import InvalidEvent, parse_label
+from stream_app.domain.features import FEATURE_NAMES, featurize
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.learning import Captured, Example, OnlineLearner, PrequentialMetrics
 from stream_app.models import checkpoint
 from stream_app.models.river_model import RiverScorer
 from stream_app.models.stacker import Stacker
-from stream_app.records import Source, score_record
-from stream_app.scoring import Scored
+from stream_app.domain.records import Source, score_record
+from stream_app.domain.scoring import Scored
 
 LABEL = {"tx_id": "tx-1", "card_id": "card_1", "label": "fraud", "source": "chargeback",
          "label_time": "2026-01-02T00:00:00Z"}
@@ -154,8 +154,8 @@ def test_label_join_in_the_cards_partition_whichever_comes_first() -> None:
     """Scoring captures the vector under (card, tx_id); a label joins it, or waits for it (parked) and is
     joined by the capture; a second label is a duplicate; a label keyed by something else than its card,
     read from the input topic, is re-keyed (its card's partition may be another worker's)."""
-    from stream_app.ingress import capture, capture_key, card_of, join_label
-    from stream_app.pan import PanTokenizer
+    from stream_app.domain.ingress import capture, capture_key, card_of, join_label
+    from stream_app.domain.pan import PanTokenizer
 
     pans = PanTokenizer()
     vector = Captured([1.0] * len(FEATURE_NAMES), {"onnx": 0.9, "river": 0.1, "risk": 0.8}, 5)

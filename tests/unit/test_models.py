@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app.decision import Policy
-from stream_app.evaluation import average_precision, roc_auc
-from stream_app.features import FEATURE_NAMES, featurize
-from stream_app.generator import GeneratorConfig, simulate
+from stream_app.domain.decision import Policy
+from stream_app.offline.evaluation import average_precision, roc_auc
+from stream_app.domain.features import FEATURE_NAMES, featurize
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, packaged_model_path
 from stream_app.models.river_model import RiverScorer
-from stream_app.scoring import FraudScorer
+from stream_app.domain.scoring import FraudScorer
 
 HORIZON = 7 * 86_400_000
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from stream_app.metrics import LATENCY_BUCKETS, Metrics, observe_many
+from stream_app.worker.metrics import LATENCY_BUCKETS, Metrics, observe_many
 
 ROOT = Path(__file__).parents[2] / "monitoring"
 

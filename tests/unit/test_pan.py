@@ -13,14 +13,14 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.decision import ReasonModel
-from stream_app.events import NO_PAN_KEY, InvalidEvent, parse_label, parse_transaction
-from stream_app.features import FEATURE_NAMES
-from stream_app.ingress import Ingress, capture, capture_key, join_label
-from stream_app.learning import Captured, ParkedLabel
-from stream_app.pan import PanTokenizer, is_token, luhn_ok, pan_digits
-from stream_app.records import Source, alert_record, dead_letter_record, score_record
-from stream_app.scoring import Scored
+from stream_app.domain.decision import ReasonModel
+from stream_app.domain.events import NO_PAN_KEY, InvalidEvent, parse_label, parse_transaction
+from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.ingress import Ingress, capture, capture_key, join_label
+from stream_app.domain.learning import Captured, ParkedLabel
+from stream_app.domain.pan import PanTokenizer, is_token, luhn_ok, pan_digits
+from stream_app.domain.records import Source, alert_record, dead_letter_record, score_record
+from stream_app.domain.scoring import Scored
 from stream_app.settings import Settings
 
 KEY = b"test-pan-key-0123456789abcdef"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from itertools import islice
 
-from stream_app.generator import GeneratorConfig, LabeledTx, simulate
-from stream_app.kafka.publisher import TrafficPlan, due_transactions, stamped
+from stream_app.devtools.generator import GeneratorConfig, LabeledTx, simulate
+from stream_app.devtools.publisher import TrafficPlan, due_transactions, stamped
 
 NOW_MS = 1_796_000_000_123  # 2026-12-01, far from the generator's default origin (2026-01-01)
 

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.decision import ReasonModel
-from stream_app.events import InvalidValue, MessageTooLarge, Transaction
-from stream_app.features import FEATURE_NAMES, featurize
-from stream_app.pan import PanTokenizer
-from stream_app.records import (
+from stream_app.domain.decision import ReasonModel
+from stream_app.domain.events import InvalidValue, MessageTooLarge, Transaction
+from stream_app.domain.features import FEATURE_NAMES, featurize
+from stream_app.domain.pan import PanTokenizer
+from stream_app.domain.records import (
     DEAD_LETTER_OVERHEAD,
     KEY_KEPT_BYTES,
     Source,
@@ -28,7 +28,7 @@ from stream_app.records import (
     minimal_dead_letter_record,
     score_record,
 )
-from stream_app.scoring import Scored
+from stream_app.domain.scoring import Scored
 
 SCHEMAS = Path(__file__).parents[2] / "schemas"
 TX = Transaction("tx-1", "card_1", "m_1", 99.5, "EUR", 1_767_225_600_000, "FR", "ecom", "4816")
@@ -81,7 +81,7 @@ def test_dead_letter_record_keeps_the_original_bytes() -> None:
 
 
 def test_label_schema() -> None:
-    from stream_app.generator import LabeledTx, label_record
+    from stream_app.devtools.generator import LabeledTx, label_record
 
     validator("label").validate(label_record(LabeledTx(TX, True, "amount_spike"), 1_767_225_700_000))
 

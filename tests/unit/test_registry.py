@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stream_app.features import FEATURE_NAMES, N_FEATURES, featurize
-from stream_app.generator import GeneratorConfig, simulate
+from stream_app.domain.features import FEATURE_NAMES, N_FEATURES, featurize
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, packaged_model_path, sha256_file
 from stream_app.models.registry import ModelSlot, ModelWatcher, SwapResult, default_probe, validate_candidate
-from stream_app.training import TrainConfig, train_and_export
+from stream_app.offline.training import TrainConfig, train_and_export
 
 PACKAGED_CARD: dict[str, Any] = json.loads(card_path(packaged_model_path()).read_text())
 PACKAGED_VERSION = PACKAGED_CARD["version"]

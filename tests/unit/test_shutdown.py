@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from stream_app.shutdown import StopDeadline
+from stream_app.worker.shutdown import StopDeadline
 
 
 def test_fires_once_with_the_code_read_when_it_fires() -> None:

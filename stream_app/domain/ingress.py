@@ -1,7 +1,7 @@
 """What the worker decides for each input message, as pure functions (no Kafka, no Faust).
 
-The agents in :mod:`stream_app.app` call these for every message and only turn the outcome into
-sends and metrics, so the fuzz tests (``tests/unit/test_fuzz.py``, ``python -m stream_app.fuzz``) drive
+The agents in :mod:`stream_app.worker.runtime` call these for every message and only turn the outcome into
+sends and metrics, so the fuzz tests (``tests/unit/test_fuzz.py``, ``python -m stream_app.devtools.fuzz``) drive
 the worker's own decisions, not a copy. Every input ends as exactly one outcome kind:
 
 * transactions: ``scored`` (features computed; the caller scores), ``rekeyed`` (valid, but not keyed by
@@ -30,10 +30,10 @@ from typing import Literal
 
 from aiokafka.partitioner import murmur2
 
-from stream_app.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
-from stream_app.features import CardState, featurize, load_once
-from stream_app.learning import LEARNED, Captured, Example, ParkedLabel
-from stream_app.pan import PanTokenizer
+from stream_app.domain.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
+from stream_app.domain.features import CardState, featurize, load_once
+from stream_app.domain.learning import LEARNED, Captured, Example, ParkedLabel
+from stream_app.domain.pan import PanTokenizer
 
 TxKind = Literal["scored", "rekeyed", "dead_lettered", "duplicate"]
 LabelKind = Literal["joined", "parked", "rekeyed", "duplicate", "dead_lettered"]

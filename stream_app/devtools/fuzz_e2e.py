@@ -1,8 +1,8 @@
 """End-to-end fuzzing: generated bad and valid messages through a running worker on a real broker.
 
-``python -m stream_app.fuzz_e2e --n 20000`` starts the embedded broker (or uses ``--bootstrap``), creates
+``python -m stream_app.devtools.fuzz_e2e --n 20000`` starts the embedded broker (or uses ``--bootstrap``), creates
 a run's own topics, starts one ``stream-app worker`` process, and sends ``n`` transaction messages, then
-``n`` label messages, from :mod:`stream_app.fuzz`'s generators (every malformation the unit fuzzer knows,
+``n`` label messages, from :mod:`stream_app.devtools.fuzz`'s generators (every malformation the unit fuzzer knows,
 keys in every spelling, null keys and values, redeliveries, late events, labels for scored and unknown
 transactions), with random headers on some, plus messages of sizes from 0 bytes to twice a broker's
 message limit. A ledger keeps one entry per message: what it is, the outcome the parser predicts, the
@@ -51,15 +51,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream_app.events import InvalidEvent, Label, Transaction, parse_label, parse_transaction
-from stream_app.features import SEEN_CAP
-from stream_app.fuzz import FUZZ_KEY, HORIZON_MS, MAX_BYTES, PANS, Message, Mutator, label_messages, pan_pattern, \
+from stream_app.domain.events import InvalidEvent, Label, Transaction, parse_label, parse_transaction
+from stream_app.domain.features import SEEN_CAP
+from stream_app.devtools.fuzz import FUZZ_KEY, HORIZON_MS, MAX_BYTES, PANS, Message, Mutator, label_messages, pan_pattern, \
     transaction_messages
 from stream_app.kafka.security import client_kwargs
-from stream_app.learning import ParkedLabel
-from stream_app.pan import PanTokenizer, pan_digits
+from stream_app.domain.learning import ParkedLabel
+from stream_app.domain.pan import PanTokenizer, pan_digits
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess, topic_env
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 KAFKA_MESSAGE_MAX_BYTES = 1_048_588  # Apache Kafka's default message.max.bytes (Tansu 0.6.0 has no limit)
 PRODUCER_SLACK = 65_536  # the fuzzer's producer takes up to 2 × limit + this (headers, batch framing)
@@ -463,7 +463,7 @@ def schema_violations(out: Collected, names: Names) -> list[str]:
     features are not all numbers (the learner cannot learn them)."""
     import jsonschema
 
-    from stream_app.schemas import load_schema
+    from stream_app.domain.schemas import load_schema
 
     found = []
     for topic, schema in ((names.scores, "score"), (names.alerts, "alert"), (names.dlq, "dead_letter"),
@@ -630,7 +630,7 @@ def _health(port: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stream_app.fuzz_e2e", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stream_app.devtools.fuzz_e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="messages of each kind (transactions, labels)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", default="", help="a running broker (default: start the embedded one)")
@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bootstrap:
         report = go(args.bootstrap)
     else:
-        from stream_app.kafka.broker import EmbeddedBroker
+        from stream_app.devtools.broker import EmbeddedBroker
 
         with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
             report = go(broker.bootstrap)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from stream_app.features import FEATURE_NAMES
+from stream_app.domain.features import FEATURE_NAMES
 
 Decision = Literal["approve", "review", "decline"]
 

@@ -1,10 +1,10 @@
 """Fuzzing of the worker's ingress decoder and label join with generated bad inputs.
 
-``python -m stream_app.fuzz --n 100000`` generates ``n`` transaction messages and ``n`` label messages
+``python -m stream_app.devtools.fuzz --n 100000`` generates ``n`` transaction messages and ``n`` label messages
 (mutated valid events: byte flips, truncation, type swaps, huge numbers, NaN/Infinity, unicode,
 nested junk, duplicate keys, oversize, empty and null values, non-UTF-8, wrong keys, card numbers in
 every spelling, plus a share of valid, duplicate, late and foreign-keyed events) and drives each through
-the worker's own decisions (:class:`stream_app.ingress.Ingress` and :func:`stream_app.ingress.join_label`,
+the worker's own decisions (:class:`stream_app.domain.ingress.Ingress` and :func:`stream_app.domain.ingress.join_label`,
 the functions the agents call), then through what the agent would write: a dead-letter record for the
 bad ones, score and alert records for the scored ones (scored by the shipped models in batches).
 
@@ -31,13 +31,13 @@ from typing import Any
 
 import orjson
 
-from stream_app.events import EUR_RATES, InvalidEvent, format_ts, parse_label
-from stream_app.features import FEATURE_NAMES, CardState
-from stream_app.ingress import Ingress, capture, capture_key, join_label
-from stream_app.learning import Captured, ParkedLabel
-from stream_app.pan import PanTokenizer, luhn_ok, pan_digits
-from stream_app.records import Source, alert_record, dead_letter_record, score_record
-from stream_app.schemas import DLQ_REASONS
+from stream_app.domain.events import EUR_RATES, InvalidEvent, format_ts, parse_label
+from stream_app.domain.features import FEATURE_NAMES, CardState
+from stream_app.domain.ingress import Ingress, capture, capture_key, join_label
+from stream_app.domain.learning import Captured, ParkedLabel
+from stream_app.domain.pan import PanTokenizer, luhn_ok, pan_digits
+from stream_app.domain.records import Source, alert_record, dead_letter_record, score_record
+from stream_app.domain.schemas import DLQ_REASONS
 
 MAX_BYTES = 16384
 HORIZON_MS = 7 * 86_400_000
@@ -101,7 +101,7 @@ def spellings(pan: str) -> tuple[str, ...]:
 
 class Mutator:
     """Deterministic (seeded) generator of mostly-bad messages from valid ones; shared by this module
-    (the worker's decision functions) and :mod:`stream_app.fuzz_e2e` (the running worker)."""
+    (the worker's decision functions) and :mod:`stream_app.devtools.fuzz_e2e` (the running worker)."""
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
@@ -434,7 +434,7 @@ def run(n: int, seed: int = 0, keyed: bool = True, score: bool = True) -> tuple[
     pans = PanTokenizer(FUZZ_KEY) if keyed else PanTokenizer()
     scorer = None
     if score:
-        from stream_app.scoring import FraudScorer
+        from stream_app.domain.scoring import FraudScorer
         from stream_app.settings import Settings
 
         scorer = FraudScorer.from_settings(Settings())
@@ -442,7 +442,7 @@ def run(n: int, seed: int = 0, keyed: bool = True, score: bool = True) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stream_app.fuzz", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stream_app.devtools.fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="inputs of each kind (transactions, labels)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-key", action="store_true", help="run without a PAN key (card numbers: raw_pan)")

@@ -10,11 +10,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from stream_app.decision import ReasonModel
-from stream_app.events import InvalidEvent, format_ts
-from stream_app.features import FEATURE_NAMES
-from stream_app.pan import PanTokenizer
-from stream_app.scoring import Scored
+from stream_app.domain.decision import ReasonModel
+from stream_app.domain.events import InvalidEvent, format_ts
+from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.pan import PanTokenizer
+from stream_app.domain.scoring import Scored
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ def dead_letter_record(raw: bytes | None, error: InvalidEvent, source: Source, k
     """The original bytes travel base64-encoded, up to ``max_original_bytes`` (a message of any size
     yields a record that can be produced), with the size and SHA-256 of the whole; card numbers are
     replaced first, in the whole message and key (any field) — by their token under ``pans``'s key, or
-    masked to their last four digits without one (``stream_app.pan``) — so a number cut at the edge of
+    masked to their last four digits without one (``stream_app.domain.pan``) — so a number cut at the edge of
     the prefix cannot leak, and the digest is of the masked bytes (a bare digest of a card number can
     be reversed by enumerating numbers)."""
     pans = pans or PanTokenizer()

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from stream_app.pan import PanTokenizer, pan_digits
+from stream_app.domain.pan import PanTokenizer, pan_digits
 
 #: Reference rates to EUR used to put amounts on one scale for features. They are fixed on purpose:
 #: features must not depend on a live FX feed, or training and serving would drift apart.
@@ -183,7 +183,7 @@ NO_PAN_KEY: Final = PanTokenizer()
 
 
 def _card_field(obj: dict[str, Any], name: str, pans: PanTokenizer) -> str:
-    """A card id; one that looks like a raw card number becomes its token (``stream_app.pan``)."""
+    """A card id; one that looks like a raw card number becomes its token (``stream_app.domain.pan``)."""
     value = obj.get(name)
     if isinstance(value, str) and (digits := pan_digits(value)) is not None:
         token = pans.token(digits)

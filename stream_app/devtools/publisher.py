@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stream_app.generator import GeneratorConfig, LabeledTx, label_record, simulate
-from stream_app.malformed import corrupt
+from stream_app.devtools.generator import GeneratorConfig, LabeledTx, label_record, simulate
+from stream_app.devtools.malformed import corrupt
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,25 +30,25 @@ import structlog
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
-from stream_app.events import (
+from stream_app.domain.events import (
     InvalidEvent,
     Transaction,
     UnknownTransaction,
     kept_json,
 )
-from stream_app.features import CardState
-from stream_app.ingress import Ingress, capture, capture_key, card_of, join_label
-from stream_app.pan import PanTokenizer
+from stream_app.domain.features import CardState
+from stream_app.domain.ingress import Ingress, capture, capture_key, card_of, join_label
+from stream_app.domain.pan import PanTokenizer
 from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered, ensure_metadata, store_dict
-from stream_app.kafka.faust_transport import broker_url
+from stream_app.kafka.transport import broker_url
 from stream_app.kafka.witness import written_since
 from stream_app.kafka.security import kafka_security
-from stream_app.drift import DriftEvent, DriftMonitor
-from stream_app.metrics import Metrics, observe_many
-from stream_app.learning import LEARNED, Captured, Example, OnlineLearner, ParkedLabel, PrequentialMetrics
+from stream_app.domain.drift import DriftEvent, DriftMonitor
+from stream_app.worker.metrics import Metrics, observe_many
+from stream_app.domain.learning import LEARNED, Captured, Example, OnlineLearner, ParkedLabel, PrequentialMetrics
 from stream_app.models import checkpoint
 from stream_app.models.registry import ModelWatcher
-from stream_app.records import (
+from stream_app.domain.records import (
     Source,
     alert_record,
     dead_letter_key,
@@ -56,7 +56,7 @@ from stream_app.records import (
     minimal_dead_letter_record,
     score_record,
 )
-from stream_app.scoring import FraudScorer, Scored
+from stream_app.domain.scoring import FraudScorer, Scored
 from stream_app.settings import Settings
 
 log = structlog.get_logger("stream_app.worker")
@@ -133,7 +133,7 @@ class StreamApp:
             value_serializer="raw",
             consumer_auto_offset_reset="earliest",
         )
-        app.fetch_max_wait_ms = s.fetch_max_wait_ms  # read by stream_app.kafka.faust_transport
+        app.fetch_max_wait_ms = s.fetch_max_wait_ms  # read by stream_app.kafka.transport
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                                "value_serializer": "raw"}
         self.transactions = app.topic(s.transactions_topic, s.rekeyed_topic, **raw)
@@ -161,7 +161,7 @@ class StreamApp:
         app.timer(30.0)(self._log_stats)
         app.timer(5.0)(self._refresh_gauges)
         app.task(self._probe_broker)
-        from stream_app.http import register  # the HTTP door; imported here to keep faust.web off the core
+        from stream_app.worker.http import register  # the HTTP door; imported here to keep faust.web off the core
 
         register(self, app)
 

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_app.features import DAY_MS, FEATURE_NAMES, N_FEATURES, CardState
+from stream_app.domain.features import DAY_MS, FEATURE_NAMES, N_FEATURES, CardState
 
 SCORE: Final = "score"
 #: Not monitored by default: a window of recent rows covers a slice of the clock (minutes to days),
@@ -99,7 +99,7 @@ def reference_from_rows(x: np.ndarray, scores: np.ndarray | None, warm: np.ndarr
         "filter": {"name": WARM_FILTER, "min_history_days": min_history_days, "rows": int(warm.sum()),
                    "applies_to": [*history, *([SCORE] if scores is not None else [])],
                    "rule": "history features and the score: only rows of cards whose state has watched "
-                           "them for min_history_days (stream_app.drift.is_warm); other features: all rows"},
+                           "them for min_history_days (stream_app.domain.drift.is_warm); other features: all rows"},
         "features": {name: _histogram(values[warm if name in history else slice(None), i], bins)
                      for i, name in recorded},
     }
@@ -188,7 +188,7 @@ class DriftMonitor:
         if row_filter.get("name") != WARM_FILTER:
             raise ValueError(f"reference has no {WARM_FILTER!r} row filter: its history features were taken on "
                              "full card histories and a cold worker would report its own start as drift; rebuild "
-                             "it with `python -m stream_app.training --rebuild-drift-reference MODEL.onnx`")
+                             "it with `python -m stream_app.offline.training --rebuild-drift-reference MODEL.onnx`")
         self.min_history_days = float(row_filter["min_history_days"])
         warm_only = set(row_filter["applies_to"])
         # History features are absent when training saw no warm card (history too short): not monitored.

@@ -13,8 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from stream_app.kafka.broker import free_port
-from stream_app.kafka.children import die_with_parent
+from stream_app.devtools.broker import free_port
+from stream_app.devtools.children import die_with_parent
 
 READY_TIMEOUT_S = 90.0
 

@@ -1,6 +1,6 @@
 """JSON Schemas of every record, built from the code's own constants (currencies, channels, features).
 
-`schemas/*.json` are written from here (`python -m stream_app.schemas schemas/`) and a test checks
+`schemas/*.json` are written from here (`python -m stream_app.domain.schemas schemas/`) and a test checks
 they are current, so the published schemas cannot drift from what the parser accepts.
 """
 
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stream_app.events import CHANNELS, EUR_RATES, LABEL_SOURCES, LABELS, MAX_AMOUNT, MAX_TS_MS, MIN_AMOUNT
-from stream_app.features import FEATURE_NAMES
+from stream_app.domain.events import CHANNELS, EUR_RATES, LABEL_SOURCES, LABELS, MAX_AMOUNT, MAX_TS_MS, MIN_AMOUNT
+from stream_app.domain.features import FEATURE_NAMES
 
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"}
 _TS = {"type": "string", "format": "date-time", "description": "RFC 3339 with a UTC offset"}

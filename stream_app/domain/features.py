@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, MutableMapping
 from typing import Any, Final
 
-from stream_app.events import DuplicateEvent, LateEvent, Transaction
+from stream_app.domain.events import DuplicateEvent, LateEvent, Transaction
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS

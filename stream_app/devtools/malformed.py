@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import orjson
 
-from stream_app.events import Transaction
+from stream_app.domain.events import Transaction
 
 
 def _dump(d: dict[str, object]) -> bytes:

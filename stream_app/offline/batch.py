@@ -2,9 +2,9 @@
 
 Rescoring history must give the answers the stream gives, or it cannot be used to compare models or
 explain a decision. So nothing here computes features or scores itself: rows go through the ingress
-validation (:func:`~stream_app.events.transaction_from_dict` / ``parse_transaction``), are replayed in
-event-time order through :func:`~stream_app.features.featurize` with one state per card, and are scored
-by :class:`~stream_app.scoring.FraudScorer` in large batches (one onnxruntime call per batch). Records
+validation (:func:`~stream_app.domain.events.transaction_from_dict` / ``parse_transaction``), are replayed in
+event-time order through :func:`~stream_app.domain.features.featurize` with one state per card, and are scored
+by :class:`~stream_app.domain.scoring.FraudScorer` in large batches (one onnxruntime call per batch). Records
 are the stream's (``records``); bad rows are data, not crashes: they go to ``<output>.errors.jsonl``.
 
 Everything except :func:`load_scorer` is free of Kafka and Faust; the topic adapter is
@@ -26,14 +26,14 @@ from typing import Any, Final, Protocol, TextIO
 
 import orjson
 
-from stream_app.events import (NO_PAN_KEY, DuplicateEvent, InvalidEvent, Transaction, parse_transaction,
+from stream_app.domain.events import (NO_PAN_KEY, DuplicateEvent, InvalidEvent, Transaction, parse_transaction,
                                transaction_from_dict)
-from stream_app.features import CardState, featurize
+from stream_app.domain.features import CardState, featurize
 from stream_app.models import checkpoint
-from stream_app.pan import PanTokenizer
-from stream_app.records import Source
-from stream_app.records import decision_record
-from stream_app.scoring import FraudScorer, Scored
+from stream_app.domain.pan import PanTokenizer
+from stream_app.domain.records import Source
+from stream_app.domain.records import decision_record
+from stream_app.domain.scoring import FraudScorer, Scored
 from stream_app.settings import Settings
 
 BATCH_ROWS: Final = 4096  # rows per score_many call: amortises the onnxruntime call, bounds memory

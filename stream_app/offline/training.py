@@ -1,6 +1,6 @@
 """Offline training of the ONNX model, with a temporal protocol.
 
-The history is either generated (``stream_app.generator``) or a user's labeled transactions
+The history is either generated (``stream_app.devtools.generator``) or a user's labeled transactions
 (``TrainConfig.data_path``, CSV or Parquet, see :func:`load_labeled_transactions`). Either way it is
 replayed in event-time order through the same ``featurize`` the stream uses. The split is by time:
 train on the first period, skip a gap as long as the label delay (those labels would not be known
@@ -40,14 +40,14 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_app.drift import is_warm, reference_from_rows
-from stream_app.evaluation import average_precision, precision_top_k_cards_per_day, roc_auc
-from stream_app.events import InvalidEvent, Transaction, format_ts, transaction_from_dict
-from stream_app.features import DAY_MS, FEATURE_NAMES, CardState, featurize
-from stream_app.generator import GeneratorConfig, simulate
+from stream_app.domain.drift import is_warm, reference_from_rows
+from stream_app.offline.evaluation import average_precision, precision_top_k_cards_per_day, roc_auc
+from stream_app.domain.events import InvalidEvent, Transaction, format_ts, transaction_from_dict
+from stream_app.domain.features import DAY_MS, FEATURE_NAMES, CardState, featurize
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.models.onnx_model import PACKAGED_MODEL, card_path, packaged_model_path, sha256_file
 
-#: The transaction fields a data file must provide (see ``stream_app.events.transaction_from_dict``).
+#: The transaction fields a data file must provide (see ``stream_app.domain.events.transaction_from_dict``).
 TX_FIELDS: Final[tuple[str, ...]] = ("tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp",
                                      "country", "channel", "mcc")
 DEFAULT_LABEL_COLUMN: Final = "is_fraud"
@@ -276,7 +276,7 @@ def load_labeled_transactions(path: str | Path, columns: Mapping[str, str] | Non
     card_id       card token (same format), never a raw card number
     merchant_id   merchant id (same format)
     amount        number > 0, in ``currency``
-    currency      ISO 4217 code known to ``stream_app.events.EUR_RATES``
+    currency      ISO 4217 code known to ``stream_app.domain.events.EUR_RATES``
     timestamp     event time: RFC 3339 with an offset (``2026-01-03T02:10:00Z``) or epoch
                   milliseconds; in Parquet also a timezone-aware timestamp column
     country       ISO 3166-1 alpha-2 of the merchant (``FR``)
@@ -590,7 +590,7 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
         gen = GeneratorConfig(seed=cfg.seed, n_customers=cfg.n_customers)
         print(f"generating {cfg.days} days of history for {cfg.n_customers} customers ...", file=sys.stderr)
         data = build_dataset(gen, cfg.days, horizon_ms)
-        source = {"source": "stream_app.generator (synthetic, generated at training time)",
+        source = {"source": "stream_app.devtools.generator (synthetic, generated at training time)",
                   "generator": asdict(gen)}
         start_ms, days = gen.start_ms, cfg.days
     day = (data.ts_ms - start_ms) // DAY_MS
@@ -642,7 +642,7 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
             "params": model.get_params(),
             "feature_stats": feature_stats(data.x[train], data.y[train], importance),
             "sha256": digest,
-            "code": {"module": "stream_app.training", "git_commit": _git_commit(), "command": _command(cfg)},
+            "code": {"module": "stream_app.offline.training", "git_commit": _git_commit(), "command": _command(cfg)},
         }
         card_path(new_model).write_text(json.dumps(card, indent=2, default=str))
 
@@ -769,7 +769,7 @@ def rebuild_drift_reference(model_path: Path) -> dict[str, Any]:
                          f"card's ({card['drift_reference']['rows']} rows, AP {recorded_ap}); not rebuilt")
     reference = reference_from_rows(data.x[test], scores, data.warm[test])
     reference["rebuilt"] = {"at": format_ts(int(time.time() * 1000)),
-                            "by": "stream_app.training.rebuild_drift_reference",
+                            "by": "stream_app.offline.training.rebuild_drift_reference",
                             "from": "the card's own training_data (generator config, days, test period); "
                                     "model unchanged, rows and average precision checked equal"}
     card["drift_reference"] = reference
@@ -780,7 +780,7 @@ def rebuild_drift_reference(model_path: Path) -> dict[str, Any]:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m stream_app.training",
+    parser = argparse.ArgumentParser(prog="python -m stream_app.offline.training",
                                      description="Rebuild the drift reference of existing model cards.")
     parser.add_argument("--rebuild-drift-reference", nargs="+", metavar="MODEL.onnx", required=True)
     for model in parser.parse_args().rebuild_drift_reference:

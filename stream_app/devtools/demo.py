@@ -23,14 +23,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.events import format_ts
-from stream_app.generator import GeneratorConfig
-from stream_app.kafka.broker import EmbeddedBroker
-from stream_app.learning import PrequentialMetrics
-from stream_app.kafka.publisher import TrafficPlan, TrafficReport, publish_traffic
+from stream_app.domain.events import format_ts
+from stream_app.devtools.generator import GeneratorConfig
+from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.domain.learning import PrequentialMetrics
+from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic
 from stream_app.kafka.security import client_kwargs
 from stream_app.settings import Settings
-from stream_app.worker_process import WorkerProcess
+from stream_app.devtools.worker_process import WorkerProcess
 
 DRAIN_TIMEOUT_S = 20.0
 

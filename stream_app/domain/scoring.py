@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_app.decision import Decision, Policy, ReasonModel
-from stream_app.events import Transaction
+from stream_app.domain.decision import Decision, Policy, ReasonModel
+from stream_app.domain.events import Transaction
 from stream_app.models.onnx_model import OnnxScorer, load_configured
 from stream_app.models.registry import ModelSlot
 from stream_app.models.river_model import RiverScorer

@@ -23,14 +23,14 @@ from aiohttp import web as aiohttp_web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream_app.events import NO_PAN_KEY, InvalidEvent, load_json_object, transaction_from_dict
-from stream_app.features import CardState, featurize, load_once
-from stream_app.pan import PanTokenizer
-from stream_app.records import prediction_record
-from stream_app.scoring import Scored
+from stream_app.domain.events import NO_PAN_KEY, InvalidEvent, load_json_object, transaction_from_dict
+from stream_app.domain.features import CardState, featurize, load_once
+from stream_app.domain.pan import PanTokenizer
+from stream_app.domain.records import prediction_record
+from stream_app.domain.scoring import Scored
 
 if TYPE_CHECKING:
-    from stream_app.app import StreamApp
+    from stream_app.worker.runtime import StreamApp
     from stream_app.settings import Settings
 
 MAX_BATCH = 1000
@@ -216,7 +216,7 @@ def register(stream_app: StreamApp, app: faust.App) -> None:
 def openapi_document(auth: BearerAuth | None = None) -> dict[str, Any]:
     """The OpenAPI description; with ``auth`` enabled, every operation but the public ones requires the
     bearer scheme and documents its 401."""
-    from stream_app.schemas import load_schema
+    from stream_app.domain.schemas import load_schema
 
     error = {"type": "object", "required": ["error", "detail"],
              "properties": {"error": {"type": "string"}, "detail": {"type": "string"},

@@ -30,7 +30,7 @@ from itertools import accumulate
 from operator import itemgetter
 from typing import Final
 
-from stream_app.events import EUR_RATES, Transaction, format_ts
+from stream_app.domain.events import EUR_RATES, Transaction, format_ts
 
 FRAUD_PATTERNS: tuple[str, ...] = ("card_testing", "stolen_card_abroad", "amount_spike", "compromised_terminal")
 

@@ -1,0 +1,1 @@
+"""Offline tools over the same core: batch scoring, training, evaluation."""
