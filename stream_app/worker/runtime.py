@@ -41,6 +41,7 @@ from stream_app.domain.ingress import Ingress, capture, capture_key, card_of, jo
 from stream_app.domain.pan import PanTokenizer
 from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered, ensure_metadata, store_dict
 from stream_app.kafka.transport import broker_url
+from stream_app.kafka.compat import acknowledge, micro_batches, raw_producer
 from stream_app.kafka.witness import written_since
 from stream_app.kafka.security import kafka_security
 from stream_app.domain.drift import DriftEvent, DriftMonitor
@@ -187,7 +188,7 @@ class StreamApp:
     @property
     def producer(self) -> Any:
         """The aiokafka producer under faust's (outputs and changelogs are sent as partition batches)."""
-        return self.app.producer._ensure_producer()
+        return raw_producer(self.app)
 
     async def _metadata(self) -> None:
         """Partitions of every topic written in partition batches (outputs, examples, re-keyed labels, changelogs)."""
@@ -687,52 +688,6 @@ class StreamApp:
     async def _log_stats(self) -> None:
         log.info("worker.stats", **self.metrics.snapshot(),
                  versions=self.scorer.versions(), quality=self.learner.metrics.snapshot())
-
-
-async def micro_batches(stream: faust.StreamT[bytes], size: int, within_s: float) -> AsyncIterator[list[faust.EventT]]:
-    """Micro-batches of up to ``size`` events straight from the topic's queue, unacknowledged (the caller
-    acknowledges a batch once its outputs are confirmed; an interrupted batch is redelivered).
-
-    faust's ``take``/``noack_take`` move each event through the stream's per-event iterator (sensors,
-    processors, a passive-drainer task): measured at ~14 events per 5 ms window on a busy 2-core worker,
-    so batches stayed tiny and their fixed costs dominated. Here a batch is the first event plus whatever
-    the conductor has queued meanwhile, waiting at most ``within_s`` for more when fewer than ``size``
-    are there; each message is tracked as faust's stream would (the rebalance waits for its ack), and each
-    partition's inbound time is recorded as faust's stream would (its consumer logs "Stream has not
-    started processing TP(...)" for a partition without one once stream_processing_timeout has passed)."""
-    channel = cast(faust.ChannelT, aiter(stream.channel))  # registers the iterator channel the conductor delivers to
-    queue = channel.queue
-    track = stream.app.consumer.track_message
-    inbound = stream.app.monitor.stream_inbound_time
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            events = [await queue.get()]
-        except StopAsyncIteration:  # faust stops its channels' readers this way at shutdown
-            return
-        deadline = loop.time() + within_s
-        while len(events) < size:
-            if queue.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    events.append(await asyncio.wait_for(queue.get(), remaining))
-                except (TimeoutError, StopAsyncIteration):
-                    break
-            else:
-                events.append(queue.get_nowait())
-        now = time.monotonic()
-        for event in events:
-            track(event.message)
-            inbound[event.message.tp] = now
-        yield events
-
-
-async def acknowledge(stream: faust.StreamT[bytes], events: list[faust.EventT]) -> None:
-    """Mark a micro-batch's messages safe to commit (faust commits a consecutive run of them)."""
-    for event in events:
-        await stream.ack(event)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
