@@ -13,32 +13,11 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from stream_app.settings import Settings, env_table
+from stream_app.kafka.topics import catalogue, create_topics
 from stream_app.startup import StartupError, check_web_port
-
-T = TypeVar("T")
-
-
-def _topic_specs(settings: Settings) -> list:  # type: ignore[type-arg]
-    from stream_app.kafka.topics import TopicSpec
-
-    week = {"retention.ms": str(7 * 86400 * 1000)}
-    names = (settings.transactions_topic, settings.rekeyed_topic, settings.dlq_topic, settings.scores_topic,
-             settings.alerts_topic, settings.labels_topic, settings.labels_rekeyed_topic, settings.labels_dlq_topic)
-    # The examples log has one partition: one order of examples, hence one model on every worker.
-    examples = TopicSpec(settings.examples_topic, 1, settings.replication_factor,
-                         config={"retention.ms": str(settings.feature_retention_s * 1000)})
-    return [*(TopicSpec(n, settings.partitions, settings.replication_factor, config=week) for n in names), examples]
-
-
-def create_topics(settings: Settings) -> None:
-    from stream_app.kafka.security import client_kwargs
-    from stream_app.kafka.topics import ensure_topics
-
-    asyncio.run(ensure_topics(settings.bootstrap_servers, _topic_specs(settings), **client_kwargs(settings)))
-
 
 #: The worker's exit code after a write failed for good (sysexits' EX_SOFTWARE): restart me.
 EXIT_WRITE_FAILED = 70
@@ -100,7 +79,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     create_topics(settings)
-    specs = _topic_specs(settings)
+    specs = catalogue(settings)
     for spec in specs:
         print(f"topic {spec.name} partitions={spec.partitions} replication={spec.replication}", flush=True)
     print(f"RESULT topics={len(specs)}")
@@ -125,7 +104,7 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from stream_app.domain.events import format_ts, parse_ts
     from stream_app.devtools.generator import GeneratorConfig
-    from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic
+    from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic, until_signalled
     from stream_app.kafka.security import client_kwargs
 
     try:
@@ -157,16 +136,6 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"RESULT sent={report.sent} malformed={report.malformed} frauds={len(report.frauds)} "
           f"labels={report.labels} seconds={report.seconds:.1f}{span}")
     return 0
-
-
-async def until_signalled(run: Callable[[asyncio.Event], Awaitable[T]]) -> T:
-    """Run ``run(stop)`` with Ctrl-C and SIGTERM setting ``stop``: the command ends early, but cleanly
-    and with its summary (a container stop is a SIGTERM)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return await run(stop)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:

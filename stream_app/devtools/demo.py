@@ -27,7 +27,8 @@ from stream_app.domain.events import format_ts
 from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.broker import EmbeddedBroker
 from stream_app.domain.learning import PrequentialMetrics
-from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic
+from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic, until_signalled
+from stream_app.kafka.topics import create_topics
 from stream_app.kafka.security import client_kwargs
 from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess
@@ -232,7 +233,6 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             broker.start()
             settings = replace(settings, bootstrap_servers=broker.bootstrap)
             print(f"embedded broker (Tansu) on {broker.bootstrap}", flush=True)
-        from stream_app.cli import create_topics, until_signalled
 
         create_topics(settings)
         demo = Demo(settings, options)

@@ -17,16 +17,19 @@ import dataclasses
 import heapq
 import math
 import random
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from stream_app.devtools.generator import GeneratorConfig, LabeledTx, label_record, simulate
 from stream_app.devtools.malformed import corrupt
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +185,13 @@ async def _send_one(producer: AIOKafkaProducer, topic: str, item: LabeledTx, pla
         report.frauds[tx.tx_id] = item.pattern or "fraud"
     key = tx.tx_id if plan.foreign_key_rate and rng.random() < plan.foreign_key_rate else tx.card_id
     return await producer.send(topic, tx.to_bytes(), key=key.encode())
+
+
+async def until_signalled(run: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``run(stop)`` with Ctrl-C and SIGTERM setting ``stop``: the command ends early, but cleanly
+    and with its summary (a container stop is a SIGTERM)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await run(stop)

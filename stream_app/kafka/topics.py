@@ -15,6 +15,9 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from stream_app.kafka.security import client_kwargs
+from stream_app.settings import Settings
+
 _RETRY_S = 0.1
 
 
@@ -26,6 +29,24 @@ class TopicSpec:
     partitions: int
     replication: int = 1
     config: Mapping[str, str] = field(default_factory=dict)
+
+
+def catalogue(settings: Settings) -> list[TopicSpec]:
+    """The topics the app creates (the one list of them): input, re-keyed, outputs, labels, dead letters,
+    and the examples log. faust creates its changelog topics itself (``topic_allow_declare``)."""
+    week = {"retention.ms": str(7 * 86400 * 1000)}
+    s = settings
+    names = (s.transactions_topic, s.rekeyed_topic, s.dlq_topic, s.scores_topic, s.alerts_topic, s.labels_topic,
+             s.labels_rekeyed_topic, s.labels_dlq_topic)
+    # The examples log has one partition: one order of examples, hence one model on every worker.
+    examples = TopicSpec(s.examples_topic, 1, s.replication_factor,
+                         config={"retention.ms": str(s.feature_retention_s * 1000)})
+    return [*(TopicSpec(n, s.partitions, s.replication_factor, config=week) for n in names), examples]
+
+
+def create_topics(settings: Settings) -> None:
+    """Create the catalogue's missing topics (idempotent), with the settings' security."""
+    asyncio.run(ensure_topics(settings.bootstrap_servers, catalogue(settings), **client_kwargs(settings)))
 
 
 async def ensure_topics(
