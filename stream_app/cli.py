@@ -26,7 +26,7 @@ EXIT_WRITE_FAILED = 70
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
-    from stream_app.worker.runtime import create_app
+    from stream_app.worker.topology import create_app
     from stream_app.worker.shutdown import StopDeadline
     from stream_app.worker.logs import configure_logging, json_stdlib_logging
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
 
 import faust
 import orjson
@@ -27,14 +28,27 @@ from stream_app.domain.events import NO_PAN_KEY, InvalidEvent, load_json_object,
 from stream_app.domain.features import CardState, featurize, load_once
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.records import prediction_record
-from stream_app.domain.scoring import Scored
-
-if TYPE_CHECKING:
-    from stream_app.worker.runtime import StreamApp
-    from stream_app.settings import Settings
+from stream_app.domain.scoring import FraudScorer, Scored
+from stream_app.settings import Settings
+from stream_app.worker.delivery import decode_card
+from stream_app.worker.metrics import Metrics
 
 MAX_BATCH = 1000
 PROBES = frozenset({"/health", "/ready"})  # kubelet probes carry no token
+
+
+@dataclass(frozen=True)
+class Door:
+    """What the pages need of the worker: the core, the card table (read only), readiness and model info."""
+
+    settings: Settings
+    metrics: Metrics
+    scorer: FraudScorer
+    pans: PanTokenizer
+    horizon_ms: int
+    cards: MutableMapping[bytes, bytes]
+    readiness: Callable[[], dict[str, bool]]
+    models_info: Callable[[], dict[str, Any]]
 
 
 class RequestError(ValueError):
@@ -133,7 +147,7 @@ def parse_score_request(raw: bytes, max_bytes: int, pans: PanTokenizer = NO_PAN_
     return txs, single
 
 
-def preview(stream_app: StreamApp, txs: list[Any], load_state: Callable[[str], CardState | None]
+def preview(door: Door, txs: list[Any], load_state: Callable[[str], CardState | None]
             ) -> list[dict[str, Any]]:
     """Score on private copies of the cards' states: a list behaves as the stream would for that
     sequence, and the table is left as it was."""
@@ -143,29 +157,29 @@ def preview(stream_app: StreamApp, txs: list[Any], load_state: Callable[[str], C
     for i, tx in enumerate(txs):
         load_once(states, tx.card_id, load_state)
         try:
-            row = featurize(states, tx, stream_app.horizon_ms)
+            row = featurize(states, tx, door.horizon_ms)
         except InvalidEvent as exc:  # duplicate or late: the stream would not score it either
             answers.append({"tx_id": tx.tx_id, "status": exc.reason, "detail": exc.detail})
             continue
         answers.append(None)
         to_score.append((i, tx, row))
-    scored: list[Scored] = stream_app.scorer.score_many([t for _, t, _ in to_score], [r for _, _, r in to_score])
+    scored: list[Scored] = door.scorer.score_many([t for _, t, _ in to_score], [r for _, _, r in to_score])
     for (i, _, _), item in zip(to_score, scored, strict=True):
-        answers[i] = {"status": "scored", **prediction_record(item, stream_app.scorer.reasons)}
+        answers[i] = {"status": "scored", **prediction_record(item, door.scorer.reasons)}
     return [a for a in answers if a is not None]
 
 
-def register(stream_app: StreamApp, app: faust.App) -> None:
+def register(door: Door, app: faust.App) -> None:
     """Add the service's pages to the Faust app's web server, behind the bearer token if one is set."""
-    auth = BearerAuth.from_settings(stream_app.settings)
+    auth = BearerAuth.from_settings(door.settings)
     if auth.enabled:
         # Faust serves through aiohttp; middlewares can be added until the server starts.
         app.web.web_app.middlewares.append(auth.middleware())  # type: ignore[attr-defined]
-    stream_app.metrics.ready.set_function(lambda: float(all(stream_app.readiness().values())))  # read at each scrape
+    door.metrics.ready.set_function(lambda: float(all(door.readiness().values())))  # read at each scrape
 
     def load_state(card_id: str) -> CardState | None:
-        stored = stream_app.cards.get(card_id.encode())
-        return None if stored is None else orjson.loads(stored)
+        stored = door.cards.get(card_id.encode())
+        return None if stored is None else decode_card(stored)[0]
 
     def json(view: View, body: Mapping[str, Any] | list[Any], status: int = 200) -> Response:
         return view.bytes(orjson.dumps(body), content_type="application/json", status=status)
@@ -175,11 +189,11 @@ def register(stream_app: StreamApp, app: faust.App) -> None:
         async def post(self, request: Request) -> Response:
             started = time.perf_counter()
             try:
-                txs, single = parse_score_request(await request.read(), stream_app.settings.max_message_bytes,
-                                                   stream_app.pans)
+                txs, single = parse_score_request(await request.read(), door.settings.max_message_bytes,
+                                                   door.pans)
             except RequestError as exc:
                 return json(self, exc.body(), exc.status)
-            results = preview(stream_app, txs, load_state)
+            results = preview(door, txs, load_state)
             took_ms = round(1000 * (time.perf_counter() - started), 3)
             return json(self, {**results[0], "took_ms": took_ms} if single else {"results": results,
                                                                                    "took_ms": took_ms})
@@ -195,18 +209,18 @@ def register(stream_app: StreamApp, app: faust.App) -> None:
     @app.page("/ready")
     async def ready(view: View, request: Request) -> Response:
         """Ready: tables recovered, not rebalancing, the broker answered recently, models loaded."""
-        checks = stream_app.readiness()
+        checks = door.readiness()
         return json(view, {"ready": all(checks.values()), "checks": checks}, 200 if all(checks.values()) else 503)
 
     @app.page("/models")
     async def models(view: View, request: Request) -> Response:
-        return json(view, stream_app.models_info())
+        return json(view, door.models_info())
 
     @app.page("/metrics")
     async def metrics(view: View, request: Request) -> Response:
         """Prometheus exposition of this worker's registry."""
         # aiohttp wants the charset apart from the content type
-        return view.bytes(generate_latest(stream_app.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+        return view.bytes(generate_latest(door.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/openapi.json")
     async def openapi(view: View, request: Request) -> Response:

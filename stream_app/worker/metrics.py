@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from stream_app.kafka.compat import histogram_observe_many
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -19,17 +20,9 @@ STAGES = ("decode", "features", "onnx", "river", "produce")
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
-    """``histogram.observe(v)`` for every value, in one pass: per event, prometheus-client takes a lock
-    per bucket and for the sum, which costs more than scoring the event. Relies on its layout: one
-    non-cumulative count per upper bound (``_upper_bounds``, ``_buckets``) and ``_sum``."""
-    if not len(values):
-        return
-    counts = np.bincount(np.searchsorted(histogram._upper_bounds, values, side="left"),
-                         minlength=len(histogram._upper_bounds))
-    for bucket, n in zip(histogram._buckets, counts.tolist()):
-        if n:
-            bucket.inc(n)
-    histogram._sum.inc(float(np.sum(values)))
+    """``histogram.observe(v)`` for every value, in one pass (a lock per bucket per value costs more than
+    scoring the event; prometheus-client's internals are used in :mod:`stream_app.kafka.compat`)."""
+    histogram_observe_many(histogram, values)
 
 
 class Metrics:

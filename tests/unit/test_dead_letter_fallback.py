@@ -13,7 +13,7 @@ from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedEr
 from faust.exceptions import ProducerSendError
 from prometheus_client import CollectorRegistry
 
-from stream_app.worker.runtime import StreamApp
+from stream_app.worker.topology import StreamApp
 from stream_app.domain.events import NotJson
 from stream_app.domain.records import Source
 from stream_app.settings import Settings
@@ -34,7 +34,7 @@ def _app(tmp_path: Path, refuse: type[Exception], times: int) -> tuple[StreamApp
                 raise ProducerSendError(f"Error while sending: {exc!r}") from exc
         sent.append(orjson.loads(value))
 
-    app._send = send  # type: ignore[method-assign,assignment]
+    app.outputs.send = send  # type: ignore[method-assign,assignment]
     return app, sent
 
 
@@ -46,7 +46,7 @@ def _count(app: StreamApp) -> float:
 
 def test_refused_as_too_large_goes_out_minimal(tmp_path: Path) -> None:
     app, sent = _app(tmp_path, MessageSizeTooLargeError, times=1)
-    asyncio.run(app._dead_letter("transactions.dlq", b"x" * 5000, NotJson("not valid JSON"), SOURCE, b"k"))
+    asyncio.run(app.outputs.dead_letter("transactions.dlq", b"x" * 5000, NotJson("not valid JSON"), SOURCE, b"k"))
     assert len(sent) == 2 and sent[1]["original_b64"] == "" and sent[1]["original_size"] == 5000
     assert _count(app) == 1
 
@@ -54,5 +54,5 @@ def test_refused_as_too_large_goes_out_minimal(tmp_path: Path) -> None:
 def test_other_refusals_are_raised_and_not_counted(tmp_path: Path) -> None:
     app, _ = _app(tmp_path, TopicAuthorizationFailedError, times=1)
     with pytest.raises(ProducerSendError):
-        asyncio.run(app._dead_letter("transactions.dlq", b"x", NotJson("not valid JSON"), SOURCE, None))
+        asyncio.run(app.outputs.dead_letter("transactions.dlq", b"x", NotJson("not valid JSON"), SOURCE, None))
     assert _count(app) == 0

@@ -1,0 +1,85 @@
+"""The learner: every worker applies the examples log, in order, to its own online models, and
+checkpoints them (a restart resumes from the checkpoint's offset instead of relearning the log)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_app.domain.learning import Example, OnlineLearner
+from stream_app.domain.scoring import FraudScorer
+from stream_app.kafka.security import KafkaSecurity
+from stream_app.models import checkpoint
+from stream_app.settings import Settings
+from stream_app.worker.metrics import Metrics
+from stream_app.worker.outputs import now_ms
+
+log = structlog.get_logger("stream_app.worker")
+
+
+class Learner:
+    """The examples-log consumer and the checkpoints of the models it teaches."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, scorer: FraudScorer, learner: OnlineLearner,
+                 security: KafkaSecurity) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.scorer = scorer
+        self.learner = learner
+        self.security = security
+        self.checkpoint_dir = Path(settings.data_dir) / "checkpoints"
+        self.checkpoint_key = settings.checkpoint_key.encode() or None
+        self._checkpointed_offset = -1
+
+    async def run(self) -> None:
+        """Apply the examples log from the checkpoint's offset on (from the start without one)."""
+        s = self.settings
+        tp = TopicPartition(s.examples_topic, 0)
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
+                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest",
+                                    **self.security.client_kwargs())
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            if self.learner.offset >= 0:
+                consumer.seek(tp, self.learner.offset + 1)
+            else:
+                await consumer.seek_to_beginning(tp)
+            while True:
+                batches = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
+                for message in batches.get(tp, []):
+                    try:
+                        example = Example.from_bytes(message.value)
+                    except (ValueError, KeyError, TypeError):  # orjson's decode error is a ValueError
+                        log.warning("learner.unreadable_example", offset=message.offset)
+                        continue
+                    self.learner.apply(example, message.offset)
+                    self.metrics.examples_applied.inc()
+                    self.metrics.label_lag.set(max(0.0, (now_ms() - message.timestamp) / 1000))
+        finally:
+            await consumer.stop()
+
+    def restore_checkpoint(self) -> None:
+        ckpt, refused = checkpoint.latest(self.checkpoint_dir, self.checkpoint_key)
+        for reason in refused:
+            log.error("checkpoint.refused", reason=reason)
+        if ckpt is None:
+            log.info("checkpoint.none", directory=str(self.checkpoint_dir))
+            return
+        self.scorer.adopt(*ckpt.state)
+        self.learner.river, self.learner.stacker = self.scorer.river, self.scorer.stacker
+        self.learner.offset = ckpt.offset
+        log.info("checkpoint.restored", version=ckpt.version, offset=ckpt.offset)
+
+    async def save_checkpoint(self) -> None:
+        if self.learner.offset < 0 or self.learner.offset == self._checkpointed_offset:
+            return
+        path = checkpoint.save(self.checkpoint_dir, self.scorer.river.version, self.learner.offset,
+                               (self.learner.river, self.learner.stacker), self.checkpoint_key)
+        self._checkpointed_offset = self.learner.offset
+        self.metrics.checkpoint_time.set(time.time())
+        log.info("checkpoint.saved", version=self.scorer.river.version, offset=self.learner.offset,
+                 path=str(path))
