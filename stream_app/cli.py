@@ -12,11 +12,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import IO, Any
 
-from stream_app.settings import Settings, env_table
 from stream_app.kafka.topics import catalogue, create_topics
+from stream_app.settings import Settings, env_table
 from stream_app.startup import StartupError, check_web_port
 
 #: The worker's exit code after a write failed for good (sysexits' EX_SOFTWARE): restart me.
@@ -24,11 +24,10 @@ EXIT_WRITE_FAILED = 70
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from faust.worker import Worker
-
-    from stream_app.worker.topology import create_app
-    from stream_app.worker.shutdown import StopDeadline
+    from stream_app.kafka.compat import Worker
     from stream_app.worker.logs import configure_logging, json_stdlib_logging
+    from stream_app.worker.shutdown import StopDeadline
+    from stream_app.worker.topology import create_app
 
     configure_logging(settings.log_level)
     if args.create_topics:
@@ -44,16 +43,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             super().__init__(*args, **kwargs)
             self.spinner = None
 
-        def _setup_logging(self) -> None:
-            super()._setup_logging()  # also sends what is printed to stdout/stderr to the "mode.redirect" logger
+        def on_logging_ready(self, stderr: IO[str]) -> None:
             level = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
                      "info": logging.INFO, "debug": logging.DEBUG}[args.faust_log_level]
-            json_stdlib_logging(level, self.stderr)  # self.stderr: the real one, from before the redirect
+            json_stdlib_logging(level, stderr)
             logging.getLogger("mode.redirect").setLevel(logging.WARNING)  # printed text: never filtered out
 
-        def _schedule_shutdown(self, signal: signal.Signals) -> None:
-            deadline.arm(signal.name)  # SIGTERM and SIGINT (Ctrl-C) both come here
-            super()._schedule_shutdown(signal)
+        def on_shutdown_signal(self, sig: signal.Signals) -> None:
+            deadline.arm(sig.name)  # SIGTERM and SIGINT (Ctrl-C) both come here
 
         async def on_startup_finished(self) -> None:
             await super().on_startup_finished()
@@ -66,7 +63,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     worker = _Worker(stream_app.app, loglevel=args.faust_log_level, quiet=True,
                      redirect_stdouts_level=logging.WARNING)
-    stream_app.request_stop = lambda: worker._schedule_shutdown(signal.SIGTERM)
+    stream_app.request_stop = worker.request_shutdown
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode exits 0 after a stop, 1 after a crash
@@ -102,9 +99,9 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
-    from stream_app.domain.events import format_ts, parse_ts
     from stream_app.devtools.generator import GeneratorConfig
     from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic, until_signalled
+    from stream_app.domain.events import format_ts, parse_ts
     from stream_app.kafka.security import client_kwargs
 
     try:
@@ -186,9 +183,9 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     from collections.abc import Iterable
     from pathlib import Path
 
-    from stream_app.offline.batch import Position, Progress, RawRow, file_format, load_scorer, read_file, run
     from stream_app.domain.events import parse_ts
     from stream_app.domain.pan import PanTokenizer
+    from stream_app.offline.batch import Position, Progress, RawRow, file_format, load_scorer, read_file, run
 
     ranged = (args.start_offset, args.end_offset, args.start_time, args.end_time) != (None,) * 4
     rows: Iterable[tuple[Position, RawRow]] | None = None

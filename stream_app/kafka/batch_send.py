@@ -17,6 +17,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from stream_app.kafka.compat import partition_for, store_dict, topic_partitions
+
 
 class PartitionBatches:
     """Records collected for one micro-batch, grouped by (topic, partition); `send` submits them."""
@@ -37,7 +39,7 @@ class PartitionBatches:
             if not found:
                 raise LookupError(f"partitions of {topic} unknown: call ensure_metadata first")
             known = self._partitions[topic] = sorted(found)
-        partition = self.producer._partitioner(key if partition_key is None else partition_key, known, known)
+        partition = partition_for(self.producer, key if partition_key is None else partition_key, known)
         builder = self._open.get((topic, partition))
         if builder is None:
             builder = self._open[(topic, partition)] = self.producer.create_batch()
@@ -72,7 +74,7 @@ class BatchedTable(MutableMapping[bytes, bytes]):
         self.partition_key = partition_key
 
     def __getitem__(self, key: bytes) -> bytes:
-        return self.store[key]  # type: ignore[no-any-return]
+        return self.store[key]
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.store[key] = value
@@ -89,17 +91,10 @@ class BatchedTable(MutableMapping[bytes, bytes]):
         return len(self.store)
 
 
-def store_dict(table: Any) -> MutableMapping[bytes, bytes]:
-    """The dict under a faust table with the in-memory store (reads skip faust's mapping layers, ~2 µs
-    a key); other stores are used through their mapping interface."""
-    store = table.data
-    return store.data if isinstance(getattr(store, "data", None), dict) else store  # type: ignore[no-any-return]
-
-
 async def ensure_metadata(producer: AIOKafkaProducer, *topics: str) -> dict[str, list[int]]:
     """Each topic's partitions, fetched once before the first batch (pass them to `PartitionBatches`:
     the client's cached metadata may later be refreshed for a subset of topics)."""
-    return {topic: sorted(await producer.client._wait_on_metadata(topic)) for topic in topics}
+    return {topic: sorted(await topic_partitions(producer, topic)) for topic in topics}
 
 
 async def delivered(futures: Awaitable[list[asyncio.Future[Any]]]) -> None:

@@ -53,7 +53,7 @@ class RiverScorer:
         mean = _vector(scaler.means)
         std = np.sqrt(_vector(scaler.vars))
         z = np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
-        return sigmoid(z @ _vector(lr._weights.to_dict()) + lr.intercept)
+        return sigmoid(z @ _vector(lr.weights) + lr.intercept)
 
     def learn_one(self, features: Sequence[float], is_fraud: bool) -> None:
         self.model.learn_one(self.as_dict(features), bool(is_fraud))

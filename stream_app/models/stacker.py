@@ -56,7 +56,7 @@ class Stacker:
         """``predict_proba_one`` for a micro-batch, over numpy arrays (equal within float rounding)."""
         if len(rows) == 0:
             return []
-        weights = self.model._weights.to_dict()
+        weights = self.model.weights
         x = np.asarray(rows, dtype=np.float64)
         p = np.clip(np.asarray([onnx, river], dtype=np.float64), 1e-6, 1 - 1e-6)
         logit = weights.get("onnx_logit", 0.0) * np.log(p[0] / (1 - p[0])) + \

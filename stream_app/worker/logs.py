@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import IO
 
 import structlog
 
@@ -53,7 +53,7 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-def json_stdlib_logging(level: int, stream: TextIO) -> None:
+def json_stdlib_logging(level: int, stream: IO[str]) -> None:
     """Write every stdlib log record (faust, mode, aiokafka, asyncio, ``warnings``) to ``stream`` as one
     JSON line, like our own events: the message is the event, plus level, logger, timestamp and, for a
     traceback, an ``exception`` field (a multi-line text would break line-by-line log shippers).

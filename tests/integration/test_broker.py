@@ -25,7 +25,8 @@ from faust.transport import by_url
 
 import stream_app.kafka
 from stream_app.devtools.broker import EmbeddedBroker
-from stream_app.kafka.transport import Transport, broker_url, verified_highwaters
+from stream_app.kafka.compat import Transport
+from stream_app.kafka.transport import broker_url, verified_highwaters
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 
 BATCH_RECORDS = 150
