@@ -311,7 +311,7 @@ def main() -> int:
     parser.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
     parser.add_argument("--linger-ms", type=int, default=1000,
                         help="the generator's producer linger (records per batch); with --batch-window-ms, what keeps "
-                             "the embedded broker's batch count per partition below its fetch cliff (README, Tansu)")
+                             "the embedded broker's batch count per partition below its fetch cliff (docs/notes/tansu.md)")
     parser.add_argument("--batch-window-ms", type=int, default=1000, help="the worker's STREAM_APP_BATCH_WINDOW_MS")
     args = parser.parse_args()
     if args.bootstrap and args.bootstrap.rsplit(":", 1)[0] not in LOOPBACK:

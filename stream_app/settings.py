@@ -1,7 +1,7 @@
 """One frozen settings object, read from the environment in one place (12-factor).
 
-Each field names its environment variable and says what it is for; README's configuration table is
-checked against these fields by a test, so the two cannot drift apart.
+Each field names its environment variable and says what it is for; docs/reference/settings.md is
+generated from these fields when the site is built (docs/hooks.py), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -256,6 +256,6 @@ def _coerce(name: str, type_name: Any, raw: str) -> Any:
 
 
 def env_table() -> list[tuple[str, str, str]]:
-    """(variable, default, description) rows, for README and `--help`."""
+    """(variable, default, description) rows, for docs/reference/settings.md and `--help`."""
     defaults = Settings()
     return [(f.metadata["env"], str(getattr(defaults, f.name)), f.metadata["doc"]) for f in fields(Settings)]

@@ -196,7 +196,7 @@ class Ledger:
     def predict(self, kind: str, message: Message, what: str) -> Entry | None:
         """The entry of ``message`` before it is sent: the outcome its bytes alone decide. None for a valid
         event whose tx_id or merchant_id holds a card number: such ids are the producer's, kept as sent
-        (README, card numbers), so the fuzzer does not send them and its leak scan needs no exceptions."""
+        (docs/how-to/security.md, card numbers), so the fuzzer does not send them and its leak scan needs no exceptions."""
         raw = message.value or b""  # the worker reads a null value as an empty message
         entry = Entry(kind, what, len(raw), message.key, 0, "")
         try:

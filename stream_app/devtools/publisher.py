@@ -46,7 +46,7 @@ class TrafficPlan:
     shift_factor: float = 3.0
     wall_clock: bool = False  # event time = the wall clock at each send, instead of the simulation's
     # The producer's linger: records gathered per batch. The embedded broker (Tansu 0.6.0, memory storage)
-    # slows down with the number of batches a partition holds (README, Tansu): long runs need bigger batches.
+    # slows down with the number of batches a partition holds (docs/notes/tansu.md): long runs need bigger batches.
     linger_ms: int = 5
 
 

@@ -1,7 +1,7 @@
 """The throughput benchmark runs end to end on a tiny load: all four contenders, one RESULT line.
 
 A smoke test of the tooling, not a performance assertion: figures come from `benchmarks/throughput.py`
-runs, side by side in one run, and are reported in README.
+runs, side by side in one run, and are reported in docs/notes/measurements.md.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def _ready(port: int) -> tuple[int, dict[str, object]]:
 
 def _timed_stop(worker: WorkerProcess, sig: int = signal.SIGTERM, state: str = "") -> float:
     """Seconds from the signal to the process's exit (killed at 30 s, which the caller's bound fails);
-    printed, for the figures in README (pytest -s)."""
+    printed, for the figures in docs/concepts/delivery.md (pytest -s)."""
     t0 = time.monotonic()
     worker.stop(sig, timeout_s=30.0)
     seconds = time.monotonic() - t0

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from stream_app.settings import Settings, env_table
+from stream_app.settings import Settings
 
 
 def test_reads_typed_values_from_the_environment() -> None:
@@ -19,9 +17,3 @@ def test_reads_typed_values_from_the_environment() -> None:
 def test_bad_values_are_clear_errors(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         Settings.from_env(env)
-
-
-def test_readme_documents_every_variable() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    missing = [name for name, _default, _doc in env_table() if f"`{name}`" not in readme]
-    assert not missing
