@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_app.cli import create_topics
+from stream_app.kafka.topics import create_topics
 from stream_app.domain.features import featurize
 from stream_app.devtools.generator import GeneratorConfig, label_record, simulate
 from stream_app.devtools.broker import EmbeddedBroker

@@ -39,7 +39,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.cli import create_topics
+from stream_app.kafka.topics import create_topics
 from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.broker import EmbeddedBroker
 from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic

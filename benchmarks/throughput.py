@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream_app.cli import create_topics
+from stream_app.kafka.topics import create_topics
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.broker import EmbeddedBroker, free_port
 from stream_app.devtools.children import die_with_parent

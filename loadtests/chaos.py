@@ -282,7 +282,7 @@ async def wait_scored(bootstrap: str, s: Settings, valid_ids: set[str], timeout_
 
 
 def run_chaos(o: ChaosOptions) -> ChaosReport:
-    from stream_app.cli import create_topics
+    from stream_app.kafka.topics import create_topics
 
     workdir = o.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def local_stack(partitions: int, workdir: Path) -> Iterator[tuple[str, Topics, s
     """Embedded broker + topics + one ready worker; yields (bootstrap, topics, worker /metrics URL)."""
     with EmbeddedBroker() as broker:
         settings = Settings.from_env(bootstrap_servers=broker.bootstrap, partitions=partitions)
-        from stream_app.cli import create_topics  # the CLI module: imported late, it pulls in Faust
+        from stream_app.kafka.topics import create_topics
 
         create_topics(settings)
         worker = WorkerProcess(broker.bootstrap, workdir, {"STREAM_APP_PARTITIONS": str(partitions)}).start()

@@ -18,7 +18,7 @@ import pytest
 from stream_app.devtools.broker import EmbeddedBroker
 from outputs import PARTITIONS
 
-from stream_app.cli import create_topics
+from stream_app.kafka.topics import create_topics
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess, topic_env

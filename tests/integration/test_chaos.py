@@ -18,7 +18,7 @@ from pathlib import Path
 from loadtests.chaos import ChaosOptions, Load, feature_mismatches, run_chaos, wait_scored
 from loadtests.ledger import LedgerWriter, check, read_ledger
 from outputs import scrape
-from stream_app.cli import create_topics
+from stream_app.kafka.topics import create_topics
 from stream_app.domain.ingress import card_partition
 from stream_app.devtools.broker import EmbeddedBroker
 from stream_app.settings import Settings

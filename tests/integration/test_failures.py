@@ -19,7 +19,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_app.cli import EXIT_WRITE_FAILED, create_topics
+from stream_app.cli import EXIT_WRITE_FAILED
+from stream_app.kafka.topics import create_topics
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.broker import EmbeddedBroker, free_port
 from stream_app.settings import Settings
