@@ -13,8 +13,8 @@ from typing import Any
 
 import faust
 import structlog
-from faust.types import TP
 from aiokafka import AIOKafkaClient
+from faust.types import TP
 
 from stream_app.domain.learning import OnlineLearner
 from stream_app.domain.scoring import FraudScorer

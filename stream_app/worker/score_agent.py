@@ -29,8 +29,8 @@ from stream_app.domain.ingress import Ingress, capture, capture_key, card_of
 from stream_app.domain.learning import Captured
 from stream_app.domain.records import Source, alert_record, score_record
 from stream_app.domain.scoring import FraudScorer, Scored
-from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered, store_dict
-from stream_app.kafka.compat import acknowledge, micro_batches
+from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered
+from stream_app.kafka.compat import acknowledge, micro_batches, store_dict
 from stream_app.kafka.security import KafkaSecurity
 from stream_app.kafka.witness import written_since
 from stream_app.settings import Settings
@@ -183,8 +183,8 @@ class ScoreAgent:
         """Redelivered events that may lack outputs: read the output topics back, publish what is missing."""
         s, m = self.settings, self.metrics
         items, since = self.ledger.take_repairs()
-        found = await written_since(s.bootstrap_servers, delivery.witness_request(items, s.scores_topic, s.alerts_topic),
-                                    since, **self.security.client_kwargs())
+        wanted = delivery.witness_request(items, s.scores_topic, s.alerts_topic)
+        found = await written_since(s.bootstrap_servers, wanted, since, **self.security.client_kwargs())
         scored = self.scorer.score_many([r.tx for r in items], [r.features for r in items])
         plan = delivery.plan_repair(items, [x.is_alert for x in scored], found[s.scores_topic],
                                     delivery.alerted(found[s.alerts_topic]))

@@ -17,6 +17,7 @@ from stream_app.domain.ingress import Ingress
 from stream_app.domain.learning import OnlineLearner, PrequentialMetrics
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.scoring import FraudScorer
+from stream_app.kafka.compat import set_fetch_max_wait
 from stream_app.kafka.security import kafka_security
 from stream_app.kafka.transport import broker_url
 from stream_app.settings import Settings
@@ -102,7 +103,7 @@ class StreamApp:
             value_serializer="raw",
             consumer_auto_offset_reset="earliest",
         )
-        app.fetch_max_wait_ms = s.fetch_max_wait_ms  # read by the transport's consumer (kafka/compat.py)
+        set_fetch_max_wait(app, s.fetch_max_wait_ms)  # faust hard-codes 1500 ms (see kafka/compat.py)
         return app
 
     def _tables(self) -> dict[str, Any]:

@@ -20,9 +20,8 @@ from aiokafka import AIOKafkaProducer
 from outputs import PARTITIONS, produce, read_until
 
 from stream_app.devtools.worker_process import WorkerProcess
-from stream_app.domain.events import format_ts
+from stream_app.domain.events import Transaction, format_ts
 from stream_app.domain.features import DAY_MS, FEATURE_NAMES, featurize, tx_hash
-from stream_app.domain.events import Transaction
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 from stream_app.worker.delivery import decode_card
 
