@@ -40,12 +40,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import warnings
 from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
 from typing import IO, Any, cast
 
 import faust
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.exceptions import AlreadyConfiguredWarning
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -319,5 +321,8 @@ def tables_recovered(app: faust.App) -> bool:
 
 def stop_waiting_for_acks(app: faust.App) -> None:
     """Make the coming stop skip waiting for unacknowledged messages (faust would wait forever for a
-    batch that will never be acknowledged); what was acknowledged is still committed."""
-    app.conf.stream_wait_empty = False  # touch 14
+    batch that will never be acknowledged); what was acknowledged is still committed. The change is late on
+    purpose (faust reads the setting when it stops), so faust's warning about late settings is silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlreadyConfiguredWarning)
+        app.conf.stream_wait_empty = False  # touch 14
