@@ -43,7 +43,8 @@ def cli_help() -> str:
 
     os.environ["COLUMNS"] = "110"  # argparse wraps to the terminal width: fix it so the page is stable
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    # argparse has no public way to list a parser's subcommands
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     parts = ["## stream-app", "", "```text", parser.format_help().rstrip(), "```"]
     for name, command in sub.choices.items():
         parts += ["", f"## stream-app {name}", "", "```text", command.format_help().rstrip(), "```"]
@@ -110,11 +111,15 @@ def metrics_table() -> str:
 
     from stream_app.worker.metrics import Metrics
 
-    metrics = Metrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    # prometheus-client has no public accessor for a family's label names (only its children's samples)
+    labels = {m._name: m._labelnames for m in vars(metrics).values()  # noqa: SLF001
+              if isinstance(m, MetricWrapperBase)}
     suffix = {"counter": "_total", "info": "_info"}
-    rows = [f"| `{m._name}{suffix.get(m._type, '')}` | {m._type} | {', '.join(f'`{n}`' for n in m._labelnames)} | "
-            f"{_cell(m._documentation)} |"
-            for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    rows = [f"| `{family.name}{suffix.get(family.type, '')}` | {family.type} | "
+            f"{', '.join(f'`{n}`' for n in labels.get(family.name, ()))} | {_cell(family.documentation)} |"
+            for family in registry.collect()]
     return "\n".join(["| metric | type | labels | meaning |", "|---|---|---|---|", *rows])
 
 

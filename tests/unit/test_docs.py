@@ -65,7 +65,7 @@ def test_records_page_has_every_schema_field(site: Path) -> None:
     schemas = [json.loads(p.read_text()) for p in sorted((ROOT / "schemas").glob("*.schema.json"))]
     missing = [f"{s['title']}.{field}" for s in schemas for field in s["properties"]
                if f"<code>{field}</code>" not in page]
-    assert len(schemas) == 5 and f"<h2 id=\"transaction\">Transaction" in page.replace("\n", "") and not missing
+    assert len(schemas) == 5 and "<h2 id=\"transaction\">Transaction" in page.replace("\n", "") and not missing
 
 
 def test_http_page_and_openapi_file_match_the_worker(site: Path) -> None:
@@ -91,9 +91,14 @@ def test_metrics_page_lists_every_metric(site: Path) -> None:
     assert len(names) > 20 and not [n for n in names if f"<code>{n}" not in page]
 
 
+def _deployment_files() -> list[Path]:
+    return [*sorted((ROOT / "k8s").rglob("*.yaml")), *sorted((ROOT / "monitoring").rglob("*.yml")),
+            ROOT / "docker-compose.yml", ROOT / "Dockerfile"]
+
+
 def _code_files() -> list[Path]:
-    return [p for folder in ("stream_app", "tests", "benchmarks", "loadtests")
-            for p in sorted((ROOT / folder).rglob("*.py"))]
+    return [*(p for folder in ("stream_app", "tests", "benchmarks", "loadtests")
+              for p in sorted((ROOT / folder).rglob("*.py"))), *_deployment_files()]
 
 
 def test_docs_pages_named_in_the_code_exist() -> None:
@@ -108,13 +113,13 @@ def _readme_sections() -> set[str]:
 
 
 def test_code_names_only_readme_sections_that_exist() -> None:
-    """A mention of the README in the package must name one of its sections in quotes
-    (README "Quickstart"); the reference, how-to and explanations are in docs/ now."""
+    """A mention of the README in the package or the deployment files must name one of its sections in
+    quotes (README "Quickstart"); the reference, how-to and explanations are in docs/ now."""
     sections = _readme_sections()
     stale = []
-    for path in sorted((ROOT / "stream_app").rglob("*.py")):
+    for path in [*sorted((ROOT / "stream_app").rglob("*.py")), *_deployment_files()]:
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if "README" not in line.replace("shared/README.md", ""):
+            if "README" not in line.replace("README.md", ""):  # the file itself (COPY, shared/README.md)
                 continue
             named = re.findall(r'"([^"]+)"', line)
             if not named or not all(n in sections for n in named):
