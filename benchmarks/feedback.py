@@ -19,15 +19,15 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_app.kafka.topics import create_topics
-from stream_app.domain.features import featurize
-from stream_app.devtools.generator import GeneratorConfig, label_record, simulate
 from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.devtools.generator import GeneratorConfig, label_record, simulate
+from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.domain.features import featurize
 from stream_app.domain.learning import Example, OnlineLearner, PrequentialMetrics
+from stream_app.kafka.topics import create_topics
 from stream_app.models.river_model import RiverScorer
 from stream_app.models.stacker import Stacker
 from stream_app.settings import Settings
-from stream_app.devtools.worker_process import WorkerProcess
 
 
 def in_process(items: list) -> float:  # type: ignore[type-arg]

@@ -14,10 +14,10 @@ from collections import deque
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
-from stream_app.offline.evaluation import average_precision, roc_auc
-from stream_app.domain.features import featurize
 from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.features import featurize
 from stream_app.models.river_model import RiverScorer, default_pipeline
+from stream_app.offline.evaluation import average_precision, roc_auc
 
 
 def candidates() -> dict[str, compose.Pipeline]:

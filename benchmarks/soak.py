@@ -11,10 +11,10 @@ writes report.json and soak.png (RSS and lag over time) to --out and prints a ma
   RESULT minutes=… sent=… scored=… lost=… rss_start_mb=… rss_end_mb=… rss_max_mb=… max_lag=… errors=…
 
 ``minutes`` is the traffic's (the drain is in the report); ``sent`` counts valid transactions (malformed ones,
---malformed-rate, go to the DLQ and are reported by reason); ``lost`` = valid sent but never scored; ``max_lag`` = the largest "sent, not yet scored" seen;
-the worker's own consumer lag is in the report too. RSS growth per hour is the least-squares slope over
-the second half of the samples (the first half includes the warm-up: card states filling up), besides
-end - start. The worker's log stays in --out/worker/worker.log.
+--malformed-rate, go to the DLQ and are reported by reason); ``lost`` = valid sent but never scored;
+``max_lag`` = the largest "sent, not yet scored" seen; the worker's own consumer lag is in the report too.
+RSS growth per hour is the least-squares slope over the second half of the samples (the first half includes the
+warm-up: card states filling up), besides end - start. The worker's log stays in --out/worker/worker.log.
 Run: python benchmarks/soak.py [--minutes 30] [--rate 300] [--out soak-report]
 """
 
@@ -39,12 +39,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.kafka.topics import create_topics
-from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess, topic_env
+from stream_app.kafka.topics import create_topics
+from stream_app.settings import Settings
 
 PARTITIONS = 4
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
@@ -311,7 +311,8 @@ def main() -> int:
     parser.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
     parser.add_argument("--linger-ms", type=int, default=1000,
                         help="the generator's producer linger (records per batch); with --batch-window-ms, what keeps "
-                             "the embedded broker's batch count per partition below its fetch cliff (docs/notes/tansu.md)")
+                             "the embedded broker's batch count per partition below its fetch cliff "
+                             "(docs/notes/tansu.md)")
     parser.add_argument("--batch-window-ms", type=int, default=1000, help="the worker's STREAM_APP_BATCH_WINDOW_MS")
     args = parser.parse_args()
     if args.bootstrap and args.bootstrap.rsplit(":", 1)[0] not in LOOPBACK:

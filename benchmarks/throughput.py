@@ -26,21 +26,20 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream_app.kafka.topics import create_topics
-from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.broker import EmbeddedBroker, free_port
 from stream_app.devtools.children import die_with_parent
-from stream_app.kafka.topics import TopicSpec, ensure_topics
-from stream_app.settings import Settings
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.worker_process import WorkerProcess, topic_env
+from stream_app.kafka.topics import TopicSpec, create_topics, ensure_topics
+from stream_app.settings import Settings
 
 PARTITIONS = 4
 CONTENDERS = {"a": "passthrough", "b": "naive", "c": "faust", "d": "stream_app"}

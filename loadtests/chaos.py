@@ -54,16 +54,25 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from loadtests.ledger import (Check, LedgerEntry, LedgerWriter, OutputRecord, Outputs, check, read_all, read_ledger,
-                              read_outputs)
+from loadtests.ledger import (
+    Check,
+    LedgerEntry,
+    LedgerWriter,
+    OutputRecord,
+    Outputs,
+    check,
+    read_all,
+    read_ledger,
+    read_outputs,
+)
+from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.devtools.malformed import corrupt
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import FEATURE_NAMES, CardState, featurize
-from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.ingress import card_partition
-from stream_app.devtools.broker import EmbeddedBroker
-from stream_app.devtools.malformed import corrupt
 from stream_app.settings import Settings
-from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 
 def _now_ms() -> int:
@@ -173,7 +182,8 @@ class Load:
                     fut = await producer.send(self.topic, value, key=key, partition=partition)
                     if valid:
                         self.valid.append(tx)
-                    fut.add_done_callback(lambda f, tx_id=tx.tx_id, ok=valid, ms=_now_ms(): self._done(f, tx_id, ok, ms))
+                    sent_ms = _now_ms()
+                    fut.add_done_callback(lambda f, tx_id=tx.tx_id, ok=valid, ms=sent_ms: self._done(f, tx_id, ok, ms))
                     in_flight.append(fut)
                 if len(in_flight) > 5000:
                     await asyncio.gather(*in_flight, return_exceptions=True)
@@ -232,7 +242,8 @@ def feature_mismatches(valid: Sequence[Transaction], outputs: Outputs, horizon_m
         if want is None or got is None:
             continue
         values = [got.get(n) for n in FEATURE_NAMES]
-        if any(g is None or not math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9) for g, w in zip(values, want)):
+        pairs = zip(values, want, strict=True)
+        if any(g is None or not math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9) for g, w in pairs):
             bad.append(str(r.value["tx_id"]))
     return len(bad), bad
 
@@ -392,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_chaos(o)
     for line in report.check.lines():
         _say(line)
-    _say("takeover by input partition (s): " + ", ".join(f"p{p}={t:.1f}" for p, t in report.takeover_by_partition.items()))
+    takeovers = report.takeover_by_partition.items()
+    _say("takeover by input partition (s): " + ", ".join(f"p{p}={t:.1f}" for p, t in takeovers))
     if report.restarted_scored is not None:
         _say(f"restarted worker scored {report.restarted_scored} events after rejoining")
     for note in report.notes:

@@ -21,9 +21,9 @@ from loadtests.plots import write_plots
 from loadtests.profiles import RateProfile, parse_steps
 from loadtests.runner import LagSample, LoadOptions, LoadReport, Topics, run_load
 from stream_app.devtools.broker import EmbeddedBroker
-from stream_app.worker.logs import configure_logging
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.settings import Settings
+from stream_app.worker.logs import configure_logging
 
 
 def is_loopback(bootstrap: str) -> bool:

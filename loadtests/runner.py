@@ -373,7 +373,7 @@ async def _send(profile: RateProfile, planned: int, producer: AIOKafkaProducer, 
     """Send every event at its due time, never waiting for answers, until ``planned`` are sent, ``stop``
     is set or the run is more than SEND_GRACE_S behind the profile's end."""
     give_up = profile.duration_s + SEND_GRACE_S
-    for seq, (due, (tx_id, key, value, reason)) in enumerate(zip(profile.offsets(), events)):
+    for seq, (due, (tx_id, key, value, reason)) in enumerate(zip(profile.offsets(), events, strict=False)):
         if seq >= planned or stop.is_set():
             break
         now = book.now()

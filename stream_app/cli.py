@@ -360,7 +360,8 @@ exit codes: 0 written, 2 bad arguments or unusable data, 3 refused (the current 
     train.add_argument("--force", action="store_true",
                        help="replace the current model even when the new one scores worse on the same test rows")
     train.add_argument("--edge-trees", type=int, default=0,
-                       help="also export a small model (this many trees of depth 4) to OUTPUT_DIR/edge/ (default: none)")
+                       help="also export a small model (this many trees of depth 4) to OUTPUT_DIR/edge/ "
+                            "(default: none)")
     train.add_argument("--output-dir", default=None, help="where to write the model (default: the package)")
     train.set_defaults(func=cmd_train)
     return parser

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import urllib.request
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,15 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.domain.events import format_ts
-from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.broker import EmbeddedBroker
-from stream_app.domain.learning import PrequentialMetrics
+from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic, until_signalled
-from stream_app.kafka.topics import create_topics
-from stream_app.kafka.security import client_kwargs
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.domain.events import format_ts
+from stream_app.domain.learning import PrequentialMetrics
+from stream_app.kafka.security import client_kwargs
+from stream_app.kafka.topics import create_topics
+from stream_app.settings import Settings
 
 DRAIN_TIMEOUT_S = 20.0
 

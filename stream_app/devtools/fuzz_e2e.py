@@ -51,15 +51,24 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from stream_app.devtools.fuzz import (
+    FUZZ_KEY,
+    HORIZON_MS,
+    MAX_BYTES,
+    PANS,
+    Message,
+    Mutator,
+    label_messages,
+    pan_pattern,
+    transaction_messages,
+)
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
 from stream_app.domain.events import InvalidEvent, Label, Transaction, parse_label, parse_transaction
 from stream_app.domain.features import SEEN_CAP
-from stream_app.devtools.fuzz import FUZZ_KEY, HORIZON_MS, MAX_BYTES, PANS, Message, Mutator, label_messages, pan_pattern, \
-    transaction_messages
-from stream_app.kafka.security import client_kwargs
 from stream_app.domain.learning import ParkedLabel
 from stream_app.domain.pan import PanTokenizer, pan_digits
+from stream_app.kafka.security import client_kwargs
 from stream_app.settings import Settings
-from stream_app.devtools.worker_process import WorkerProcess, topic_env
 
 KAFKA_MESSAGE_MAX_BYTES = 1_048_588  # Apache Kafka's default message.max.bytes (Tansu 0.6.0 has no limit)
 PRODUCER_SLACK = 65_536  # the fuzzer's producer takes up to 2 × limit + this (headers, batch framing)
@@ -196,7 +205,8 @@ class Ledger:
     def predict(self, kind: str, message: Message, what: str) -> Entry | None:
         """The entry of ``message`` before it is sent: the outcome its bytes alone decide. None for a valid
         event whose tx_id or merchant_id holds a card number: such ids are the producer's, kept as sent
-        (docs/how-to/security.md, card numbers), so the fuzzer does not send them and its leak scan needs no exceptions."""
+        (docs/how-to/security.md, card numbers), so the fuzzer does not send them and its leak scan needs no
+        exceptions."""
         raw = message.value or b""  # the worker reads a null value as an empty message
         entry = Entry(kind, what, len(raw), message.key, 0, "")
         try:
@@ -630,7 +640,8 @@ def _health(port: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stream_app.devtools.fuzz_e2e", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stream_app.devtools.fuzz_e2e",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="messages of each kind (transactions, labels)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", default="", help="a running broker (default: start the embedded one)")
@@ -639,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a broker's message limit: sizes go up to twice it")
     parser.add_argument("--idle-s", type=float, default=20.0,
                         help="stop reading when nothing new came for this long (messages left are lost)")
-    parser.add_argument("--workdir", type=Path, default=None, help="the worker's data and log (default: a new temp dir)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="the worker's data and log (default: a new temp dir)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fuzz-e2e-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """What the worker decides for each input message, as pure functions (no Kafka, no Faust).
 
-The agents (:mod:`stream_app.worker.score_agent`, :mod:`stream_app.worker.label_agent`) call these for every message and only turn the outcome into
-sends and metrics, so the fuzz tests (``tests/unit/test_fuzz.py``, ``python -m stream_app.devtools.fuzz``) drive
-the worker's own decisions, not a copy. Every input ends as exactly one outcome kind:
+The agents (:mod:`stream_app.worker.score_agent`, :mod:`stream_app.worker.label_agent`) call these for every
+message and only turn the outcome into sends and metrics, so the fuzz tests (``tests/unit/test_fuzz.py``,
+``python -m stream_app.devtools.fuzz``) drive the worker's own decisions, not a copy. Every input ends as exactly
+one outcome kind:
 
 * transactions: ``scored`` (features computed; the caller scores), ``rekeyed`` (valid, but not keyed by
   its card or not in its card's partition: forwarded), ``dead_lettered`` (with a reason) or ``duplicate``;

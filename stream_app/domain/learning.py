@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import orjson
 
 from stream_app.domain.events import kept_json
-from stream_app.offline.evaluation import average_precision, roc_auc
-from stream_app.models.river_model import RiverScorer
-from stream_app.models.stacker import Stacker
 from stream_app.domain.records import Source, model_scores
 from stream_app.domain.scoring import Scored
+from stream_app.models.river_model import RiverScorer
+from stream_app.models.stacker import Stacker
+from stream_app.offline.evaluation import average_precision, roc_auc
 
 
 @dataclass(frozen=True, slots=True)

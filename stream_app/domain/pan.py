@@ -159,7 +159,8 @@ class PanTokenizer:
             try:
                 key = Path(settings.pan_key_file).read_bytes().rstrip(b"\r\n")
             except OSError as exc:
-                raise ValueError(f"STREAM_APP_PAN_KEY_FILE: cannot read {settings.pan_key_file}: {exc.strerror}") from None
+                raise ValueError(
+                    f"STREAM_APP_PAN_KEY_FILE: cannot read {settings.pan_key_file}: {exc.strerror}") from None
             if not key:
                 raise ValueError(f"STREAM_APP_PAN_KEY_FILE: {settings.pan_key_file} is empty")
         else:

@@ -55,11 +55,13 @@ def _build() -> dict[str, dict[str, Any]]:
             "merchant_id": {**_ID, "description": "Merchant / terminal id."},
             "amount": {"type": "number", "minimum": MIN_AMOUNT, "maximum": MAX_AMOUNT,
                        "description": "Amount in `currency`, from 0.001 (the smallest minor unit) to 1e9."},
-            "currency": {"enum": sorted(EUR_RATES), "description": "ISO 4217 code (the currencies with a reference rate)."},
+            "currency": {"enum": sorted(EUR_RATES),
+                         "description": "ISO 4217 code (the currencies with a reference rate)."},
             "timestamp": {"oneOf": [_TS, {"type": "integer", "minimum": 0, "exclusiveMaximum": MAX_TS_MS,
                                           "description": "epoch milliseconds"}],
                           "description": "Event time: RFC 3339 with offset, or epoch ms; from 1970 to 3000."},
-            "country": {"type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2 of the merchant."},
+            "country": {"type": "string", "pattern": "^[A-Z]{2}$",
+                        "description": "ISO 3166-1 alpha-2 of the merchant."},
             "channel": {"enum": sorted(CHANNELS), "description": "pos (card present), ecom, atm, moto (mail/phone)."},
             "mcc": {"type": "string", "pattern": "^[0-9]{4}$", "description": "ISO 18245 merchant category code."},
         }, tx_fields, extra=True),
@@ -70,7 +72,8 @@ def _build() -> dict[str, dict[str, Any]]:
             "source": {"enum": sorted(LABEL_SOURCES), "description": "Who gave the verdict."},
             "label_time": {**_TS, "description": "When the verdict was given."},
         }, ["tx_id", "card_id", "label", "source", "label_time"]),
-        "score": _schema("score", "Score", "One decision per valid transaction, published to `scores`, keyed by tx_id.", {
+        "score": _schema("score", "Score",
+                         "One decision per valid transaction, published to `scores`, keyed by tx_id.", {
             "tx_id": _ID, "card_id": _ID, "event_time": {**_TS, "description": "The transaction's event time."},
             "decision": {"enum": ["approve", "review", "decline"],
                          "description": "approve below the review threshold, review at or above it, decline at or "
@@ -84,7 +87,8 @@ def _build() -> dict[str, dict[str, Any]]:
                                       "decision was made; latency_ms: their difference.",
                        "properties": {"source_timestamp_ms": {"type": "integer"}, "scored_at_ms": {"type": "integer"},
                                       "latency_ms": {"type": "integer"}},
-                       "required": ["source_timestamp_ms", "scored_at_ms", "latency_ms"], "additionalProperties": False},
+                       "required": ["source_timestamp_ms", "scored_at_ms", "latency_ms"],
+                       "additionalProperties": False},
         }, ["tx_id", "card_id", "event_time", "decision", "risk_score", "scores", "model_versions", "policy",
             "features", "source", "timing"]),
         "alert": _schema("alert", "Fraud alert", "One alert per transaction decided review or decline, published to "
@@ -114,7 +118,8 @@ def _build() -> dict[str, dict[str, Any]]:
             "original_size": {"type": "integer", "minimum": 0,
                               "description": "Size of the whole original message in bytes."},
             "original_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
-                                "description": "SHA-256 (hex) of the whole original message after card-number masking."},
+                                "description": "SHA-256 (hex) of the whole original message after card-number "
+                                               "masking."},
             "original_truncated": {"type": "boolean",
                                    "description": "True when original_b64 holds less than the whole message."},
             "dead_lettered_at": _TS,

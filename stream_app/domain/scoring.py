@@ -106,7 +106,8 @@ class FraudScorer:
         if self.stacker is not None and self.stacker.ready:
             risks, policy = self.stacker.predict_proba_many(matrix, onnx_scores, river_scores), "stacked"
         else:
-            risks, policy = [self.policy.combine(o, r, labels) for o, r in zip(onnx_scores, river_scores)], "weighted"
+            pairs = zip(onnx_scores, river_scores, strict=True)
+            risks, policy = [self.policy.combine(o, r, labels) for o, r in pairs], "weighted"
         decide = self.policy.decide
         return [Scored(tx, row, o, r, risk, decide(risk), versions, policy, c)
                 for tx, row, o, r, risk, c in zip(txs, rows, onnx_scores, river_scores, risks, challenger_scores,

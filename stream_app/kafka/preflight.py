@@ -35,7 +35,7 @@ def check_broker(bootstrap: str, client_kwargs: dict[str, Any], timeout_s: float
     quiet.setLevel(logging.CRITICAL + 1)
     try:
         asyncio.run(_bootstrap(bootstrap, timeout_s, client_kwargs))
-    except (KafkaError, OSError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, KafkaError, OSError, ValueError) as exc:
         # aiokafka's own message lists resolved address tuples; what it hides (refused, unresolvable,
         # silent) is the same advice for the user.
         reason = (f"no answer within {timeout_s:.0f} s" if isinstance(exc, asyncio.TimeoutError)

@@ -26,14 +26,19 @@ from typing import Any, Final, Protocol, TextIO
 
 import orjson
 
-from stream_app.domain.events import (NO_PAN_KEY, DuplicateEvent, InvalidEvent, Transaction, parse_transaction,
-                               transaction_from_dict)
+from stream_app.domain.events import (
+    NO_PAN_KEY,
+    DuplicateEvent,
+    InvalidEvent,
+    Transaction,
+    parse_transaction,
+    transaction_from_dict,
+)
 from stream_app.domain.features import CardState, featurize
-from stream_app.models import checkpoint
 from stream_app.domain.pan import PanTokenizer
-from stream_app.domain.records import Source
-from stream_app.domain.records import decision_record
+from stream_app.domain.records import Source, decision_record
 from stream_app.domain.scoring import FraudScorer, Scored
+from stream_app.models import checkpoint
 from stream_app.settings import Settings
 
 BATCH_ROWS: Final = 4096  # rows per score_many call: amortises the onnxruntime call, bounds memory

@@ -40,12 +40,12 @@ from typing import Any, Final
 
 import numpy as np
 
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.drift import is_warm, reference_from_rows
-from stream_app.offline.evaluation import average_precision, precision_top_k_cards_per_day, roc_auc
 from stream_app.domain.events import InvalidEvent, Transaction, format_ts, transaction_from_dict
 from stream_app.domain.features import DAY_MS, FEATURE_NAMES, CardState, featurize
-from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.models.onnx_model import PACKAGED_MODEL, card_path, packaged_model_path, sha256_file
+from stream_app.offline.evaluation import average_precision, precision_top_k_cards_per_day, roc_auc
 
 #: The transaction fields a data file must provide (see ``stream_app.domain.events.transaction_from_dict``).
 TX_FIELDS: Final[tuple[str, ...]] = ("tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp",

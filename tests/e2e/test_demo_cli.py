@@ -7,8 +7,8 @@ import re
 import subprocess
 import sys
 
-
-DEMO_ENV = {**{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}, "STREAM_APP_DRIFT_WINDOW": "2000"}
+DEMO_ENV = {**{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
+            "STREAM_APP_DRIFT_WINDOW": "2000"}
 
 
 def _drift_line(stdout: str) -> str:

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import docker
 import pytest
-
-from stream_app.devtools.broker import EmbeddedBroker
 from outputs import PARTITIONS
 
-from stream_app.kafka.topics import create_topics
-from stream_app.kafka.topics import TopicSpec, ensure_topics
-from stream_app.settings import Settings
+from stream_app.devtools.broker import EmbeddedBroker
 from stream_app.devtools.worker_process import WorkerProcess, topic_env
+from stream_app.kafka.topics import TopicSpec, create_topics, ensure_topics
+from stream_app.settings import Settings
 
 HERE = Path(__file__).parent
 

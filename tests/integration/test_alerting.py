@@ -29,12 +29,12 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app.domain.features import DAY_MS
-from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.broker import free_port
+from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.publisher import TrafficPlan, TrafficReport, publish_traffic
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.domain.features import DAY_MS
+from stream_app.settings import Settings
 
 MONITORING = Path(__file__).parents[2] / "monitoring"
 RATE = 200.0

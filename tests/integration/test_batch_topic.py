@@ -18,10 +18,10 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from outputs import produce
 
-from stream_app.offline.batch import errors_path, load_scorer, read_file, run
-from stream_app.domain.events import format_ts
 from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.events import format_ts
 from stream_app.kafka.topic_reader import TopicRange, read_topic
+from stream_app.offline.batch import errors_path, load_scorer, read_file, run
 from stream_app.settings import Settings
 
 PARTITIONS = 2

@@ -26,8 +26,8 @@ from faust.transport import by_url
 import stream_app.kafka
 from stream_app.devtools.broker import EmbeddedBroker
 from stream_app.kafka.compat import Transport
-from stream_app.kafka.transport import broker_url, verified_highwaters
 from stream_app.kafka.topics import TopicSpec, ensure_topics
+from stream_app.kafka.transport import broker_url, verified_highwaters
 
 BATCH_RECORDS = 150
 TABLE_APP = Path(__file__).with_name("table_app.py")

@@ -3,8 +3,9 @@
 The first test is `python -m loadtests.chaos --restart --partitioner mixed` in small: every ledger entry
 accounted for (0 lost), 0 duplicate alerts and scores, a finite takeover, card state continuous across
 the takeover and the restart (each card's last stored state holds exactly its events), and the restarted
-worker scores again, while each event's producer partitioned it by murmur2, CRC-32 or FNV-1a. The second is the CRC-32 case alone, without a kill but
-with a rebalance: features equal to one uninterrupted pass, every event scored in its card's partition.
+worker scores again, while each event's producer partitioned it by murmur2, CRC-32 or FNV-1a. The second is the
+CRC-32 case alone, without a kill but with a rebalance: features equal to one uninterrupted pass, every event
+scored in its card's partition.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import time
 import uuid
 from pathlib import Path
 
+from outputs import scrape
+
 from loadtests.chaos import ChaosOptions, Load, feature_mismatches, run_chaos, wait_scored
 from loadtests.ledger import LedgerWriter, check, read_ledger
-from outputs import scrape
-from stream_app.kafka.topics import create_topics
-from stream_app.domain.ingress import card_partition
 from stream_app.devtools.broker import EmbeddedBroker
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess, topic_env
+from stream_app.domain.ingress import card_partition
+from stream_app.kafka.topics import create_topics
+from stream_app.settings import Settings
 
 
 def test_kill9_one_of_two_workers(kafka_bootstrap: str, tmp_path: Path) -> None:

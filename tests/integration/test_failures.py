@@ -18,16 +18,15 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from stream_app.cli import EXIT_WRITE_FAILED
-from stream_app.kafka.topics import create_topics
-from stream_app.devtools.generator import GeneratorConfig, simulate
-from stream_app.devtools.broker import EmbeddedBroker, free_port
-from stream_app.settings import Settings
-from stream_app.devtools.worker_process import WorkerProcess, topic_env
-
 from faults import ProduceBlackhole
 from outputs import PARTITIONS, produce, read_until, scrape
+
+from stream_app.cli import EXIT_WRITE_FAILED
+from stream_app.devtools.broker import EmbeddedBroker, free_port
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
+from stream_app.kafka.topics import create_topics
+from stream_app.settings import Settings
 
 STOP_BOUND_S = 10.0
 
@@ -144,7 +143,8 @@ def test_failed_write_stops_the_worker_unacknowledged(tmp_path: Path) -> None:
             first.stop()
         assert proxy.dropped > 0
         failures = [json.loads(line) for line in first.log().splitlines() if '"delivery.failed"' in line]
-        assert len(failures) == 1 and failures[0]["level"] == "error" and "STREAM_APP_DELIVERY_TIMEOUT_S" in failures[0]["hint"]
+        assert len(failures) == 1 and failures[0]["level"] == "error"
+        assert "STREAM_APP_DELIVERY_TIMEOUT_S" in failures[0]["hint"]
         assert seen_503, "readiness reported the failure while the worker stopped"
         assert counted == 0, "the metric counts what reached the dead-letter topic, not what was meant to"
 

@@ -17,13 +17,13 @@ import orjson
 import pytest
 from outputs import PARTITIONS, produce, read_until, scrape
 
-from stream_app.offline.evaluation import average_precision
-from stream_app.domain.features import FEATURE_NAMES
 from stream_app.devtools.generator import GeneratorConfig, LabeledTx, label_record, simulate
+from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.domain.features import FEATURE_NAMES
 from stream_app.models import checkpoint
 from stream_app.models.onnx_model import card_path, packaged_model_path, sha256_file
+from stream_app.offline.evaluation import average_precision
 from stream_app.settings import Settings
-from stream_app.devtools.worker_process import WorkerProcess
 
 KEY = "test-checkpoint-key"
 

@@ -17,10 +17,10 @@ import orjson
 import pytest
 from outputs import PARTITIONS, produce, read_until
 
-from stream_app.domain.features import FEATURE_NAMES
 from stream_app.devtools.generator import GeneratorConfig, simulate
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.domain.features import FEATURE_NAMES
+from stream_app.settings import Settings
 
 
 def call(w: WorkerProcess, path: str, body: bytes | None = None) -> tuple[int, Any]:

@@ -12,8 +12,8 @@ from outputs import PARTITIONS, produce, read_until, scrape
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.malformed import corrupt
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.settings import Settings
 
 
 def test_metrics_count_what_was_sent(kafka_bootstrap: str, app_env: dict[str, str], tmp_path: Path) -> None:

@@ -12,13 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from outputs import PARTITIONS, produce, read_until
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.malformed import corrupt
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess
-
-from outputs import PARTITIONS, produce, read_until
+from stream_app.settings import Settings
 
 
 def test_scores_alerts_dlq_and_replay(kafka_bootstrap: str, app_env: dict[str, str], worker: WorkerProcess) -> None:

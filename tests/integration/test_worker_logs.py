@@ -20,8 +20,8 @@ from outputs import PARTITIONS, read_until
 
 from stream_app.devtools.generator import GeneratorConfig
 from stream_app.devtools.publisher import TrafficPlan, publish_traffic
-from stream_app.settings import Settings
 from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.settings import Settings
 
 
 def json_lines(worker: WorkerProcess) -> list[dict[str, Any]]:

@@ -16,16 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stream_app.offline.batch import BatchResult, Progress, errors_path, flatten, read_file, run
 from stream_app.cli import main
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.decision import Policy
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import FEATURE_NAMES, featurize
-from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.scoring import FraudScorer
 from stream_app.models import checkpoint
 from stream_app.models.onnx_model import OnnxScorer
 from stream_app.models.river_model import RiverScorer
-from stream_app.domain.scoring import FraudScorer
+from stream_app.offline.batch import BatchResult, Progress, errors_path, flatten, read_file, run
 
 HORIZON_MS = 7 * 86_400_000
 FIELDS = ("tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp", "country", "channel", "mcc")

@@ -172,11 +172,11 @@ async def _worker_consumer_gets_the_app_fetch_wait() -> None:
     """Touches 5 and 7: the app's consumer runs our thread, whose aiokafka consumer has our fetch wait."""
     app = faust.App("compat-test", broker="tansu://localhost:1")
     compat.set_fetch_max_wait(app, 123)
-    thread = app.consumer._thread  # noqa: SLF001
+    thread = app.consumer._thread
     assert isinstance(app.consumer, compat.Consumer) and isinstance(thread, compat.ConsumerThread)
-    consumer = thread._create_worker_consumer(app.transport)  # noqa: SLF001
+    consumer = thread._create_worker_consumer(app.transport)
     try:
-        assert isinstance(consumer, AIOKafkaConsumer) and consumer._fetch_max_wait_ms == 123  # noqa: SLF001
+        assert isinstance(consumer, AIOKafkaConsumer) and consumer._fetch_max_wait_ms == 123
     finally:
         await consumer.stop()
 
@@ -186,7 +186,7 @@ def test_consumer_keeps_the_private_state_the_copied_drain_loop_uses() -> None:
     consumer = faust.App("compat-test", broker="tansu://localhost:1").consumer
     for name in ("_read_offset", "_n_acked", "_commit_every", "_stopped", "suspend_flow", "diag", "callback"):
         assert hasattr(consumer, name), f"faust's Consumer lost {name}: re-check touches 3-4 of compat.py"
-    assert consumer._read_offset[faust.types.TP("t", 0)] is None  # noqa: SLF001 - a defaultdict(None)
+    assert consumer._read_offset[faust.types.TP("t", 0)] is None  # a defaultdict(None)
 
 
 def test_partition_for_is_the_producers_choice() -> None:
@@ -198,8 +198,8 @@ async def _partition_for_is_the_producers_choice() -> None:
     producer = AIOKafkaProducer(bootstrap_servers="localhost:1")
     keys = [f"card-{i}".encode() for i in range(200)]
     assert [compat.partition_for(producer, k, [0, 1, 2, 3, 4]) for k in keys] == [partition_for(k, 5) for k in keys]
-    assert inspect.iscoroutinefunction(producer.client._wait_on_metadata)  # noqa: SLF001 - touch 9
-    assert list(inspect.signature(producer.client._wait_on_metadata).parameters) == ["topic"]  # noqa: SLF001
+    assert inspect.iscoroutinefunction(producer.client._wait_on_metadata)  # touch 9
+    assert list(inspect.signature(producer.client._wait_on_metadata).parameters) == ["topic"]
     await producer.stop()
 
 
@@ -242,7 +242,7 @@ def test_worker_hooks_run_around_modes_private_steps(monkeypatch: pytest.MonkeyP
 
     worker = Probe.__new__(Probe)  # mode's __init__ is not what is tested here
     worker.request_shutdown()
-    worker._setup_logging()  # noqa: SLF001
+    worker._setup_logging()
     assert calls == ["hook:SIGTERM", "mode:SIGTERM", "mode:logging", "hook:logging"]
 
 

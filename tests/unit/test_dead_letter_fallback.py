@@ -13,10 +13,10 @@ from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedEr
 from faust.exceptions import ProducerSendError
 from prometheus_client import CollectorRegistry
 
-from stream_app.worker.topology import StreamApp
 from stream_app.domain.events import NotJson
 from stream_app.domain.records import Source
 from stream_app.settings import Settings
+from stream_app.worker.topology import StreamApp
 
 SOURCE = Source("transactions", 1, 7, 0)
 

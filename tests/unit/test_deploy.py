@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from stream_app.cli import build_parser
-from stream_app.worker.http import PROBES
 from stream_app.settings import Settings, env_table
+from stream_app.worker.http import PROBES
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "k8s"

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.drift import (
     CALENDAR_FEATURES,
     SCORE,
@@ -27,7 +28,6 @@ from stream_app.domain.drift import (
 )
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import DAY_MS, FEATURE_NAMES, WINDOWS, featurize
-from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.models.onnx_model import OnnxScorer, packaged_model_path
 from stream_app.offline.training import build_dataset, replay
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_app.devtools.malformed import VARIANTS
 from stream_app.domain.events import (
     EUR_RATES,
     InvalidEvent,
@@ -19,7 +20,6 @@ from stream_app.domain.events import (
     parse_transaction,
     parse_ts,
 )
-from stream_app.devtools.malformed import VARIANTS
 
 GOOD = {
     "tx_id": "tx-1", "card_id": "card_abc", "merchant_id": "m_00001", "amount": 12.5, "currency": "EUR",

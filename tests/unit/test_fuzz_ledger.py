@@ -11,8 +11,15 @@ import pytest
 
 from stream_app.devtools import fuzz
 from stream_app.devtools.fuzz import Message
-from stream_app.devtools.fuzz_e2e import Collected, Ledger, Names, card_number_leaks, fuzz_messages, schema_violations, \
-    size_ladder
+from stream_app.devtools.fuzz_e2e import (
+    Collected,
+    Ledger,
+    Names,
+    card_number_leaks,
+    fuzz_messages,
+    schema_violations,
+    size_ladder,
+)
 from stream_app.domain.learning import ParkedLabel
 from stream_app.domain.pan import PanTokenizer
 
@@ -99,7 +106,8 @@ def test_missing_outputs_are_lost(ledger: Ledger) -> None:
     (lambda o: o.parsed["a"].append({"tx_id": "A", "card_id": "card_0001"}), "2 alert(s) for tx_id=A"),
     (lambda o: o.parsed["a"].append({"tx_id": "Z", "card_id": "card_0001"}), "scored=False"),
     (lambda o: o.parsed["ex"].append({"tx_id": "A"}), "example(s) for tx_id=A"),
-    (lambda o: o.parsed["t.dlq"].__setitem__(0, _dead_letter("wrong_type", "t", 0, 2)), "expected dead_lettered:invalid_json"),
+    (lambda o: o.parsed["t.dlq"].__setitem__(0, _dead_letter("wrong_type", "t", 0, 2)),
+     "expected dead_lettered:invalid_json"),
     (lambda o: o.parsed["t.dlq"].append(_dead_letter("late_event", "t", 0, 1)), "was dead_lettered:late_event"),
     (lambda o: o.parsed["t.dlq"].append(_dead_letter("invalid_json", "t", 3, 3)), "matches no message"),
     (lambda o: o.parsed["l.dlq"].append(_dead_letter("unknown_tx", "l", 2, 0)), "was dead_lettered:unknown_tx"),

@@ -9,7 +9,6 @@ from itertools import islice
 
 import pytest
 
-from stream_app.domain.events import EUR_RATES, format_ts, parse_transaction, parse_ts, transaction_from_dict
 from stream_app.devtools.generator import (
     COUNTRIES,
     FRAUD_PATTERNS,
@@ -18,6 +17,7 @@ from stream_app.devtools.generator import (
     label_record,
     simulate,
 )
+from stream_app.domain.events import EUR_RATES, format_ts, parse_transaction, parse_ts, transaction_from_dict
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

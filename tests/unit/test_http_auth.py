@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app.worker.http import PROBES, BearerAuth, openapi_document, register
 from stream_app.settings import Settings
+from stream_app.worker.http import PROBES, BearerAuth, openapi_document, register
 
 TOKEN = "tok-5d1e0b-secret"
 
@@ -58,7 +58,8 @@ def test_openapi_describes_the_bearer_scheme() -> None:
                                                                   "type": "http", "scheme": "bearer"}
     assert doc["security"] == [{"bearerAuth": []}]
     assert doc["paths"]["/health"]["get"]["security"] == [] and doc["paths"]["/ready"]["get"]["security"] == []
-    assert "401" in doc["paths"]["/score"]["post"]["responses"] and "401" in doc["paths"]["/metrics"]["get"]["responses"]
+    assert "401" in doc["paths"]["/score"]["post"]["responses"]
+    assert "401" in doc["paths"]["/metrics"]["get"]["responses"]
 
 
 def _stub(settings: Settings) -> Any:

@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.events import InvalidEvent, parse_label
 from stream_app.domain.features import FEATURE_NAMES, featurize
-from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.learning import Captured, Example, OnlineLearner, PrequentialMetrics
+from stream_app.domain.records import Source, score_record
+from stream_app.domain.scoring import Scored
 from stream_app.models import checkpoint
 from stream_app.models.river_model import RiverScorer
 from stream_app.models.stacker import Stacker
-from stream_app.domain.records import Source, score_record
-from stream_app.domain.scoring import Scored
 
 LABEL = {"tx_id": "tx-1", "card_id": "card_1", "label": "fraud", "source": "chargeback",
          "label_time": "2026-01-02T00:00:00Z"}

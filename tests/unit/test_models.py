@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app.domain.decision import Policy
-from stream_app.offline.evaluation import average_precision, roc_auc
-from stream_app.domain.features import FEATURE_NAMES, featurize
 from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.decision import Policy
+from stream_app.domain.features import FEATURE_NAMES, featurize
+from stream_app.domain.scoring import FraudScorer
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, packaged_model_path
 from stream_app.models.river_model import RiverScorer
-from stream_app.domain.scoring import FraudScorer
+from stream_app.offline.evaluation import average_precision, roc_auc
 
 HORIZON = 7 * 86_400_000
 
@@ -108,9 +108,9 @@ def test_batched_river_and_stacker_equal_their_row_by_row_predictions(fresh_data
         single = [river.predict_proba_one(r) for r in probe]
         np.testing.assert_allclose(batched, single, rtol=0, atol=1e-12)
         stacked = stacker.predict_proba_many(probe, onnx, batched)
-        np.testing.assert_allclose(stacked, [stacker.predict_proba_one(r, o, b) for r, o, b in zip(probe, onnx, batched)],
-                                   rtol=0, atol=1e-12)
-        for row, label in list(zip(rows, y))[step * 2000:(step + 1) * 2000]:
+        one_by_one = [stacker.predict_proba_one(r, o, b) for r, o, b in zip(probe, onnx, batched, strict=True)]
+        np.testing.assert_allclose(stacked, one_by_one, rtol=0, atol=1e-12)
+        for row, label in list(zip(rows, y, strict=True))[step * 2000:(step + 1) * 2000]:
             river.learn_one([*row[:-1], 1.0], bool(label))  # the last feature stays constant: zero variance
             stacker.learn_one(row, {"onnx": 0.5, "river": 0.2}, bool(label))
     assert len(set(np.round(batched, 6))) > 10, "the learned model separates rows"

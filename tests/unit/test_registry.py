@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stream_app.domain.features import FEATURE_NAMES, N_FEATURES, featurize
 from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.features import FEATURE_NAMES, N_FEATURES, featurize
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, packaged_model_path, sha256_file
 from stream_app.models.registry import ModelSlot, ModelWatcher, SwapResult, default_probe, validate_candidate
 from stream_app.offline.training import TrainConfig, train_and_export
@@ -98,7 +98,8 @@ BAD_MODELS = {
                           r"expected tensor\(float\) of shape \[batch, 2\]"),
     "fails at run time": (lambda t: tiny_onnx(t / "gather.onnx", "gather"),
                           r"scoring the probe batch failed: InvalidArgument"),
-    "constant output": (lambda t: tiny_onnx(t / "const.onnx", "constant"), r"constant model: the same probability 0\.5"),
+    "constant output": (lambda t: tiny_onnx(t / "const.onnx", "constant"),
+                        r"constant model: the same probability 0\.5"),
     "not probabilities": (lambda t: tiny_onnx(t / "lin.onnx", "linear"), r"probabilities outside \[0, 1\]"),
     "NaN output": (lambda t: tiny_onnx(t / "nan.onnx", "nan"), r"non-finite probabilities"),
     "missing card": (without_card, r"no model card beside"),

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from stream_app.cli import build_parser, main
-from stream_app.offline.evaluation import average_precision, roc_auc
-from stream_app.domain.features import DAY_MS
 from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.features import DAY_MS
 from stream_app.models.onnx_model import OnnxScorer
+from stream_app.offline.evaluation import average_precision, roc_auc
 from stream_app.offline.training import (
     REJECTS_FILE,
     TX_FIELDS,
