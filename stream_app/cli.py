@@ -109,8 +109,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                     else parse_ts(args.start_time, "--start-time"))
     except ValueError as exc:
         raise StartupError(f"{exc}, e.g. 2026-01-01T00:00:00Z or now") from None
-    config = GeneratorConfig(seed=args.seed, n_customers=args.customers, fraud_rate=args.fraud_rate,
-                             **({} if start_ms is None else {"start_ms": start_ms}))
+    start: dict[str, Any] = {} if start_ms is None else {"start_ms": start_ms}
+    config = GeneratorConfig(seed=args.seed, n_customers=args.customers, fraud_rate=args.fraud_rate, **start)
     plan = TrafficPlan(rate=args.rate, count=args.count, seconds=args.seconds, label_delay_s=args.label_delay,
                        malformed_rate=args.malformed_rate, wall_clock=start_ms is None)
     if plan.wall_clock:

@@ -77,7 +77,7 @@ class Tally:
 
     def crash(self, raw: bytes | None) -> None:
         if len(self.crashes) < 5:
-            self.crashes.append(f"{raw[:120]!r}\n{traceback.format_exc()}")
+            self.crashes.append(f"{raw if raw is None else raw[:120]!r}\n{traceback.format_exc()}")
         else:
             self.crashes.append("")
         self.outcomes["crash"] += 1
@@ -160,7 +160,7 @@ class Mutator:
                 "country": rng.choice(["FR", "DE", "US", "BR"]), "channel": rng.choice(["pos", "ecom", "atm", "moto"]),
                 "mcc": rng.choice(["5411", "5732", "6011"])}
 
-    def valid_label(self, scored: list[tuple[str, str]]) -> dict[str, Any]:
+    def valid_label(self, scored: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """A label for one of the ``scored`` (tx_id, card_id) pairs, mostly, or for a tx never scored."""
         rng = self.rng
         tx_id, card_id = (rng.choice(scored) if scored and rng.random() < 0.7

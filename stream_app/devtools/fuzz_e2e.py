@@ -258,13 +258,13 @@ class Ledger:
     def account(self, out: Collected, names: Names) -> None:
         """Fill each entry's ``actual`` from the records read so far and collect ``issues``."""
         self.issues = []
-        for e in self.entries:
-            e.actual = "refused" if e.refused else ""
+        for entry in self.entries:
+            entry.actual = "refused" if entry.refused else ""
         at = {(e.kind, e.partition, e.offset): e for e in self.entries if not e.refused}
         groups: dict[tuple[str, tuple[str, str]], list[Entry]] = defaultdict(list)
-        for e in self.entries:
-            if e.group is not None and not e.refused:
-                groups[(e.kind, e.group)].append(e)
+        for entry in self.entries:
+            if entry.group is not None and not entry.refused:
+                groups[(entry.kind, entry.group)].append(entry)
 
         def rekeyed_member(kind: str, group: tuple[str, str] | None) -> Entry | None:
             return next((e for e in groups.get((kind, group), []) if not e.direct and not e.actual), None) \

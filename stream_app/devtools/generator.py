@@ -544,13 +544,13 @@ def simulate(config: GeneratorConfig, days: float | None = None) -> Iterator[Lab
             events.append(heapq.heappop(pending)[2])
         events.sort(key=_by_ts)
 
-        for ts, c, m, amount, channel, pattern in events:
+        for ts, c, m, amount, channel, fraud_pattern in events:
             if end is not None and ts >= end:
                 return
             tx = Transaction(f"tx-{seed}-{n:010d}", card_id[c], m_id[m], amount, m_cur[m], ts,
                              m_country[m], channel, m_mcc[m])
             n += 1
-            yield LabeledTx(tx, pattern is not None, pattern)
+            yield LabeledTx(tx, fraud_pattern is not None, fraud_pattern)
         day += 1
 
 

@@ -55,7 +55,7 @@ def card_of(key: bytes) -> bytes:
 def card_partition(card_key: bytes, partitions: int) -> int:
     """The partition of a card's state and events: Kafka's default partitioner (Java client, aiokafka,
     kafkajs), the one the worker's producer uses for the card tables' changelogs and the re-key topics."""
-    return (murmur2(card_key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(card_key) & 0x7FFFFFFF) % partitions
 
 
 def in_card_partition(card_key: bytes, partition: int | None, partitions: int | None) -> bool:

@@ -73,7 +73,7 @@ def load(path: Path, key: bytes | None) -> Checkpoint:
 
 def latest(directory: Path, key: bytes | None) -> tuple[Checkpoint | None, list[str]]:
     """The newest checkpoint that passes its check, and the reasons newer ones were refused."""
-    refused = []
+    refused: list[str] = []
     for path in sorted(directory.glob(f"{PREFIX}*{SUFFIX}"), reverse=True):
         try:
             return load(path, key), refused

@@ -46,7 +46,7 @@ _PROBE_OFFSETS: Final = np.array([0.0, -0.5, 0.5, -1.0, 1.0, -2.0, 2.0, 3.0])  #
 def default_probe(card: Mapping[str, Any]) -> list[list[float]] | None:
     """64 deterministic rows from the card's ``feature_stats``: the legit and fraud means, the line
     between them and ± a few legit stds around it. None when the card has no usable stats."""
-    stats = card.get("feature_stats")
+    stats: Any = card.get("feature_stats")
     try:
         legit, std, fraud = (np.array([float(stats[name][key]) for name in FEATURE_NAMES])
                              for key in ("legit_mean", "legit_std", "fraud_mean"))

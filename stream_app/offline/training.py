@@ -402,7 +402,7 @@ def plot_pr_curve(path: Path, y: np.ndarray, scores: np.ndarray, label: str, thr
                 drawstyle="steps-pre", label=f"{name} (AP = {average_precision(y, s):.4f})")
     point = operating_point(y, scores, threshold)
     if point["flagged"]:
-        ax.plot([point["recall"]], [point["precision"]], "o", color="C3", markersize=8,
+        ax.plot([point["recall"] or 0.0], [point["precision"] or 0.0], "o", color="C3", markersize=8,
                 label=f"score >= {threshold:g} (review): precision {point['precision']:.3f}, "
                       f"recall {point['recall']:.3f}")
     else:
@@ -756,7 +756,8 @@ def rebuild_drift_reference(model_path: Path) -> dict[str, Any]:
     if "generator" not in history:
         raise ValueError(f"{path}: trained on a data file, not on generated history; retrain to rebuild its "
                          "drift reference")
-    gen = GeneratorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in history["generator"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in history["generator"].items()}
+    gen = GeneratorConfig(**fields)
     print(f"regenerating {history['days']} days of history ({gen}) ...", file=sys.stderr)
     data = build_dataset(gen, history["days"], TrainConfig().dedup_horizon_s * 1000)
     test = (data.ts_ms - gen.start_ms) // DAY_MS >= history["periods_days"]["test"][0]
