@@ -1,6 +1,6 @@
 """The `stream-app` command: demo, worker, broker, generate, train.
 
-Configuration comes from the environment (see README); flags only say what to do this time.
+Configuration comes from the environment (docs/reference/settings.md); flags only say what to do this time.
 """
 
 from __future__ import annotations
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
   card_id       card token (same format), never a raw card number
   merchant_id   merchant id (same format)
   amount        number > 0, in currency
-  currency      ISO 4217 code known to stream_app (see README)
+  currency      ISO 4217 code known to stream_app (docs/reference/records.md)
   timestamp     event time: RFC 3339 with an offset (2026-01-03T02:10:00Z) or epoch milliseconds
                 (Parquet: also a timezone-aware timestamp column)
   country       ISO 3166-1 alpha-2 of the merchant

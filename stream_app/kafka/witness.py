@@ -1,6 +1,6 @@
 """Read-your-own-outputs: which of some keys were written to a partition since a moment.
 
-Used after a takeover (see "Delivery guarantees" in README): a worker that was killed after the card
+Used after a takeover (see docs/concepts/delivery.md): a worker that was killed after the card
 state of a micro-batch reached the broker, but before its score and alert records did, leaves events
 whose redelivery the state recognises while their outputs may be missing. Without transactions only the
 output topics themselves can tell; this reads the tail of the partitions concerned, back to ``since_ms``.

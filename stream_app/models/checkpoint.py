@@ -2,7 +2,7 @@
 
 File layout: one JSON header line (version, examples offset, created, digest) then the pickle.
 The digest is an HMAC-SHA256 of the payload under ``STREAM_APP_CHECKPOINT_KEY``; without a key it
-is a plain SHA-256, which catches corruption but not tampering (README says so). A file whose
+is a plain SHA-256, which catches corruption but not tampering (docs/concepts/learning.md says so). A file whose
 digest does not match is refused: pickle must never see bytes we did not write.
 """
 
