@@ -11,7 +11,8 @@ from stream_app.domain.features import FEATURE_NAMES
 
 
 def default_pipeline() -> compose.Pipeline:
-    """Scaled logistic regression with Adam: the best of benchmarks/river_models.py (see docs/concepts/learning.md, "Choosing the River model")."""
+    """Scaled logistic regression with Adam: the best of benchmarks/river_models.py (see
+    docs/concepts/learning.md, "Choosing the River model")."""
     return compose.Pipeline(
         preprocessing.StandardScaler(),
         linear_model.LogisticRegression(optimizer=optim.Adam(0.001)),
