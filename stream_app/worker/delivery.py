@@ -64,7 +64,11 @@ def encode_card(state: CardState, entry: LedgerEntry | None) -> bytes:
 
 def decode_card(stored: bytes) -> tuple[CardState, LedgerEntry | None]:
     """A stored card's feature state and ledger entry, from format v1 or v2."""
-    obj = orjson.loads(stored)
+    return split_card(orjson.loads(stored))
+
+
+def split_card(obj: dict[str, Any]) -> tuple[CardState, LedgerEntry | None]:
+    """:func:`decode_card` of a stored card already parsed (tools that read the changelog as JSON)."""
     version = obj.get("v", 1)
     if version == 1:  # the feature state itself, the ledger entry inside it
         entry = obj.pop("unconfirmed", None)
