@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from aiokafka.partitioner import murmur2
-
 from stream_app.domain.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
 from stream_app.domain.features import CardState, featurize, load_once
 from stream_app.domain.learning import LEARNED, Captured, Example, ParkedLabel
 from stream_app.domain.pan import PanTokenizer
+from stream_app.domain.partitioner import kafka_partition
 
 TxKind = Literal["scored", "rekeyed", "dead_lettered", "duplicate"]
 LabelKind = Literal["joined", "parked", "rekeyed", "duplicate", "dead_lettered"]
@@ -55,7 +54,7 @@ def card_of(key: bytes) -> bytes:
 def card_partition(card_key: bytes, partitions: int) -> int:
     """The partition of a card's state and events: Kafka's default partitioner (Java client, aiokafka,
     kafkajs), the one the worker's producer uses for the card tables' changelogs and the re-key topics."""
-    return int(murmur2(card_key) & 0x7FFFFFFF) % partitions
+    return kafka_partition(card_key, partitions)
 
 
 def in_card_partition(card_key: bytes, partition: int | None, partitions: int | None) -> bool:

@@ -16,12 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java's, aiokafka's, Faust's) gives ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+from stream_app.domain.partitioner import kafka_partition
 
 
 async def written_since(bootstrap: str, wanted: Mapping[str, set[bytes]], since_ms: int, *,
@@ -44,7 +40,7 @@ async def written_since(bootstrap: str, wanted: Mapping[str, set[bytes]], since_
                 if n == 0:
                     raise ValueError(f"topic {topic!r} does not exist")
                 for key in topic_keys:
-                    keys.setdefault(TopicPartition(topic, partition_for(key, n)), set()).add(key)
+                    keys.setdefault(TopicPartition(topic, kafka_partition(key, n)), set()).add(key)
             tps = list(keys)
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)

@@ -12,8 +12,8 @@ import faust
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from stream_app.domain.partitioner import kafka_partition as partition_for
 from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered, ensure_metadata
-from stream_app.kafka.witness import partition_for
 
 KEYS = [f"card-{i}".encode() for i in range(100)]
 
