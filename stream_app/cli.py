@@ -63,7 +63,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     worker = _Worker(stream_app.app, loglevel=args.faust_log_level, quiet=True,
                      redirect_stdouts_level=logging.WARNING)
-    stream_app.request_stop = worker.request_shutdown
+    stream_app.health.request_stop = worker.request_shutdown  # how a failed write stops it: bounded
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode exits 0 after a stop, 1 after a crash

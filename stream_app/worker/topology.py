@@ -65,15 +65,6 @@ class StreamApp:
         """Why the worker is stopping after a failed write (None while writes succeed)."""
         return self.health.failure
 
-    @property
-    def request_stop(self) -> Any:
-        return self.health.request_stop
-
-    @request_stop.setter
-    def request_stop(self, stop: Any) -> None:
-        """How a failed write stops the worker: `stream-app worker` sets its faust Worker's bounded stop."""
-        self.health.request_stop = stop
-
     def _fail(self, exc: BaseException, where: str) -> None:
         self.health.fail(exc, where)
 
