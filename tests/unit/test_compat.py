@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CollectorRegistry, Histogram
 
+from stream_app.domain.partitioner import kafka_partition
 from stream_app.kafka import compat
-from stream_app.kafka.witness import partition_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARDED = ("faust-streaming", "mode-streaming", "aiokafka", "prometheus-client", "river")
@@ -197,7 +197,7 @@ async def _partition_for_is_the_producers_choice() -> None:
     """Touch 8: the producer's partitioner is Kafka's murmur2 one, called with (key, all, available)."""
     producer = AIOKafkaProducer(bootstrap_servers="localhost:1")
     keys = [f"card-{i}".encode() for i in range(200)]
-    assert [compat.partition_for(producer, k, [0, 1, 2, 3, 4]) for k in keys] == [partition_for(k, 5) for k in keys]
+    assert [compat.partition_for(producer, k, [0, 1, 2, 3, 4]) for k in keys] == [kafka_partition(k, 5) for k in keys]
     assert inspect.iscoroutinefunction(producer.client._wait_on_metadata)  # touch 9
     assert list(inspect.signature(producer.client._wait_on_metadata).parameters) == ["topic"]
     await producer.stop()

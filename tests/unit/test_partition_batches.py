@@ -12,7 +12,7 @@ import faust
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream_app.domain.partitioner import kafka_partition as partition_for
+from stream_app.domain.partitioner import kafka_partition
 from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered, ensure_metadata
 
 KEYS = [f"card-{i}".encode() for i in range(100)]
@@ -55,10 +55,10 @@ def test_records_go_where_send_would_put_them_one_batch_per_partition() -> None:
         return sent.batches, pending
 
     handed, pending = _run(scenario())
-    want = Counter(partition_for(k, 4) for k in KEYS)
+    want = Counter(kafka_partition(k, 4) for k in KEYS)
     assert pending == len(KEYS) + 1
     assert sorted(b for b in handed if b[0] == "scores") == sorted(("scores", p, n) for p, n in want.items())
-    assert [b for b in handed if b[0] == "alerts"] == [("alerts", partition_for(b"card-7", 2), 1)]
+    assert [b for b in handed if b[0] == "alerts"] == [("alerts", kafka_partition(b"card-7", 2), 1)]
 
 
 def test_a_full_batch_starts_another_and_send_empties_the_collection() -> None:
@@ -120,5 +120,5 @@ def test_batched_table_writes_the_store_and_its_changelog() -> None:
     data, handed, view = _run(scenario())
     assert data == {b"card-2|tx-2": b"state-2"} and dict(view) == data and len(view) == 1
     # three changelog records (two writes, one tombstone), partitioned by the card part of the key
-    want = Counter(partition_for(card, 4) for card in (b"card-1", b"card-2", b"card-1"))
+    want = Counter(kafka_partition(card, 4) for card in (b"card-1", b"card-2", b"card-1"))
     assert sorted(handed) == sorted((view.topic, p, n) for p, n in want.items())
