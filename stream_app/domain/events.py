@@ -28,8 +28,11 @@ EUR_RATES: Final[dict[str, float]] = {
 }
 CHANNELS: Final[frozenset[str]] = frozenset({"pos", "ecom", "atm", "moto"})
 MAX_AMOUNT: Final[float] = 1e9
-#: The smallest minor unit of any ISO 4217 currency (three decimals): a smaller amount is no payment, and
-#: a denormal one (5e-324) made a card's amount-to-mean ratio infinite.
+#: The smallest positive amount: the smallest minor unit of any ISO 4217 currency (three decimals). Zero is
+#: valid too (card-verification authorizations are 0.00), but nothing in between: an amount in (0, 0.001) is
+#: no amount any currency can charge, and accepting it would let a denormal (5e-324) back in, whose mean
+#: made a card's amount-to-mean ratio infinite. So every positive amount, and every positive mean of
+#: amounts, is at least 0.001 times the smallest EUR rate.
 MIN_AMOUNT: Final[float] = 0.001
 MAX_TS_MS: Final[int] = 32_503_680_000_000  # year 3000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -216,6 +219,7 @@ def _enum_field(obj: dict[str, Any], name: str, allowed: Collection[str]) -> str
 
 
 def _amount(obj: dict[str, Any]) -> float:
+    """0 (a card verification) or an amount from ``MIN_AMOUNT`` to ``MAX_AMOUNT``; see ``MIN_AMOUNT``."""
     value = obj.get("amount")
     if value is None:
         raise MissingField("missing field amount", "amount")
@@ -224,9 +228,9 @@ def _amount(obj: dict[str, Any]) -> float:
     amount = float(value)
     if not math.isfinite(amount):
         raise InvalidValue("amount must be finite", "amount")
-    if not MIN_AMOUNT <= amount <= MAX_AMOUNT:
-        raise InvalidValue(f"amount must be in [{MIN_AMOUNT:g}, {MAX_AMOUNT:g}]", "amount")
-    return amount
+    if not (amount == 0 or MIN_AMOUNT <= amount <= MAX_AMOUNT):
+        raise InvalidValue(f"amount must be 0 or in [{MIN_AMOUNT:g}, {MAX_AMOUNT:g}]", "amount")
+    return abs(amount)  # -0.0 is 0 (JSON Schema agrees): stored and echoed as 0.0
 
 
 def load_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:

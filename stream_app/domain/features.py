@@ -93,7 +93,13 @@ def compute_features(state: CardState, tx: Transaction) -> list[float]:
         _moments(*_bucket_stats(state["days"], day_idx - 6, day_idx)),
         _moments(*_bucket_stats(state["days"], day_idx - 29, day_idx)),
     )
+    # The amount against the card's 30 d mean: 1.0 ("as usual") when there is no spending to compare with,
+    # no history or only zero-amount card verifications, as for a card's first payment. A ratio to a zero
+    # mean is infinite, and any floor under it would make an arbitrary huge value that swamps the online
+    # model's running scaler. A positive mean is no denormal (the parser refuses amounts in (0, 0.001)),
+    # so the ratio to it is finite.
     mean_30d = windows[3][1]
+    amount_to_mean = amount / mean_30d if mean_30d > 0 else 1.0
 
     last_ts = state["last_ts"]
     since_prev = NO_PREVIOUS_S if last_ts is None else max(0.0, (ts - last_ts) / 1000.0)
@@ -112,7 +118,7 @@ def compute_features(state: CardState, tx: Transaction) -> list[float]:
         float((ts // DAY_MS + 3) % 7),  # 1970-01-01 was a Thursday; Monday = 0
         *(v for w in windows for v in w),
         min(since_prev, NO_PREVIOUS_S),
-        amount / mean_30d if mean_30d > 0 else 1.0,
+        amount_to_mean,
         float(merchants_1d),
         first_use,
         float(last_country is not None and last_country != tx.country),

@@ -53,8 +53,9 @@ def _build() -> dict[str, dict[str, Any]]:
             "tx_id": {**_ID, "description": "Unique transaction id (replays with the same id are recognised)."},
             "card_id": {**_ID, "description": "Card token; never a raw card number."},
             "merchant_id": {**_ID, "description": "Merchant / terminal id."},
-            "amount": {"type": "number", "minimum": MIN_AMOUNT, "maximum": MAX_AMOUNT,
-                       "description": "Amount in `currency`, from 0.001 (the smallest minor unit) to 1e9."},
+            "amount": {"type": "number", "anyOf": [{"const": 0}, {"minimum": MIN_AMOUNT, "maximum": MAX_AMOUNT}],
+                       "description": "Amount in `currency`: 0 (a card verification), or from 0.001 (the smallest "
+                                      "minor unit) to 1e9; nothing between 0 and 0.001."},
             "currency": {"enum": sorted(EUR_RATES),
                          "description": "ISO 4217 code (the currencies with a reference rate)."},
             "timestamp": {"oneOf": [_TS, {"type": "integer", "minimum": 0, "exclusiveMaximum": MAX_TS_MS,
