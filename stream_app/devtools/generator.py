@@ -33,6 +33,9 @@ from typing import Final
 from stream_app.domain.events import EUR_RATES, Transaction, format_ts
 
 FRAUD_PATTERNS: tuple[str, ...] = ("card_testing", "stolen_card_abroad", "amount_spike", "compromised_terminal")
+#: Patterns a config may add; off by default, so default streams (and the shipped model trained on them) stay
+#: as they were: ``GeneratorConfig(patterns=FRAUD_PATTERNS + EXTRA_PATTERNS)``.
+EXTRA_PATTERNS: tuple[str, ...] = ("compromised_merchant",)
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS
@@ -87,6 +90,7 @@ _NIGHT_HOURS: Final = 5.0  # compromised-terminal fraud happens between 00:00 an
 #: Mean fraudulent transactions per episode (from the ranges in the planners below).
 _MEAN_EPISODE: Final[dict[str, float]] = {
     "card_testing": 15.35, "stolen_card_abroad": 6.5, "amount_spike": 2.5, "compromised_terminal": 33.75,
+    "compromised_merchant": 157.5,
 }
 
 _PHYSICAL_MCCS: Final = frozenset({"5411", "5812", "5814", "5541", "5999", "5311", "5691", "5912", "5732", "6011"})
@@ -119,9 +123,9 @@ class GeneratorConfig:
             raise ValueError("n_merchants must be >= 20 (every MCC and some foreign merchants are needed)")
         if not 0.0 <= self.fraud_rate < 1.0:
             raise ValueError("fraud_rate must be in [0, 1)")
-        unknown = sorted({*self.patterns, *self.drift_patterns} - set(FRAUD_PATTERNS))
+        unknown = sorted({*self.patterns, *self.drift_patterns} - {*FRAUD_PATTERNS, *EXTRA_PATTERNS})
         if unknown:
-            raise ValueError(f"unknown fraud patterns {unknown}; known: {FRAUD_PATTERNS}")
+            raise ValueError(f"unknown fraud patterns {unknown}; known: {FRAUD_PATTERNS + EXTRA_PATTERNS}")
         if self.drift_at_day is not None and not math.isfinite(self.drift_at_day):
             raise ValueError("drift_at_day must be finite")
 
@@ -475,6 +479,27 @@ class _World:
         out.sort(key=_by_ts)
         return out
 
+    def compromised_merchant(self, start: int) -> list[_Event]:
+        """A compromised shop, 14-28 days: each day 3-12 cards are defrauded *at it*, in daytime, with
+        amounts like their own spending. Nothing in a card's history looks unusual; only the shop's fraud
+        rate, once its first labels arrive, does (public simulators' "compromised terminal")."""
+        r = self.r
+        if not self.terminals:
+            return []
+        m = r.choice(self.terminals)
+        tz = self.m_tz[m]
+        local = self.by_home.get(self.m_country[m])
+        out: list[_Event] = []
+        for day in range(r.randint(14, 28)):
+            for _ in range(r.randint(3, 12)):
+                c = r.choice(local) if local and r.random() < 0.8 else r.randrange(len(self.card_id))
+                t = _at_local_hour(start + day * DAY_MS, r.uniform(8.0, 20.0), tz)
+                out.append((t, c, m, self._amount(m, self.typical[c] * r.uniform(0.5, 1.5), "pos"), "pos",
+                            "compromised_merchant"))
+                self.used[c].add(m)
+        out.sort(key=_by_ts)
+        return out
+
 
 def simulate(config: GeneratorConfig, days: float | None = None) -> Iterator[LabeledTx]:
     """Transactions in non-decreasing event-time order; endless when days is None.
@@ -491,6 +516,7 @@ def simulate(config: GeneratorConfig, days: float | None = None) -> Iterator[Lab
         "stolen_card_abroad": world.stolen_card_abroad,
         "amount_spike": world.amount_spike,
         "compromised_terminal": world.compromised_terminal,
+        "compromised_merchant": world.compromised_merchant,
     }
     start = config.start_ms
     end = None if days is None else start + int(days * DAY_MS)
@@ -504,6 +530,9 @@ def simulate(config: GeneratorConfig, days: float | None = None) -> Iterator[Lab
     # spawn at once on day 0 and short runs would overshoot the rate; this offset measured least
     # biased (episodes overshoot their budget, and the last day's budget is partly unspent).
     budget = {p: -r.uniform(0.0, 0.5 * _MEAN_EPISODE[p]) for p in FRAUD_PATTERNS}
+    for extra in EXTRA_PATTERNS:  # drawn only when asked for: default streams keep their random sequence
+        if extra in config.patterns or extra in config.drift_patterns:
+            budget[extra] = -r.uniform(0.0, 0.5 * _MEAN_EPISODE[extra])
     pending: list[tuple[int, int, _Event]] = []
     seq = 0
     n = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -11,6 +12,7 @@ import pytest
 
 from stream_app.devtools.generator import (
     COUNTRIES,
+    EXTRA_PATTERNS,
     FRAUD_PATTERNS,
     GeneratorConfig,
     LabeledTx,
@@ -264,6 +266,32 @@ def test_compromised_terminal_is_night_fraud_by_new_cards(
     assert max(max(v) - min(v) for v in by_merchant.values()) > DAY_MS  # lasts several days
     ratios = [i.tx.amount_eur / legit_median[i.tx.card_id] for i in fraud if i.tx.card_id in legit_median]
     assert statistics.median(ratios) > 2.5
+
+
+def test_compromised_merchant_is_weeks_of_ordinary_looking_fraud_at_one_shop() -> None:
+    config = GeneratorConfig(seed=3, n_customers=800, fraud_rate=0.03, patterns=EXTRA_PATTERNS)
+    items = list(simulate(config, days=30))
+    fraud = [i for i in items if i.is_fraud]
+    assert fraud and {i.pattern for i in fraud} == {"compromised_merchant"}
+    by_merchant: dict[str, list[LabeledTx]] = defaultdict(list)
+    for i in fraud:
+        by_merchant[i.tx.merchant_id].append(i)
+    longest = max(by_merchant.values(), key=len)
+    assert max(i.tx.ts_ms for i in longest) - min(i.tx.ts_ms for i in longest) > 10 * DAY_MS
+    assert len({i.tx.card_id for i in longest}) > 30  # many cards, each defrauded at the same shop
+    legit = statistics.median(i.tx.amount_eur for i in items if not i.is_fraud)
+    assert 0.3 < statistics.median(i.tx.amount_eur for i in fraud) / legit < 3  # amounts like anyone's
+    assert all(i.tx.channel == "pos" and 8 <= _local_hour(i.tx.ts_ms, i.tx.country) < 21 for i in fraud)
+
+
+def test_extra_patterns_leave_default_streams_as_they_were() -> None:
+    """Default configs draw no randomness for the extra patterns: the shipped model's data is unchanged
+    (the digest is the default stream's before the extra patterns existed, at commit d251602)."""
+    digest = hashlib.sha256()
+    for i in simulate(GeneratorConfig(seed=5, n_customers=200), days=3):
+        digest.update(i.tx.to_bytes())
+        digest.update(str(i.pattern).encode())
+    assert digest.hexdigest() == "79fd70f5fdd93367434760b608f0ffd0edde7b9bf63edd253f7419ec1b755df3"
 
 
 @pytest.mark.parametrize("drift_at_day", [4.0, 3.5])

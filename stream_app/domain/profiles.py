@@ -1,0 +1,201 @@
+"""Entity profiles beyond the card, with risk learned from labels: plain functions over plain data.
+
+A profile watches one entity (a merchant or terminal, a device, an IP address, ...) across every card
+that pays there, so fraud at a compromised merchant — each card defrauded once, the merchant over and
+over — is visible where a card's own history is not. Entities are declared once (:class:`EntitySpec`)
+and the same functions serve the stream, HTTP, batch and training, like the card's features.
+
+A profile is a JSON-serialisable dict, bounded (day and hour buckets of the last 30 days, a 64-register
+HyperLogLog of the cards seen, label buckets of the last 30 days): about 1-2 KB whatever the traffic.
+
+**Label-derived risk, without leaks.** Labels are folded in as they *arrive* (:func:`learn_label`), so
+a profile only ever holds labels that arrived before whatever is scored next — provided the caller
+replays transactions and labels in arrival order, as the stream does by construction and training must.
+As a guard, a label is counted at event time ``t`` only when it arrived on ``t``'s day or before. Fraud
+*shares* are taken over transactions old enough for their labels to have arrived (``maturity_days``):
+a recent transaction without a label is "not known yet", not "legitimate". Shares are shrunk toward a
+prior rate (the global one, or the merchant category's) with the weight of ``prior_weight`` transactions,
+so a new entity's 0/0 reads as the prior, not as 0.
+
+**Common point of compromise.** When a card's first fraud label arrives, the merchants the card paid at
+in the weeks before that fraud gain compromise evidence (:func:`compromise_suspects`): skimmed cards are
+defrauded elsewhere, later, so a merchant that many defrauded cards visited stands out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from stream_app.domain.events import Transaction
+from stream_app.domain.features import DAY_MS, HOUR_MS, CardState, _add_to_bucket, _bucket_stats, _moments
+
+Profile = dict[str, Any]
+
+HLL_BITS: Final = 6  # 64 registers: about 13 % standard error on distinct counts, 64 bytes of state
+_HLL_M: Final = 1 << HLL_BITS
+KEEP_DAYS: Final = 30
+RISK_WINDOWS: Final = (1, 7, 30)  # days, for fraud labels arrived and compromise evidence
+SHARE_WINDOWS: Final = (7, 30)  # days, for fraud shares over mature transactions
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySpec:
+    """An entity to profile: its name (feature prefix) and the transaction field that identifies it."""
+
+    name: str
+    field: str
+
+    def key(self, tx: Transaction) -> str | None:
+        value = getattr(tx, self.field, None)
+        return None if value in (None, "") else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSettings:
+    """How labels become features: when a transaction's label is due, and how new entities are shrunk."""
+
+    maturity_days: int = 7  # transactions younger than this have no label *yet*
+    prior_weight: float = 20.0  # pseudo-transactions at the prior rate added to every share
+    ttl_days: int = 60  # a profile idle this long is dropped (expired)
+
+
+def feature_names(spec: EntitySpec) -> tuple[str, ...]:
+    n = spec.name
+    return (
+        *(f"{n}_{stat}_{w}" for w in ("1h", "1d", "7d", "30d") for stat in ("count", "mean_amount", "std_amount")),
+        f"{n}_distinct_cards",
+        f"{n}_age_days",
+        f"{n}_n_total",
+        *(f"{n}_fraud_labels_{d}d" for d in RISK_WINDOWS),
+        *(f"{n}_fraud_share_{d}d" for d in SHARE_WINDOWS),
+        *(f"{n}_compromise_{d}d" for d in RISK_WINDOWS),
+        f"{n}_compromise_per_card_30d",
+    )
+
+
+def new_profile() -> Profile:
+    return {"first_ts": None, "last_ts": None, "n": 0, "hours": [], "days": [], "hll": [0] * _HLL_M,
+            "fraud_by_tx_day": [], "fraud_arrived": [], "compromise": []}
+
+
+def _hll_add(registers: list[int], item: str) -> None:
+    h = int.from_bytes(hashlib.blake2b(item.encode(), digest_size=8).digest(), "big")
+    idx, rest = h >> (64 - HLL_BITS), h & ((1 << (64 - HLL_BITS)) - 1)
+    rank = (64 - HLL_BITS) - rest.bit_length() + 1
+    if rank > registers[idx]:
+        registers[idx] = rank
+
+
+def hll_count(registers: Sequence[int]) -> float:
+    """HyperLogLog estimate (with the small-range correction: exact-ish for a few dozen cards)."""
+    m = len(registers)
+    estimate = 0.709 * m * m / sum(2.0 ** -r for r in registers)
+    zeros = registers.count(0)
+    if estimate <= 2.5 * m and zeros:
+        return m * math.log(m / zeros)
+    return estimate
+
+
+def _add_count(buckets: list[list[float]], day: int, n: float, keep_from: int) -> None:
+    for bucket in buckets:
+        if bucket[0] == day:
+            bucket[1] += n
+            break
+    else:
+        buckets.append([day, n])
+        buckets.sort(key=lambda b: b[0])
+    while buckets and buckets[0][0] < keep_from:
+        buckets.pop(0)
+
+
+def _sum(buckets: list[list[float]], lo: int, hi: int) -> float:
+    return sum(b[1] for b in buckets if lo <= b[0] <= hi)
+
+
+def observe(profile: Profile, tx: Transaction) -> None:
+    """Fold a scored transaction into its entity's profile (after its features were computed)."""
+    ts, amount = tx.ts_ms, tx.amount_eur
+    newest = ts if profile["last_ts"] is None else max(profile["last_ts"], ts)
+    if profile["first_ts"] is None or ts < profile["first_ts"]:
+        profile["first_ts"] = ts
+    profile["last_ts"] = newest
+    profile["n"] += 1
+    _add_to_bucket(profile["hours"], ts // HOUR_MS, amount, newest // HOUR_MS - 23)
+    _add_to_bucket(profile["days"], ts // DAY_MS, amount, newest // DAY_MS - (KEEP_DAYS - 1))
+    _hll_add(profile["hll"], tx.card_id)
+
+
+def learn_label(profile: Profile, tx_ts_ms: int, arrived_ms: int, is_fraud: bool) -> None:
+    """A label for one of the entity's transactions arrived: fraud counts by the transaction's day (for
+    shares over mature transactions) and by the label's arrival day (for "frauds reported lately")."""
+    if not is_fraud:
+        return  # the denominators are the transactions themselves: a legit label changes no count
+    keep_from = max(tx_ts_ms, arrived_ms, profile["last_ts"] or 0) // DAY_MS - (KEEP_DAYS - 1)
+    _add_count(profile["fraud_by_tx_day"], tx_ts_ms // DAY_MS, 1, keep_from)
+    _add_count(profile["fraud_arrived"], arrived_ms // DAY_MS, 1, keep_from)
+
+
+def add_compromise_evidence(profile: Profile, arrived_ms: int, weight: float = 1.0) -> None:
+    """A defrauded card had paid here before its fraud (see :func:`compromise_suspects`)."""
+    _add_count(profile["compromise"], arrived_ms // DAY_MS, weight, arrived_ms // DAY_MS - (KEEP_DAYS - 1))
+
+
+def compromise_suspects(card: CardState, first_fraud_ts: int, lookback_days: int = 30) -> list[str]:
+    """The merchants a card paid at in the ``lookback_days`` before its first fraud (the card's merchant
+    memory: its last visit to each of its recent merchants)."""
+    lo = first_fraud_ts - lookback_days * DAY_MS
+    return [merchant for merchant, seen_ts in card["merch"] if lo <= seen_ts < first_fraud_ts]
+
+
+def features(profile: Profile | None, tx: Transaction, prior_rate: float, risk: RiskSettings) -> list[float]:
+    """The entity's features for ``tx``, from its history *before* ``tx`` (``profile`` is not modified;
+    None: an entity never seen). In the order of :func:`feature_names`."""
+    p = profile if profile is not None else new_profile()
+    ts = tx.ts_ms
+    hour, day = ts // HOUR_MS, ts // DAY_MS
+    windows = (
+        _moments(*_bucket_stats(p["hours"], hour, hour)),  # the current hour bucket: 1 h at bucket resolution
+        _moments(*_bucket_stats(p["hours"], hour - 23, hour)),
+        _moments(*_bucket_stats(p["days"], day - 6, day)),
+        _moments(*_bucket_stats(p["days"], day - 29, day)),
+    )
+    age_days = 0.0 if p["first_ts"] is None else max(0.0, (ts - p["first_ts"]) / DAY_MS)
+    shares = []
+    for w in SHARE_WINDOWS:
+        lo, hi = day - w, day - risk.maturity_days
+        mature_n = _bucket_stats(p["days"], lo, hi)[0] if hi >= lo else 0.0
+        frauds = _sum(p["fraud_by_tx_day"], lo, hi) if hi >= lo else 0.0
+        shares.append((frauds + risk.prior_weight * prior_rate) / (mature_n + risk.prior_weight))
+    distinct = hll_count(p["hll"]) if p["n"] else 0.0
+    compromise = [_sum(p["compromise"], day - d + 1, day) for d in RISK_WINDOWS]
+    return [
+        *(v for stats in windows for v in stats),
+        distinct,
+        age_days,
+        float(p["n"]),
+        *(_sum(p["fraud_arrived"], day - d + 1, day) for d in RISK_WINDOWS),  # arrived on t's day or before
+        *shares,
+        *compromise,
+        compromise[-1] / max(distinct, 1.0),  # a common stop of every card is no suspect; a skimmer's share is high
+    ]
+
+
+def expired(profile: Profile, now_ms: int, risk: RiskSettings) -> bool:
+    """Idle longer than the TTL: nothing of it is in any window any more; the caller drops it."""
+    last = profile["last_ts"]
+    return last is not None and last < now_ms - risk.ttl_days * DAY_MS
+
+
+def entity_features(specs: Sequence[EntitySpec], profiles: Mapping[tuple[str, str], Profile], tx: Transaction,
+                    prior_rate: float, risk: RiskSettings) -> list[float]:
+    """Every declared entity's features for ``tx``, concatenated in declaration order (``profiles`` keyed
+    by (entity name, entity id)); an event without the entity's field gets a never-seen profile."""
+    row: list[float] = []
+    for spec in specs:
+        key = spec.key(tx)
+        row.extend(features(None if key is None else profiles.get((spec.name, key)), tx, prior_rate, risk))
+    return row
