@@ -154,8 +154,9 @@ class Mutator:
     def valid_tx(self) -> dict[str, Any]:
         rng = self.rng
         self.n += 1
+        amount = 0.0 if rng.random() < 0.05 else round(rng.uniform(0.01, 5000), 2)  # 0.00: a card verification
         return {"tx_id": f"tx-{self.n:08d}", "card_id": self.card(), "merchant_id": f"m_{rng.randrange(50)}",
-                "amount": round(rng.uniform(0.01, 5000), 2), "currency": rng.choice(list(EUR_RATES)),
+                "amount": amount, "currency": rng.choice(list(EUR_RATES)),
                 "timestamp": format_ts(T0 + self.n * 1000) if rng.random() < 0.5 else T0 + self.n * 1000,
                 "country": rng.choice(["FR", "DE", "US", "BR"]), "channel": rng.choice(["pos", "ecom", "atm", "moto"]),
                 "mcc": rng.choice(["5411", "5732", "6011"])}

@@ -60,6 +60,7 @@ VARIANTS: tuple[tuple[str, Callable[[Transaction, random.Random], bytes], str], 
     ("amount_as_text", _with("amount", "12.50"), "wrong_type"),
     ("nan_amount", _nan_amount, "invalid_json"),
     ("negative_amount", _with("amount", -5.0), "invalid_value"),
+    ("sub_minor_unit_amount", _with("amount", 0.0005), "invalid_value"),  # 0 is valid, (0, 0.001) is not
     ("unknown_currency", _with("currency", "XXX"), "unknown_currency"),
     ("bad_timestamp", _with("timestamp", "yesterday"), "invalid_value"),
     ("oversized", _oversized, "message_too_large"),

@@ -4,8 +4,10 @@ computes, every model score and every drift PSI stays finite."""
 
 from __future__ import annotations
 
+import csv
 import math
 from functools import cache
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from stream_app.cli import main
 from stream_app.domain.drift import DriftMonitor
 from stream_app.domain.events import EUR_RATES, MIN_AMOUNT, NO_PAN_KEY, InvalidEvent, parse_transaction
 from stream_app.domain.features import DAY_MS, FEATURE_NAMES, CardState, featurize
@@ -22,6 +25,7 @@ from stream_app.domain.records import Source, dead_letter_record
 from stream_app.domain.schemas import load_schema
 from stream_app.models.onnx_model import OnnxScorer
 from stream_app.models.river_model import RiverScorer
+from stream_app.offline.batch import errors_path
 
 T0 = 1_767_225_600_000  # 2026-01-01
 HORIZON_MS = 7 * DAY_MS
@@ -129,3 +133,27 @@ def test_any_mix_of_zero_tiny_and_normal_amounts_gives_finite_features_scores_an
     monitor.update_many(rows, scores[0].tolist(), [True] * len(rows))
     psi = monitor.psi()
     assert psi and all(math.isfinite(v) for v in psi.values())
+
+
+def test_stream_app_batch_scores_zero_amounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stream-app batch` on a CSV (amounts as text, as a spreadsheet writes them): 0.00 and 0 are scored,
+    -1 and 0.0005 land in the errors file as invalid_value."""
+    monkeypatch.setenv("STREAM_APP_DATA_DIR", str(tmp_path / "data"))
+    amounts = ["0.00", "0", "25.00", "-1", "0.0005", "0.00"]
+    source = tmp_path / "in.csv"
+    with source.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp", "country",
+                         "channel", "mcc"])
+        writer.writerows([f"b-{i}", "card_1", "m_1", a, "EUR", T0 + i * 60_000, "FR", "ecom", "5411"]
+                         for i, a in enumerate(amounts))
+    output = tmp_path / "out.jsonl"
+    assert main(["batch", "--input", str(source), "--output", str(output)]) == 0
+    scored = {r["tx_id"]: r for r in map(orjson.loads, output.read_bytes().splitlines())}
+    assert set(scored) == {"b-0", "b-1", "b-2", "b-5"}
+    assert all(math.isfinite(v) for r in scored.values() for v in r["features"].values())
+    assert scored["b-1"]["features"]["amount_to_mean_30d"] == 1.0  # a zero mean: nothing to compare with
+    assert scored["b-5"]["features"]["amount_to_mean_30d"] == 0.0
+    refused = [orjson.loads(line) for line in errors_path(output).read_bytes().splitlines()]
+    assert [(e["row"], e["reason"], e["field"]) for e in refused] == [(4, "invalid_value", "amount"),
+                                                                      (5, "invalid_value", "amount")]
