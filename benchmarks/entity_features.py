@@ -94,7 +94,7 @@ def evaluate(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
     days = np.array([x.tx.ts_ms // DAY_MS for x in test])
     card_ids = np.array([x.tx.card_id for x in test])
     result = {"auc": roc_auc(y, scores), "ap": average_precision(y, scores),
-              f"cp@{k}": precision_top_k_cards_per_day(days, card_ids, y, scores, k)}
+              f"cp@{k}": precision_top_k_cards_per_day(days, card_ids, y, scores, k, drop_known=True)}
     legit = ~y
     for pattern in FRAUD_PATTERNS + EXTRA_PATTERNS:
         mask = np.array([x.pattern == pattern for x in test])

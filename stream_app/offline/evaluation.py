@@ -42,16 +42,24 @@ def average_precision(y_true: Sequence[int] | np.ndarray, scores: Sequence[float
 
 
 def precision_top_k_cards_per_day(days: np.ndarray, cards: np.ndarray, y_true: np.ndarray,
-                                  scores: np.ndarray, k: int) -> float:
-    """Each day, rank cards by their highest score; the share of the top k that had a fraud."""
+                                  scores: np.ndarray, k: int, *, drop_known: bool = False) -> float:
+    """Each day, rank cards by their highest score; the share of the top k that had a fraud.
+
+    ``drop_known``: the field's *card precision@k* (the Fraud Detection Handbook's protocol) — a card
+    detected as compromised on an earlier day (a fraud among that day's top k) is left out of later days'
+    rankings: it is blocked already, and reviewing it again finds nothing new."""
     per_day = []
+    known: set[object] = set()
     for day in np.unique(days):
         mask = days == day
         best: dict[object, tuple[float, bool]] = {}
         for card, score, label in zip(cards[mask], scores[mask], y_true[mask], strict=True):
+            if drop_known and card in known:
+                continue
             old = best.get(card)
             best[card] = (max(score, old[0]) if old else score, bool(label) or (old[1] if old else False))
-        top = sorted(best.values(), key=lambda v: v[0], reverse=True)[:k]
+        top = sorted(best.items(), key=lambda kv: kv[1][0], reverse=True)[:k]
         if top:
-            per_day.append(sum(v[1] for v in top) / k)
+            per_day.append(sum(fraud for _, (_, fraud) in top) / k)
+        known.update(card for card, (_, fraud) in top if fraud)
     return float(np.mean(per_day)) if per_day else float("nan")

@@ -139,3 +139,4 @@ def test_features_stay_finite_and_state_stays_bounded(events: list[tuple[int, in
         add_compromise_evidence(p, t.ts_ms)
     assert len(p["days"]) <= 30 and len(p["hours"]) <= 24 and len(p["hll"]) == 64
     assert all(len(p[k]) <= 31 for k in ("fraud_by_tx_day", "fraud_arrived", "compromise"))
+
