@@ -6,6 +6,8 @@ malformed event becomes a dead-letter record with a reason instead of an excepti
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import math
 import re
 from collections.abc import Collection
@@ -41,6 +43,14 @@ _MS: Final = timedelta(milliseconds=1)
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 _MCC_RE = re.compile(r"^[0-9]{4}$")
+#: Optional entity ids (device, e-mail hash): printable ASCII without spaces, so they are safe as state keys.
+#: ``fullmatch``, not ``$``: a trailing newline is not part of an id. The e-mail hash also refuses ``@``:
+#: a hash never has one, a clear-text address always does, and must not be stored.
+ENTITY_ID_MAX: Final[int] = 128
+_DEVICE_RE = re.compile(f"[!-~]{{1,{ENTITY_ID_MAX}}}")
+_EMAIL_HASH_RE = re.compile(f"[!-?A-~]{{1,{ENTITY_ID_MAX}}}")
+_DEVICE_RULE: Final = f"1 to {ENTITY_ID_MAX} printable ASCII characters without spaces"
+_EMAIL_HASH_RULE: Final = f"{_DEVICE_RULE}, and no @ (a hash, not the address)"
 
 
 class InvalidEvent(ValueError):
@@ -117,13 +127,18 @@ class Transaction:
     country: str
     channel: str
     mcc: str
+    # Optional entity ids: personal data, so kept out of the repr (and thereby out of logs of a Transaction).
+    device_id: str | None = dataclasses.field(default=None, repr=False)
+    ip: str | None = dataclasses.field(default=None, repr=False)
+    email_hash: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def amount_eur(self) -> float:
         return self.amount * EUR_RATES[self.currency]
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {
+        """The optional ids only when set, so an event without them writes the same bytes as before them."""
+        d: dict[str, Any] = {
             "tx_id": self.tx_id,
             "card_id": self.card_id,
             "merchant_id": self.merchant_id,
@@ -134,6 +149,10 @@ class Transaction:
             "channel": self.channel,
             "mcc": self.mcc,
         }
+        for name, value in (("device_id", self.device_id), ("ip", self.ip), ("email_hash", self.email_hash)):
+            if value is not None:
+                d[name] = value
+        return d
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_json_dict())
@@ -218,6 +237,39 @@ def _enum_field(obj: dict[str, Any], name: str, allowed: Collection[str]) -> str
     return value
 
 
+def _optional_id(obj: dict[str, Any], name: str, pattern: re.Pattern[str], rule: str) -> str | None:
+    """An optional entity id; absent or null is None. The detail never quotes the value (personal data)."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise WrongType(f"{name} must be a string", name)
+    if not pattern.fullmatch(value):
+        raise InvalidValue(f"{name} must be {rule}", name)
+    return value
+
+
+def _ip(obj: dict[str, Any]) -> str | None:
+    """An IPv4 or IPv6 address in its normalised text form, so one address is one entity however it was
+    written; an IPv4-mapped IPv6 address is its IPv4 address. A zone (``fe80::1%eth0``) is refused: it
+    only means something on the host that wrote it (JSON Schema's ``ipv6`` format refuses it too)."""
+    value = obj.get("ip")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise WrongType("ip must be a string", "ip")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidValue("ip must be an IPv4 or IPv6 address", "ip") from None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            raise InvalidValue("ip must not carry a zone (%...)", "ip")
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+    return str(address)
+
+
 def _amount(obj: dict[str, Any]) -> float:
     """0 (a card verification) or an amount from ``MIN_AMOUNT`` to ``MAX_AMOUNT``; see ``MIN_AMOUNT``."""
     value = obj.get("amount")
@@ -264,7 +316,9 @@ def transaction_from_dict(obj: dict[str, Any], pans: PanTokenizer = NO_PAN_KEY) 
     country = _str_field(obj, "country", _COUNTRY_RE)
     channel = _enum_field(obj, "channel", CHANNELS)
     mcc = _str_field(obj, "mcc", _MCC_RE)
-    return Transaction(tx_id, card_id, merchant_id, amount, currency, ts_ms, country, channel, mcc)
+    return Transaction(tx_id, card_id, merchant_id, amount, currency, ts_ms, country, channel, mcc,
+                       _optional_id(obj, "device_id", _DEVICE_RE, _DEVICE_RULE), _ip(obj),
+                       _optional_id(obj, "email_hash", _EMAIL_HASH_RE, _EMAIL_HASH_RULE))
 
 
 def parse_transaction(raw: bytes, max_bytes: int = 16384, pans: PanTokenizer = NO_PAN_KEY) -> Transaction:

@@ -11,11 +11,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stream_app.domain.events import CHANNELS, EUR_RATES, LABEL_SOURCES, LABELS, MAX_AMOUNT, MAX_TS_MS, MIN_AMOUNT
+from stream_app.domain.events import (
+    CHANNELS,
+    ENTITY_ID_MAX,
+    EUR_RATES,
+    LABEL_SOURCES,
+    LABELS,
+    MAX_AMOUNT,
+    MAX_TS_MS,
+    MIN_AMOUNT,
+)
 from stream_app.domain.features import FEATURE_NAMES
 
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"}
 _TS = {"type": "string", "format": "date-time", "description": "RFC 3339 with a UTC offset"}
+#: The IPv6 text form with the most characters (each group with its leading zeros, IPv4 at the end).
+_MAX_IP_CHARS = len("0000:0000:0000:0000:0000:ffff:255.255.255.255")
 DLQ_REASONS = ("message_too_large", "invalid_json", "not_an_object", "missing_field", "wrong_type", "invalid_value",
                "unknown_currency", "late_event", "unknown_tx", "raw_pan", "misrouted")
 
@@ -25,6 +36,13 @@ def _schema(name: str, title: str, desc: str, props: dict[str, Any], required: l
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"stream_app/{name}.schema.json",
             "title": title, "description": desc, "type": "object", "properties": props,
             "required": required, "additionalProperties": extra}
+
+
+def _entity_id(forbidden: str, desc: str) -> dict[str, Any]:
+    """An optional id of printable ASCII. A ``not`` of the characters it may not hold, rather than an
+    anchored pattern: Python's ``$`` also matches before a final newline, which the parser refuses."""
+    return {"type": ["string", "null"], "minLength": 1, "maxLength": ENTITY_ID_MAX,
+            "not": {"type": "string", "pattern": f"[^{forbidden}]"}, "description": desc}
 
 
 def _build() -> dict[str, dict[str, Any]]:
@@ -65,6 +83,14 @@ def _build() -> dict[str, dict[str, Any]]:
                         "description": "ISO 3166-1 alpha-2 of the merchant."},
             "channel": {"enum": sorted(CHANNELS), "description": "pos (card present), ecom, atm, moto (mail/phone)."},
             "mcc": {"type": "string", "pattern": "^[0-9]{4}$", "description": "ISO 18245 merchant category code."},
+            "device_id": _entity_id("!-~", "Optional device id (personal data): 1 to 128 printable ASCII characters, "
+                                           "no spaces."),
+            "ip": {"type": ["string", "null"], "maxLength": _MAX_IP_CHARS,
+                   "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+                   "description": "Optional client IP address (personal data): IPv4 or IPv6 without a zone; stored "
+                                  "in its normalised form (an IPv4-mapped IPv6 address as IPv4)."},
+            "email_hash": _entity_id("!-?A-~", "Optional hash of the customer's e-mail address (personal data): "
+                                               "1 to 128 printable ASCII characters, no spaces, no @."),
         }, tx_fields, extra=True),
         "label": _schema("label", "Label", "Feedback on a transaction, published to `labels`, keyed by tx_id.", {
             "tx_id": {**_ID, "description": "The transaction this label is about."},
