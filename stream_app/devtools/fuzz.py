@@ -31,8 +31,9 @@ from typing import Any
 
 import orjson
 
+from stream_app.domain.entities import MODEL_FEATURES
 from stream_app.domain.events import EUR_RATES, InvalidEvent, format_ts, parse_label
-from stream_app.domain.features import FEATURE_NAMES, CardState
+from stream_app.domain.features import CardState
 from stream_app.domain.ingress import Ingress, capture, capture_key, join_label
 from stream_app.domain.learning import Captured, ParkedLabel
 from stream_app.domain.pan import PanTokenizer, luhn_ok, pan_digits
@@ -379,7 +380,7 @@ def fuzz_labels(n: int, seed: int, pans: PanTokenizer) -> Tally:
     scored: list[tuple[str, str]] = []
     tally = Tally()
     leaks = 0
-    vector = Captured([0.0] * len(FEATURE_NAMES), {"onnx": 0.1, "river": 0.2, "risk": 0.1}, T0)
+    vector = Captured([0.0] * len(MODEL_FEATURES), {"onnx": 0.1, "river": 0.2, "risk": 0.1}, T0)
     messages = label_messages(mut, n, scored)
     for i in range(n):
         if rng.random() < 0.3:  # a transaction was scored meanwhile: its vector is captured, by card

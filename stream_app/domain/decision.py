@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.entities import MODEL_FEATURES
 
 Decision = Literal["approve", "review", "decline"]
 
@@ -58,10 +58,10 @@ class ReasonModel:
     def from_card(cls, card: Mapping[str, Any]) -> ReasonModel:
         stats = card["feature_stats"]
         return cls(
-            tuple(float(stats[n]["legit_mean"]) for n in FEATURE_NAMES),
-            tuple(max(float(stats[n]["legit_std"]), 1e-9) for n in FEATURE_NAMES),
-            tuple(1.0 if stats[n]["fraud_mean"] >= stats[n]["legit_mean"] else -1.0 for n in FEATURE_NAMES),
-            tuple(float(stats[n]["importance"]) for n in FEATURE_NAMES),
+            tuple(float(stats[n]["legit_mean"]) for n in MODEL_FEATURES),
+            tuple(max(float(stats[n]["legit_std"]), 1e-9) for n in MODEL_FEATURES),
+            tuple(1.0 if stats[n]["fraud_mean"] >= stats[n]["legit_mean"] else -1.0 for n in MODEL_FEATURES),
+            tuple(float(stats[n]["importance"]) for n in MODEL_FEATURES),
         )
 
     def top_reasons(self, features: Sequence[float], k: int = 3) -> list[dict[str, float | str]]:
@@ -71,5 +71,5 @@ class ReasonModel:
             if push > 0:
                 pushes.append((push, i))
         pushes.sort(reverse=True)
-        return [{"feature": FEATURE_NAMES[i], "value": round(features[i], 6), "push": round(p, 4)}
+        return [{"feature": MODEL_FEATURES[i], "value": round(features[i], 6), "push": round(p, 4)}
                 for p, i in pushes[:k]]

@@ -26,7 +26,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_app.domain.features import DAY_MS, FEATURE_NAMES, N_FEATURES, CardState
+from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES
+from stream_app.domain.features import DAY_MS, CardState
 
 SCORE: Final = "score"
 #: Not monitored by default: a window of recent rows covers a slice of the clock (minutes to days),
@@ -83,8 +84,8 @@ def reference_from_rows(x: np.ndarray, scores: np.ndarray | None, warm: np.ndarr
     Without warm rows (a history shorter than ``min_history_days`` before its test period) only the
     transaction-only features are recorded: nothing says what a warm card looks like."""
     values = np.asarray(x, dtype=np.float32)
-    if values.ndim != 2 or values.shape[1] != N_FEATURES or len(values) == 0:
-        raise ValueError(f"x must be a non-empty [n, {N_FEATURES}] array, got shape {values.shape}")
+    if values.ndim != 2 or values.shape[1] != N_MODEL_FEATURES or len(values) == 0:
+        raise ValueError(f"x must be a non-empty [n, {N_MODEL_FEATURES}] array, got shape {values.shape}")
     if bins < 2:
         raise ValueError("bins must be >= 2")
     if not np.isfinite(values).all():
@@ -92,8 +93,8 @@ def reference_from_rows(x: np.ndarray, scores: np.ndarray | None, warm: np.ndarr
     warm = np.asarray(warm, dtype=bool)
     if warm.shape != (len(values),):
         raise ValueError("warm must flag each row of x")
-    history = [name for name in FEATURE_NAMES if name not in TRANSACTION_ONLY_FEATURES]
-    recorded = [(i, name) for i, name in enumerate(FEATURE_NAMES) if warm.any() or name not in history]
+    history = [name for name in MODEL_FEATURES if name not in TRANSACTION_ONLY_FEATURES]
+    recorded = [(i, name) for i, name in enumerate(MODEL_FEATURES) if warm.any() or name not in history]
     reference: dict[str, Any] = {
         "rows": len(values),
         "filter": {"name": WARM_FILTER, "min_history_days": min_history_days, "rows": int(warm.sum()),
@@ -192,18 +193,18 @@ class DriftMonitor:
         self.min_history_days = float(row_filter["min_history_days"])
         warm_only = set(row_filter["applies_to"])
         # History features are absent when training saw no warm card (history too short): not monitored.
-        missing = [name for name in FEATURE_NAMES if name not in features and (name not in warm_only
+        missing = [name for name in MODEL_FEATURES if name not in features and (name not in warm_only
                                                                                or row_filter["rows"])]
         if missing:
             raise ValueError(f"reference lacks features {missing}: built for other features?")
-        monitored = [(i, name) for i, name in enumerate(FEATURE_NAMES) if name not in ignore and name in features]
+        monitored = [(i, name) for i, name in enumerate(MODEL_FEATURES) if name not in ignore and name in features]
         self._all_columns = [i for i, name in monitored if name not in warm_only]
         self._warm_columns = [i for i, name in monitored if name in warm_only]
         self._has_score = SCORE in reference
         if self._has_score and SCORE not in warm_only:
             raise ValueError("reference: the score must be taken on warm rows")
-        names_all = [FEATURE_NAMES[i] for i in self._all_columns]
-        names_warm = [FEATURE_NAMES[i] for i in self._warm_columns] + ([SCORE] if self._has_score else [])
+        names_all = [MODEL_FEATURES[i] for i in self._all_columns]
+        names_warm = [MODEL_FEATURES[i] for i in self._warm_columns] + ([SCORE] if self._has_score else [])
         self._names = names_all + names_warm
         self._all = _Window([features[n] for n in names_all], window)
         self._warm = _Window([features[n] for n in names_warm[:len(self._warm_columns)]]
@@ -227,7 +228,7 @@ class DriftMonitor:
 
     def update_many(self, rows: Sequence[Sequence[float]], scores: Sequence[float],
                     warm: Sequence[bool]) -> list[DriftEvent]:
-        """Add a micro-batch (feature rows in FEATURE_NAMES order, the model's score of each, and whether
+        """Add a micro-batch (feature rows in MODEL_FEATURES order, the model's score of each, and whether
         each row's card is warm, see ``is_warm``) to the windows; return the names whose drift state
         changed with it."""
         if len(rows) == 0:
@@ -235,8 +236,8 @@ class DriftMonitor:
         x = np.asarray(rows, dtype=np.float32)
         s = np.asarray(scores, dtype=np.float32)
         w = np.asarray(warm, dtype=bool)
-        if x.ndim != 2 or x.shape[1] != N_FEATURES or s.shape != (len(x),) or w.shape != (len(x),):
-            raise ValueError(f"need [n, {N_FEATURES}] rows, n scores and n warm flags, "
+        if x.ndim != 2 or x.shape[1] != N_MODEL_FEATURES or s.shape != (len(x),) or w.shape != (len(x),):
+            raise ValueError(f"need [n, {N_MODEL_FEATURES}] rows, n scores and n warm flags, "
                              f"got {x.shape}, {s.shape} and {w.shape}")
         self._all.add([x[:, i] for i in self._all_columns])
         self._warm.add([x[w, i] for i in self._warm_columns] + ([s[w]] if self._has_score else []))

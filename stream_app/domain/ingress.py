@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
+from stream_app.domain.entities import EntityTable, model_row
 from stream_app.domain.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
 from stream_app.domain.features import CardState, featurize, load_once
 from stream_app.domain.learning import LEARNED, Captured, Example, ParkedLabel
@@ -97,6 +98,7 @@ class Ingress:
     pans: PanTokenizer
     input_topic: str  # messages on this topic not keyed by their card or not in its partition are re-keyed
     partitions: int  # of the card tables (and of the input and re-key topics): see card_partition
+    entities: EntityTable = field(default_factory=EntityTable)  # read here; the caller observes what it scores
 
     def __call__(self, raw: bytes | None, key: bytes | None, topic: str, states: dict[str, CardState],
                  load_state: Callable[[str], CardState | None], *, partition: int | None) -> TxOutcome:
@@ -118,7 +120,7 @@ class Ingress:
             return TxOutcome("dead_lettered", tx=tx, error=Misrouted.at(partition, self.partitions), decode_s=t1 - t0)
         load_once(states, tx.card_id, load_state)
         try:
-            row = featurize(states, tx, self.horizon_ms)
+            row = model_row(featurize(states, tx, self.horizon_ms), self.entities, tx)
         except DuplicateEvent:
             return TxOutcome("duplicate", tx=tx, decode_s=t1 - t0, features_s=time.perf_counter() - t1)
         except InvalidEvent as exc:
@@ -140,7 +142,8 @@ def learn_label(key: bytes, label: Label, captured: Captured, table: MutableMapp
     """The joined example; the captured vector is replaced by the learned marker (a later label for
     the same tx_id is a duplicate)."""
     table[key] = LEARNED
-    return Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source, label.label_ts_ms)
+    return Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source, label.label_ts_ms,
+                   captured.entity)
 
 
 def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int], now_ms: int, *,

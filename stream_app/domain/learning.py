@@ -12,6 +12,7 @@ import base64
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -30,21 +31,27 @@ class Captured:
     features: list[float]
     scores: dict[str, float]  # onnx, river, risk, and challenger when one ran
     captured_at_ms: int
+    #: The transaction's card, event time and entity ids ({"card", "ts", "keys"}), for the entity table's
+    #: label-derived risk; None in entries captured by a worker before entity profiles (format v1).
+    entity: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
-        return kept_json([self.features, self.scores, self.captured_at_ms])
+        """v1: [features, scores, at]; v2 appends the entity dict."""
+        fields: list[Any] = [self.features, self.scores, self.captured_at_ms]
+        return kept_json(fields if self.entity is None else [*fields, self.entity])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Captured:
-        features, scores, at = orjson.loads(raw)
-        return cls(features, scores, at)
+        features, scores, at, *rest = orjson.loads(raw)
+        return cls(features, scores, at, rest[0] if rest else None)
 
     @classmethod
-    def from_scored(cls, scored: Scored, now_ms: int) -> Captured:
+    def from_scored(cls, scored: Scored, now_ms: int, keys: dict[str, str] | None = None) -> Captured:
         """Captured at scoring time, with the scores exactly as the score record publishes them."""
         scores = model_scores(scored)
         scores["risk"] = round(scored.risk, 6)
-        return cls(list(scored.features), scores, now_ms)
+        entity = None if keys is None else {"card": scored.tx.card_id, "ts": scored.tx.ts_ms, "keys": keys}
+        return cls(list(scored.features), scores, now_ms, entity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +92,14 @@ class Example:
     scores: dict[str, float]
     source: str
     label_ts_ms: int
+    #: The transaction's card, event time, entity ids and (for a fraud) compromise suspects, for the entity
+    #: table (:class:`stream_app.domain.entities.LabelArrival`); None from captures without them.
+    entity: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"tx_id": self.tx_id, "features": self.features, "label": int(self.is_fraud),
-                             "scores": self.scores, "source": self.source, "label_ts_ms": self.label_ts_ms})
+        d = {"tx_id": self.tx_id, "features": self.features, "label": int(self.is_fraud), "scores": self.scores,
+             "source": self.source, "label_ts_ms": self.label_ts_ms}
+        return orjson.dumps(d if self.entity is None else {**d, "entity": self.entity})
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Example:
@@ -100,7 +111,10 @@ class Example:
         if not isinstance(features, list) or not all(
                 isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in features):
             raise ValueError("features must be finite numbers")
-        return cls(d["tx_id"], features, bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"])
+        entity = d.get("entity")
+        if entity is not None and not isinstance(entity, dict):
+            raise TypeError("entity must be an object")
+        return cls(d["tx_id"], features, bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"], entity)
 
 
 class PrequentialMetrics:

@@ -28,7 +28,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import DAY_MS, HOUR_MS, CardState, _add_to_bucket, _bucket_stats, _moments
@@ -77,6 +77,18 @@ def feature_names(spec: EntitySpec) -> tuple[str, ...]:
     )
 
 
+class Observed(Protocol):
+    """What a profile takes from a transaction: a :class:`Transaction`, or an observation read back from a
+    score record (the worker's replicas are fed from the ``scores`` topic)."""
+
+    @property
+    def ts_ms(self) -> int: ...
+    @property
+    def amount_eur(self) -> float: ...
+    @property
+    def card_id(self) -> str: ...
+
+
 def new_profile() -> Profile:
     return {"first_ts": None, "last_ts": None, "n": 0, "hours": [], "days": [], "hll": [0] * _HLL_M,
             "fraud_by_tx_day": [], "fraud_arrived": [], "compromise": []}
@@ -116,7 +128,7 @@ def _sum(buckets: list[list[float]], lo: int, hi: int) -> float:
     return sum(b[1] for b in buckets if lo <= b[0] <= hi)
 
 
-def observe(profile: Profile, tx: Transaction) -> None:
+def observe(profile: Profile, tx: Observed) -> None:
     """Fold a scored transaction into its entity's profile (after its features were computed)."""
     ts, amount = tx.ts_ms, tx.amount_eur
     newest = ts if profile["last_ts"] is None else max(profile["last_ts"], ts)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream_app.domain.decision import ReasonModel
+from stream_app.domain.entities import MODEL_FEATURES
 from stream_app.domain.events import InvalidEvent, format_ts
-from stream_app.domain.features import FEATURE_NAMES
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.scoring import Scored
 
@@ -49,13 +49,14 @@ def decision_record(s: Scored) -> dict[str, Any]:
     return {
         "tx_id": tx.tx_id,
         "card_id": tx.card_id,
+        "merchant_id": tx.merchant_id,  # with event_time and features.amount_eur: what entity replicas read back
         "event_time": format_ts(tx.ts_ms),
         "decision": s.decision,
         "risk_score": round(s.risk, 6),
         "scores": model_scores(s),
         "model_versions": s.versions,
         "policy": s.policy,
-        "features": dict(zip(FEATURE_NAMES, s.features, strict=True)),
+        "features": dict(zip(MODEL_FEATURES, s.features, strict=True)),
     }
 
 

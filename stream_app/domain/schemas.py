@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stream_app.domain.entities import MODEL_FEATURES
 from stream_app.domain.events import (
     CHANNELS,
     ENTITY_ID_MAX,
@@ -21,7 +22,6 @@ from stream_app.domain.events import (
     MAX_TS_MS,
     MIN_AMOUNT,
 )
-from stream_app.domain.features import FEATURE_NAMES
 
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"}
 _TS = {"type": "string", "format": "date-time", "description": "RFC 3339 with a UTC offset"}
@@ -58,10 +58,10 @@ def _build() -> dict[str, dict[str, Any]]:
                              "offset": {"type": "integer"}},
               "required": ["topic", "partition", "offset"], "additionalProperties": False}
     features = {"type": "object", "description": "The feature vector used, by name (what the label will train on).",
-                "properties": {n: {"type": "number"} for n in FEATURE_NAMES}, "required": list(FEATURE_NAMES),
+                "properties": {n: {"type": "number"} for n in MODEL_FEATURES}, "required": list(MODEL_FEATURES),
                 "additionalProperties": False}
     reasons = {"type": "array", "maxItems": 3, "description": "Features that pushed the score up the most.",
-               "items": {"type": "object", "properties": {"feature": {"enum": list(FEATURE_NAMES)},
+               "items": {"type": "object", "properties": {"feature": {"enum": list(MODEL_FEATURES)},
                                                           "value": {"type": "number"}, "push": {"type": "number"}},
                          "required": ["feature", "value", "push"], "additionalProperties": False}}
     tx_fields = ["tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp", "country", "channel", "mcc"]

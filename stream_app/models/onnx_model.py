@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.entities import FEATURE_SET, MODEL_FEATURES
 from stream_app.startup import StartupError
 
 PACKAGED_MODEL = "fraud_gbt.onnx"
@@ -63,8 +63,10 @@ class OnnxScorer:
             raise ModelRejected(f"{model_path}: cannot read it or its card: {exc}") from None
         if card.get("sha256") != digest:
             raise ModelRejected(f"{model_path}: sha256 {digest[:12]} does not match its card")
-        if tuple(card.get("feature_names", ())) != FEATURE_NAMES:
-            raise ModelRejected(f"{model_path}: the card's feature order differs from the code's")
+        if tuple(card.get("feature_names", ())) != MODEL_FEATURES:
+            trained_on = card.get("feature_set", "card/v1 (no feature_set in its card)")
+            raise ModelRejected(f"{model_path}: trained on feature set {trained_on}, this code computes {FEATURE_SET} "
+                                f"({len(MODEL_FEATURES)} features): retrain it with `stream-app train`")
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # one worker = one core; parallelism comes from partitions
         options.inter_op_num_threads = 1
@@ -74,8 +76,8 @@ class OnnxScorer:
             first_line = (str(exc).splitlines() or [""])[0][:300]
             raise ModelRejected(f"{model_path}: cannot be loaded: {type(exc).__name__}: {first_line}") from exc
         inputs = session.get_inputs()
-        if len(inputs) != 1 or inputs[0].shape[-1] not in (len(FEATURE_NAMES), None, "N"):
-            raise ModelRejected(f"{model_path}: expected one input of width {len(FEATURE_NAMES)}")
+        if len(inputs) != 1 or inputs[0].shape[-1] not in (len(MODEL_FEATURES), None, "N"):
+            raise ModelRejected(f"{model_path}: expected one input of width {len(MODEL_FEATURES)}")
         outputs = [o.name for o in session.get_outputs()]
         output = "probabilities" if "probabilities" in outputs else outputs[-1]
         return cls(session, card, inputs[0].name, output)

@@ -34,7 +34,7 @@ from typing import Any, Final, overload
 
 import numpy as np
 
-from stream_app.domain.features import FEATURE_NAMES, N_FEATURES
+from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, sha256_file
 
 CONSTANT_TOLERANCE: Final = 1e-6  # probe scores closer than this are "all identical"
@@ -48,12 +48,12 @@ def default_probe(card: Mapping[str, Any]) -> list[list[float]] | None:
     between them and ± a few legit stds around it. None when the card has no usable stats."""
     stats: Any = card.get("feature_stats")
     try:
-        legit, std, fraud = (np.array([float(stats[name][key]) for name in FEATURE_NAMES])
+        legit, std, fraud = (np.array([float(stats[name][key]) for name in MODEL_FEATURES])
                              for key in ("legit_mean", "legit_std", "fraud_mean"))
     except (KeyError, TypeError, ValueError):
         return None
     centres = legit + _PROBE_CENTRES[:, None] * (fraud - legit)
-    rows = (centres[:, None, :] + _PROBE_OFFSETS[None, :, None] * std).reshape(-1, N_FEATURES)
+    rows = (centres[:, None, :] + _PROBE_OFFSETS[None, :, None] * std).reshape(-1, N_MODEL_FEATURES)
     return rows.tolist() if np.isfinite(rows).all() else None
 
 
@@ -76,10 +76,10 @@ def validate_candidate(path: Path, probe: Sequence[Sequence[float]] | None = Non
 
     inputs = scorer.session.get_inputs()
     if (len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 2
-            or inputs[0].shape[1] != N_FEATURES):
+            or inputs[0].shape[1] != N_MODEL_FEATURES):
         found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "none"
         raise ModelRejected(f"{name}: inputs are [{found}]; expected one tensor(float) input of shape "
-                            f"[batch, {N_FEATURES}]")
+                            f"[batch, {N_MODEL_FEATURES}]")
     output = next(o for o in scorer.session.get_outputs() if o.name == scorer.output_name)
     if output.type != "tensor(float)" or len(output.shape) != 2 or output.shape[1] != 2:
         raise ModelRejected(f"{name}: output {output.name} is {output.type} {output.shape}; expected "

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from river import compose, linear_model, optim, preprocessing
 
-from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.entities import MODEL_FEATURES
 
 
 def default_pipeline() -> compose.Pipeline:
@@ -34,7 +34,7 @@ class RiverScorer:
 
     @staticmethod
     def as_dict(features: Sequence[float]) -> dict[str, float]:
-        return dict(zip(FEATURE_NAMES, features, strict=True))
+        return dict(zip(MODEL_FEATURES, features, strict=True))
 
     def predict_proba_one(self, features: Sequence[float]) -> float:
         return float(self.model.predict_proba_one(self.as_dict(features)).get(True, 0.0))
@@ -63,7 +63,7 @@ class RiverScorer:
 
 def _vector(values: Mapping[str, float]) -> np.ndarray:
     """A learned per-feature quantity in feature order (0 where nothing was learned, as River reads it)."""
-    return np.array([values.get(name, 0.0) for name in FEATURE_NAMES], dtype=np.float64)
+    return np.array([values.get(name, 0.0) for name in MODEL_FEATURES], dtype=np.float64)
 
 
 def sigmoid(logits: np.ndarray) -> list[float]:

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 from river import linear_model, optim
 
-from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.entities import MODEL_FEATURES
 from stream_app.models.river_model import sigmoid
 
 #: feature -> scale: each input stays within a few units, so SGD needs no scaler.
 STACKED_FEATURES = {"log_amount": 10.0, "count_1h": 20.0, "first_use_of_merchant": 1.0, "country_changed": 1.0}
-_INDEX = [(name, FEATURE_NAMES.index(name), scale) for name, scale in STACKED_FEATURES.items()]
+_INDEX = [(name, MODEL_FEATURES.index(name), scale) for name, scale in STACKED_FEATURES.items()]
 
 
 def _logit(p: float) -> float:

@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol, TextIO
 
 import orjson
 
+from stream_app.domain.entities import EntityTable, featurize_model
 from stream_app.domain.events import (
     NO_PAN_KEY,
     DuplicateEvent,
@@ -34,7 +35,7 @@ from stream_app.domain.events import (
     parse_transaction,
     transaction_from_dict,
 )
-from stream_app.domain.features import CardState, featurize
+from stream_app.domain.features import CardState
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.records import Source, decision_record
 from stream_app.domain.scoring import FraudScorer, Scored
@@ -316,13 +317,15 @@ def replay(ordered: Iterable[tuple[Transaction, Position]], scorer: FraudScorer,
            errors: ErrorLog, batch_rows: int = BATCH_ROWS) -> Iterator[list[Scored]]:
     """Featurize in the given order with one state per card, as the stream does, and score in
     batches of ``batch_rows``. Never learns. Late events go to ``errors``; duplicates are skipped, as
-    in the stream (the caller counts them: every row is scored, refused or a duplicate)."""
+    in the stream (the caller counts them: every row is scored, refused or a duplicate). Entity profiles
+    are built from the file's own transactions (a batch has no labels: label-derived risk stays at its prior)."""
     states: dict[str, CardState] = {}
+    entities = EntityTable()
     txs: list[Transaction] = []
     rows: list[list[float]] = []
     for tx, position in ordered:
         try:
-            rows.append(featurize(states, tx, horizon_ms))
+            rows.append(featurize_model(states, entities, tx, horizon_ms))
         except DuplicateEvent:
             continue
         except InvalidEvent as exc:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -40,17 +40,22 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_app.devtools.generator import GeneratorConfig, simulate
-from stream_app.domain.drift import is_warm, reference_from_rows
-from stream_app.domain.events import InvalidEvent, Transaction, format_ts, transaction_from_dict
-from stream_app.domain.features import DAY_MS, FEATURE_NAMES, CardState, featurize
+from stream_app.devtools.generator import GeneratorConfig
+from stream_app.domain.drift import reference_from_rows
+from stream_app.domain.entities import FEATURE_SET, MODEL_FEATURES
+from stream_app.domain.events import InvalidEvent, Transaction, format_ts, parse_ts, transaction_from_dict
+from stream_app.domain.features import DAY_MS
 from stream_app.models.onnx_model import PACKAGED_MODEL, card_path, packaged_model_path, sha256_file
 from stream_app.offline.evaluation import average_precision, precision_top_k_cards_per_day, roc_auc
+from stream_app.offline.replay import Dataset, build_dataset, replay
 
 #: The transaction fields a data file must provide (see ``stream_app.domain.events.transaction_from_dict``).
 TX_FIELDS: Final[tuple[str, ...]] = ("tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp",
                                      "country", "channel", "mcc")
 DEFAULT_LABEL_COLUMN: Final = "is_fraud"
+#: Optional column: when the label became known (RFC 3339 or epoch ms, not before the transaction). Without
+#: it (or where empty), a label is taken to arrive ``--label-delay-days`` after its transaction.
+LABEL_TIME_COLUMN: Final = "label_time"
 #: Accepted label values (text is compared case-insensitively, surrounding spaces ignored).
 LABEL_TEXT: Final[dict[str, bool]] = {"1": True, "0": False, "true": True, "false": False,
                                       "fraud": True, "legit": False}
@@ -91,54 +96,6 @@ class ModelRefused(RuntimeError):
         self.card = card
 
 
-@dataclass(frozen=True)
-class Dataset:
-    x: np.ndarray  # float32 [n, n_features]
-    y: np.ndarray  # int8
-    ts_ms: np.ndarray
-    cards: np.ndarray
-    warm: np.ndarray  # bool: the card's state had watched it for drift.WARM_DAYS (drift.is_warm)
-
-
-# --------------------------------------------------------------------------------------- replay
-
-def replay(items: Iterable[tuple[Transaction, bool]], horizon_ms: int, progress: bool = True,
-           on_invalid: Callable[[int, InvalidEvent], None] | None = None) -> Dataset:
-    """Featurize (transaction, is_fraud) pairs in the given (event-time) order, as the stream would.
-
-    A transaction that ``featurize`` refuses (a duplicate tx_id, an event older than the card's
-    horizon) is skipped; ``on_invalid(index, error)`` is told about it.
-    """
-    states: dict[str, CardState] = {}
-    rows: list[list[float]] = []
-    labels: list[int] = []
-    ts: list[int] = []
-    cards: list[str] = []
-    warm: list[bool] = []
-    started = time.monotonic()
-    for i, (tx, is_fraud) in enumerate(items):
-        try:
-            rows.append(featurize(states, tx, horizon_ms))
-        except InvalidEvent as exc:
-            if on_invalid is not None:
-                on_invalid(i, exc)
-            continue
-        labels.append(int(is_fraud))
-        ts.append(tx.ts_ms)
-        cards.append(tx.card_id)
-        warm.append(is_warm(states[tx.card_id], tx.ts_ms))
-        if progress and i and i % 100_000 == 0:
-            rate = i / (time.monotonic() - started)
-            print(f"  featurized {i:,} transactions ({rate:,.0f}/s)", file=sys.stderr, flush=True)
-    return Dataset(np.asarray(rows, dtype=np.float32).reshape(-1, len(FEATURE_NAMES)),
-                   np.asarray(labels, dtype=np.int8), np.asarray(ts, dtype=np.int64), np.asarray(cards),
-                   np.asarray(warm, dtype=bool))
-
-
-def build_dataset(config: GeneratorConfig, days: float, horizon_ms: int, progress: bool = True) -> Dataset:
-    return replay(((item.tx, item.is_fraud) for item in simulate(config, days=days)), horizon_ms, progress)
-
-
 # ------------------------------------------------------------------------------ user data files
 
 @dataclass
@@ -152,6 +109,7 @@ class LabeledData:
     rows_read: int
     items: list[tuple[Transaction, bool]]
     row_numbers: list[int]  # 1-based data row of each item (header not counted)
+    label_times: list[int | None]  # the label_time column's value per item (None: absent or empty)
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
     def reject_counts(self) -> dict[str, int]:
@@ -302,11 +260,11 @@ def load_labeled_transactions(path: str | Path, columns: Mapping[str, str] | Non
     mapping = resolve_columns(columns)
     fmt = _data_format(path)
     wanted = [*mapping.values(), label_column]
-    keyed: list[tuple[int, int, Transaction, bool]] = []
+    keyed: list[tuple[int, int, Transaction, bool, int | None]] = []
     rejects: list[dict[str, Any]] = []
     first_row: dict[str, int] = {}  # tx_id -> the row it was first seen on
     n = 0
-    with _open_rows(path, fmt, wanted) as (header, rows):
+    with _open_rows(path, fmt, [*wanted, LABEL_TIME_COLUMN]) as (header, rows):
         missing = [c for c in dict.fromkeys(wanted) if c not in header]
         if missing:
             raise ValueError(f"{path.name}: missing column(s) {missing}; the file has {header}. "
@@ -328,15 +286,34 @@ def load_labeled_transactions(path: str | Path, columns: Mapping[str, str] | Non
                                 "field": "label", "column": label_column,
                                 "detail": "label must be one of 1/0, true/false, fraud/legit", "record": record})
                 continue
+            label_time = _label_time(raw.get(LABEL_TIME_COLUMN), tx.ts_ms)
+            if label_time == -1:
+                rejects.append({"row": n, "reason": "invalid_label_time", "field": "label_time",
+                                "column": LABEL_TIME_COLUMN, "detail": "label_time must be a timestamp (RFC 3339 "
+                                "or epoch ms) not before the transaction's", "record": record})
+                continue
             if tx.tx_id in first_row:
                 rejects.append({"row": n, "reason": "duplicate", "field": "tx_id", "column": mapping["tx_id"],
                                 "detail": f"tx_id already on row {first_row[tx.tx_id]}", "record": record})
                 continue
             first_row[tx.tx_id] = n
-            keyed.append((tx.ts_ms, n, tx, label))
+            keyed.append((tx.ts_ms, n, tx, label, label_time))
     keyed.sort(key=lambda k: (k[0], k[1]))
     return LabeledData(path=path, format=fmt, columns=mapping, label_column=label_column, rows_read=n,
-                       items=[(k[2], k[3]) for k in keyed], row_numbers=[k[1] for k in keyed], rejects=rejects)
+                       items=[(k[2], k[3]) for k in keyed], row_numbers=[k[1] for k in keyed],
+                       label_times=[k[4] for k in keyed], rejects=rejects)
+
+
+def _label_time(value: Any, tx_ts_ms: int) -> int | None:
+    """A row's label_time in epoch ms; None when absent or empty, -1 when unreadable or before ``tx_ts_ms``."""
+    value = _coerce("timestamp", value)
+    if value is None or value == "":
+        return None
+    try:
+        at = parse_ts(value, LABEL_TIME_COLUMN)
+    except InvalidEvent:
+        return -1
+    return at if at >= tx_ts_ms else -1
 
 
 def _sha256_stream(path: Path) -> str:
@@ -429,7 +406,7 @@ def feature_stats(x: np.ndarray, y: np.ndarray, importance: np.ndarray) -> dict[
             "fraud_mean": float(fraud[:, i].mean()) if len(fraud) else 0.0,
             "importance": float(share[i]),
         }
-        for i, name in enumerate(FEATURE_NAMES)
+        for i, name in enumerate(MODEL_FEATURES)
     }
 
 
@@ -518,7 +495,7 @@ def _to_onnx(model: Any, path: Path) -> None:
     from onnxmltools.convert.common.data_types import FloatTensorType
 
     onnx_model = onnxmltools.convert_lightgbm(
-        model, initial_types=[("features", FloatTensorType([None, len(FEATURE_NAMES)]))],
+        model, initial_types=[("features", FloatTensorType([None, len(MODEL_FEATURES)]))],
         zipmap=False, target_opset=15)
     path.write_bytes(onnx_model.SerializeToString())
 
@@ -535,7 +512,7 @@ def _load_user_data(cfg: TrainConfig, out_dir: Path, horizon_ms: int) -> tuple[D
                                "column": loaded.columns.get(exc.field or "", exc.field), "detail": exc.detail,
                                "record": {**tx.to_json_dict(), loaded.label_column: loaded.items[index][1]}})
 
-    data = replay(loaded.items, horizon_ms, on_invalid=on_invalid)
+    data = replay(loaded.items, horizon_ms, cfg.label_delay_days * DAY_MS, loaded.label_times, on_invalid=on_invalid)
     loaded.rejects.sort(key=lambda r: r["row"])
     rejects_path = out_dir / REJECTS_FILE
     with rejects_path.open("w") as handle:
@@ -589,14 +566,17 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
     else:
         gen = GeneratorConfig(seed=cfg.seed, n_customers=cfg.n_customers)
         print(f"generating {cfg.days} days of history for {cfg.n_customers} customers ...", file=sys.stderr)
-        data = build_dataset(gen, cfg.days, horizon_ms)
+        data = build_dataset(gen, cfg.days, horizon_ms, label_delay_ms=cfg.label_delay_days * DAY_MS)
         source = {"source": "stream_app.devtools.generator (synthetic, generated at training time)",
                   "generator": asdict(gen)}
         start_ms, days = gen.start_ms, cfg.days
     day = (data.ts_ms - start_ms) // DAY_MS
     train_end = days - cfg.test_days - cfg.label_delay_days
     test_start = days - cfg.test_days
-    train, test = day < train_end, day >= test_start
+    # A training row's label must have arrived before the test period starts (a label_time column may say
+    # later than the delay): a row whose label was not known yet is left out, not read as legit.
+    train = (day < train_end) & (data.label_ms < start_ms + test_start * DAY_MS)
+    test = day >= test_start
     if train_end <= 0 or not data.y[train].any() or not data.y[test].any():
         raise ValueError(f"not enough history: {days} days of data, {int(data.y[train].sum())} frauds in the "
                          f"training period and {int(data.y[test].sum())} in the test period; need more days "
@@ -628,8 +608,9 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
             "version": f"gbt-{datetime.now(UTC):%Y%m%d}-{digest[:8]}",
             "created_at": format_ts(int(time.time() * 1000)),
             "framework": f"lightgbm {lgb.__version__} -> onnxmltools {onnxmltools.__version__}",
-            "feature_names": list(FEATURE_NAMES),
-            "input": {"name": "features", "dtype": "float32", "shape": [None, len(FEATURE_NAMES)]},
+            "feature_set": FEATURE_SET,
+            "feature_names": list(MODEL_FEATURES),
+            "input": {"name": "features", "dtype": "float32", "shape": [None, len(MODEL_FEATURES)]},
             "output": "probabilities[:, 1] = P(fraud)",
             "training_data": {
                 **source,

@@ -2,7 +2,7 @@
 
 `POST /score` answers what the stream would answer for the given transactions if they arrived now:
 the same parser, the same per-card state (read from this worker's table, never written), the same
-`featurize` and `FraudScorer`. It does not change state, publish records or alert.
+`featurize_model` and `FraudScorer`. It does not change state, publish records or alert.
 
 With a bearer token configured (`STREAM_APP_HTTP_TOKEN` or `_FILE`), every path except the probes
 (`/health`, `/ready`) — and `/metrics` when `STREAM_APP_METRICS_PUBLIC=true` — answers 401 without
@@ -24,8 +24,9 @@ from aiohttp import web as aiohttp_web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from stream_app.domain.entities import EntityTable, featurize_model
 from stream_app.domain.events import NO_PAN_KEY, InvalidEvent, load_json_object, transaction_from_dict
-from stream_app.domain.features import CardState, featurize, load_once
+from stream_app.domain.features import CardState, load_once
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.records import prediction_record
 from stream_app.domain.scoring import FraudScorer, Scored
@@ -47,6 +48,7 @@ class Door:
     pans: PanTokenizer
     horizon_ms: int
     cards: MutableMapping[bytes, bytes]
+    entities: EntityTable  # the worker's replica, read only (every merchant is in every worker's replica)
     readiness: Callable[[], dict[str, bool]]
     models_info: Callable[[], dict[str, Any]]
 
@@ -152,12 +154,13 @@ def preview(door: Door, txs: list[Any], load_state: Callable[[str], CardState | 
     """Score on private copies of the cards' states: a list behaves as the stream would for that
     sequence, and the table is left as it was."""
     states: dict[str, CardState] = {}
+    entities = door.entities.scratch(txs)
     answers: list[dict[str, Any] | None] = []
     to_score: list[tuple[int, Any, list[float]]] = []
     for i, tx in enumerate(txs):
         load_once(states, tx.card_id, load_state)
         try:
-            row = featurize(states, tx, door.horizon_ms)
+            row = featurize_model(states, entities, tx, door.horizon_ms)
         except InvalidEvent as exc:  # duplicate or late: the stream would not score it either
             answers.append({"tx_id": tx.tx_id, "status": exc.reason, "detail": exc.detail})
             continue

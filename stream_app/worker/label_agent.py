@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import faust
 
+from stream_app.domain.entities import with_suspects
 from stream_app.domain.events import InvalidEvent, UnknownTransaction
+from stream_app.domain.features import CardState
 from stream_app.domain.ingress import card_of, join_label
 from stream_app.domain.learning import LEARNED, Captured, ParkedLabel
 from stream_app.domain.records import Source
 from stream_app.kafka.batch_send import BatchedTable, delivered
-from stream_app.kafka.compat import acknowledge, micro_batches
+from stream_app.kafka.compat import acknowledge, micro_batches, store_dict
 from stream_app.settings import Settings
+from stream_app.worker import delivery
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import Outputs, now_ms
 
@@ -63,7 +67,9 @@ class LabelAgent:
                     sends.append(self.dead_letter(event.value, out.error, Source.of(msg), event.key))
                 elif out.kind == "joined":
                     assert out.example is not None
-                    changes.add(s.examples_topic, out.example.tx_id.encode(), out.example.to_bytes())
+                    example = replace(out.example, entity=with_suspects(out.example.entity, out.example.is_fraud,
+                                                                        self._card(out.example.entity)))
+                    changes.add(s.examples_topic, example.tx_id.encode(), example.to_bytes())
                 elif out.kind == "rekeyed":
                     assert out.label is not None
                     changes.add(s.labels_rekeyed_topic, out.label.card_id.encode(), out.forward or b"")
@@ -72,6 +78,13 @@ class LabelAgent:
             sends.append(delivered(changes.send()))
             await asyncio.gather(*sends)
             await acknowledge(stream, events)  # only now: an interrupted batch stays unacknowledged
+
+    def _card(self, entity: dict[str, Any] | None) -> CardState | None:
+        """The labelled transaction's card state (for its compromise suspects), when it has one here."""
+        if entity is None:
+            return None
+        stored = store_dict(self.cards).get(str(entity["card"]).encode())
+        return None if stored is None else delivery.decode_card(stored)[0]
 
     def dead_letter(self, raw: bytes, exc: InvalidEvent, source: Source, key: bytes | None) -> Awaitable[None]:
         self.metrics.labels.labels("unknown" if exc.reason == "unknown_tx" else "invalid").inc()

@@ -14,6 +14,7 @@ from stream_app.domain.scoring import FraudScorer
 from stream_app.kafka.security import KafkaSecurity
 from stream_app.models import checkpoint
 from stream_app.settings import Settings
+from stream_app.worker.entities import EntityReplica
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import now_ms
 
@@ -24,11 +25,12 @@ class Learner:
     """The examples-log consumer and the checkpoints of the models it teaches."""
 
     def __init__(self, settings: Settings, metrics: Metrics, scorer: FraudScorer, learner: OnlineLearner,
-                 security: KafkaSecurity) -> None:
+                 entities: EntityReplica, security: KafkaSecurity) -> None:
         self.settings = settings
         self.metrics = metrics
         self.scorer = scorer
         self.learner = learner
+        self.entities = entities
         self.security = security
         self.checkpoint_dir = Path(settings.data_dir) / "checkpoints"
         self.checkpoint_key = settings.checkpoint_key.encode() or None
@@ -56,6 +58,8 @@ class Learner:
                     except (ValueError, KeyError, TypeError):  # orjson's decode error is a ValueError
                         log.warning("learner.unreadable_example", offset=message.offset)
                         continue
+                    if message.offset > self.learner.offset:  # not in the checkpoint restored
+                        self.entities.learn(example)
                     self.learner.apply(example, message.offset)
                     self.metrics.examples_applied.inc()
                     self.metrics.label_lag.set(max(0.0, (now_ms() - message.timestamp) / 1000))
@@ -69,7 +73,10 @@ class Learner:
         if ckpt is None:
             log.info("checkpoint.none", directory=str(self.checkpoint_dir))
             return
-        self.scorer.adopt(*ckpt.state)
+        river, stacker, *entities = ckpt.state  # (river, stacker[, entity replica]): older ones have no replica
+        self.scorer.adopt(river, stacker)
+        if entities:
+            self.entities.state = entities[0]
         self.learner.river, self.learner.stacker = self.scorer.river, self.scorer.stacker
         self.learner.offset = ckpt.offset
         log.info("checkpoint.restored", version=ckpt.version, offset=ckpt.offset)
@@ -78,7 +85,7 @@ class Learner:
         if self.learner.offset < 0 or self.learner.offset == self._checkpointed_offset:
             return
         path = checkpoint.save(self.checkpoint_dir, self.scorer.river.version, self.learner.offset,
-                               (self.learner.river, self.learner.stacker), self.checkpoint_key)
+                               (self.learner.river, self.learner.stacker, self.entities.state), self.checkpoint_key)
         self._checkpointed_offset = self.learner.offset
         self.metrics.checkpoint_time.set(time.time())
         log.info("checkpoint.saved", version=self.scorer.river.version, offset=self.learner.offset,

@@ -67,6 +67,12 @@ class Metrics:
                                ["feature"], registry=r)
         self.drift_detected = Gauge("stream_app_drift_detected", "1 while a feature's drift is detected.",
                                     ["feature"], registry=r)
+        self.entity_records = Counter("stream_app_entity_records", "Score records read back by the entity replica, "
+                                      "by outcome (applied, unreadable).", ["outcome"], registry=r)
+        self.entity_lag = Gauge("stream_app_entity_lag_seconds", "From a score record's production to the entity "
+                                "replica applying it, last record.", registry=r)
+        self.entity_profiles = Gauge("stream_app_entity_profiles", "Entity profiles held by the replica.",
+                                     registry=r)
         self.ready = Gauge("stream_app_ready", "1 while the worker is ready (GET /ready answers 200), else 0.",
                            registry=r)
 

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from typing import Any, cast
 
 import faust
@@ -23,6 +24,7 @@ import orjson
 import structlog
 
 from stream_app.domain.drift import DriftEvent, DriftMonitor
+from stream_app.domain.entities import with_suspects
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import CardState
 from stream_app.domain.ingress import Ingress, capture, capture_key, card_of
@@ -35,6 +37,7 @@ from stream_app.kafka.security import KafkaSecurity
 from stream_app.kafka.witness import written_since
 from stream_app.settings import Settings
 from stream_app.worker import delivery
+from stream_app.worker.entities import EntityReplica
 from stream_app.worker.metrics import Metrics, observe_many
 from stream_app.worker.outputs import Outputs, now_ms
 
@@ -45,7 +48,7 @@ class ScoreAgent:
     """Scores the transactions topic (and its re-keyed twin) in micro-batches."""
 
     def __init__(self, settings: Settings, metrics: Metrics, scorer: FraudScorer, ingress: Ingress,
-                 outputs: Outputs, tables: dict[str, Any], security: KafkaSecurity,
+                 outputs: Outputs, tables: dict[str, Any], security: KafkaSecurity, entities: EntityReplica,
                  fail: Callable[[BaseException, str], None]) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -54,6 +57,7 @@ class ScoreAgent:
         self.outputs = outputs
         self.cards, self.captured, self.parked = tables["cards"], tables["captured"], tables["parked"]
         self.security = security
+        self.entities = entities
         self.fail = fail
         self.ledger = delivery.Ledger(now_ms=now_ms)
         self.positions: dict[tuple[str, int], int] = {}  # last offset read per input partition (lag gauge)
@@ -129,6 +133,7 @@ class ScoreAgent:
                 txs.append(out.tx)
                 rows.append(out.row)
                 sources.append(source)
+                self.entities.observe_local(out.tx)  # the batch's next events see it, as in training
             elif out.kind == "rekeyed":
                 assert out.tx is not None
                 # With the card states: handed to the producer in input order (the outputs of a later batch
@@ -157,7 +162,7 @@ class ScoreAgent:
             scored = self.scorer.score_many(txs, rows, observe=self._observe_stage)
             t3 = time.perf_counter()
             self.outputs.publish(scored, sources, outputs)
-            self._capture(scored, state, outputs)
+            self._capture(scored, states, state, outputs)
             m.stage_seconds.labels("produce").inc(time.perf_counter() - t3)
             if self.drift is not None:
                 warm = [self.drift.is_warm(states[tx.card_id], tx.ts_ms) for tx in txs]
@@ -204,16 +209,20 @@ class ScoreAgent:
                  alerts_republished=len(plan) - n_scores)
         return sends
 
-    def _capture(self, scored: list[Scored], state: PartitionBatches, outputs: PartitionBatches) -> None:
+    def _capture(self, scored: list[Scored], states: dict[str, CardState], state: PartitionBatches,
+                 outputs: PartitionBatches) -> None:
         """Keep, per transaction, the vector and scores the models saw, in the card's partition, until
         its label comes; a label that arrived first (parked) is joined now (its example is an output)."""
         now = now_ms()
         captured = BatchedTable(self.captured, state, card_of)
         parked = BatchedTable(self.parked, state, card_of)
         for item in scored:
-            example = capture(capture_key(item.tx.card_id, item.tx.tx_id), Captured.from_scored(item, now),
-                              captured, parked, self.outputs.pans)
+            vector = Captured.from_scored(item, now, self.entities.table.keys(item.tx))
+            example = capture(capture_key(item.tx.card_id, item.tx.tx_id), vector, captured, parked,
+                              self.outputs.pans)
             if example is not None:
+                example = replace(example, entity=with_suspects(example.entity, example.is_fraud,
+                                                                states.get(item.tx.card_id)))
                 self.metrics.labels.labels("joined").inc()
                 outputs.add(self.settings.examples_topic, example.tx_id.encode(), example.to_bytes())
 

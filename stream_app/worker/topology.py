@@ -22,6 +22,7 @@ from stream_app.kafka.security import kafka_security
 from stream_app.kafka.transport import broker_url
 from stream_app.settings import Settings
 from stream_app.worker import http
+from stream_app.worker.entities import EntityReplica
 from stream_app.worker.health import Health
 from stream_app.worker.label_agent import LabelAgent
 from stream_app.worker.learner import Learner
@@ -46,15 +47,17 @@ class StreamApp:
         if not self.pans.keyed:
             log.warning("pan.no_key", effect="card ids that look like card numbers are dead-lettered as raw_pan")
         self.horizon_ms = s.dedup_horizon_s * 1000
-        self.ingress = Ingress(s.max_message_bytes, self.horizon_ms, self.pans, s.transactions_topic, s.partitions)
         self.kafka_security = kafka_security(settings)  # files read once; every Kafka client uses it
-        self.learning = Learner(settings, self.metrics, self.scorer, self.learner, self.kafka_security)
-        self.learning.restore_checkpoint()
+        self.entities = EntityReplica(settings, self.metrics, self.kafka_security)
+        self.learning = Learner(settings, self.metrics, self.scorer, self.learner, self.entities, self.kafka_security)
+        self.learning.restore_checkpoint()  # before the ingress takes the replica's table
+        self.ingress = Ingress(s.max_message_bytes, self.horizon_ms, self.pans, s.transactions_topic, s.partitions,
+                               self.entities.table)
         self.app = self._faust_app()
         self.tables = self._tables()
         self.outputs = Outputs(self.app, settings, self.metrics, self.pans, self.scorer)
         self.scoring = ScoreAgent(settings, self.metrics, self.scorer, self.ingress, self.outputs, self.tables,
-                                  self.kafka_security, self._fail)
+                                  self.kafka_security, self.entities, self._fail)
         self.labels = LabelAgent(settings, self.metrics, self.outputs, self.tables, self._fail)
         self.health = Health(self.app, settings, self.metrics, self.scorer, self.learner, self.kafka_security,
                              self.scoring)
@@ -122,6 +125,8 @@ class StreamApp:
         app.timer(max(0.5, min(60.0, s.label_wait_s / 2)))(health.writes(self.labels.expire_parked_labels))
         app.timer(3600.0)(health.writes(self.labels.expire_captured))
         app.task(self.learning.run)
+        app.task(self.entities.run)
+        app.timer(600.0)(self.entities.expire)
         app.timer(s.checkpoint_interval_s)(self.learning.save_checkpoint)
         if health.watcher is not None:
             app.timer(s.model_poll_s)(health.poll_model)
@@ -129,7 +134,7 @@ class StreamApp:
         app.timer(5.0)(health.refresh_gauges)
         app.task(health.probe_broker)
         http.register(http.Door(settings=s, metrics=self.metrics, scorer=self.scorer, pans=self.pans,
-                                horizon_ms=self.horizon_ms, cards=self.tables["cards"],
+                                horizon_ms=self.horizon_ms, cards=self.tables["cards"], entities=self.entities.table,
                                 readiness=health.readiness, models_info=health.models_info), app)
 
         @app.on_before_shutdown.connect

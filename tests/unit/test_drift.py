@@ -29,7 +29,7 @@ from stream_app.domain.drift import (
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import DAY_MS, FEATURE_NAMES, WINDOWS, featurize
 from stream_app.models.onnx_model import OnnxScorer, packaged_model_path
-from stream_app.offline.training import build_dataset, replay
+from stream_app.offline.replay import build_dataset, replay
 
 HORIZON = 7 * 86_400_000
 COLD_START_DAY = 5

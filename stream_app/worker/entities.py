@@ -1,0 +1,143 @@
+"""Every worker's replica of the entity table (merchant profiles, label-derived risk).
+
+A merchant's transactions come from every card, so from every partition: its profile cannot live in a
+card's partition. Each worker keeps a full replica (docs/concepts/entities.md, the design record), fed by:
+
+* its own scored transactions, applied at once (:meth:`EntityReplica.observe_local`), so events of a
+  micro-batch see each other as they do in training;
+* the ``scores`` topic, all partitions (each transaction is scored exactly once there, also across
+  crashes: the delivery protocol repairs missing scores), for what other workers scored — minus the
+  transactions this worker applied locally (remembered by tx_id until their score record comes by);
+* the examples log (labels joined with their transaction's entity ids), applied by the learner in log
+  order (:meth:`EntityReplica.learn`) — the same order on every worker, like the online model.
+
+The replica is checkpointed with the online models (same offset of the examples log, plus the scores
+offsets and the locally applied tx_ids still pending): after a restart it resumes from there.
+Staleness: another worker's transaction reaches this replica one produce-and-fetch later
+(``stream_app_entity_lag_seconds``); labels, one examples-log round trip later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_app.domain.entities import EntityTable, LabelArrival, Observation
+from stream_app.domain.events import InvalidEvent, Transaction, parse_ts
+from stream_app.domain.learning import Example
+from stream_app.kafka.security import KafkaSecurity
+from stream_app.settings import Settings
+from stream_app.worker.metrics import Metrics
+from stream_app.worker.outputs import now_ms
+
+log = structlog.get_logger("stream_app.worker")
+
+
+@dataclass(slots=True)
+class ReplicaState:
+    """What a checkpoint keeps: the table, the scores offsets applied, the local tx_ids not read back yet."""
+
+    table: EntityTable = field(default_factory=EntityTable)
+    offsets: dict[int, int] = field(default_factory=dict)  # scores partition -> last offset applied
+    pending: set[str] = field(default_factory=set)
+
+
+def observation_of(record: dict[str, Any], table: EntityTable) -> Observation:
+    """A score record read back as an observation; raises KeyError/TypeError/ValueError/InvalidEvent."""
+    keys = {spec.name: str(record[spec.field]) for spec in table.specs if record.get(spec.field) not in (None, "")}
+    return Observation(str(record["card_id"]), parse_ts(record["event_time"], "event_time"),
+                       float(record["features"]["amount_eur"]), keys)
+
+
+class EntityReplica:
+    """The worker's entity table and the consumer of the ``scores`` topic that keeps it current."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, security: KafkaSecurity) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.security = security
+        self.state = ReplicaState()
+
+    @property
+    def table(self) -> EntityTable:
+        return self.state.table
+
+    def observe_local(self, tx: Transaction) -> None:
+        """This worker scored ``tx``: apply it now, and skip its score record when it comes by."""
+        self.state.table.observe(self.state.table.observation(tx))
+        self.state.pending.add(tx.tx_id)
+
+    def learn(self, example: Example) -> None:
+        """An example from the examples log; one without entity ids (an older worker's) teaches only the models."""
+        if example.entity is None:
+            return
+        try:
+            label = LabelArrival.from_dict(example.entity, example.label_ts_ms, example.is_fraud)
+        except (KeyError, TypeError, ValueError):
+            log.warning("entities.unreadable_label", tx_id=example.tx_id)
+            return
+        self.state.table.learn(label)
+
+    def apply_record(self, partition: int, offset: int, value: bytes | None) -> None:
+        if offset <= self.state.offsets.get(partition, -1):
+            return  # applied before the checkpoint this replica resumed from
+        self.state.offsets[partition] = offset
+        try:
+            record = orjson.loads(value or b"")
+            tx_id = str(record["tx_id"])
+            if tx_id in self.state.pending:
+                self.state.pending.discard(tx_id)
+                return
+            self.state.table.observe(observation_of(record, self.state.table))
+        except (KeyError, TypeError, ValueError, InvalidEvent):  # orjson's decode error is a ValueError
+            self.metrics.entity_records.labels("unreadable").inc()
+            return
+        self.metrics.entity_records.labels("applied").inc()
+
+    async def run(self) -> None:
+        """Follow every partition of the scores topic from the checkpoint's offsets (the start without one)."""
+        s = self.settings
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
+                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest",
+                                    **self.security.client_kwargs())
+        await consumer.start()
+        try:
+            partitions = await _partitions(consumer, s.scores_topic)
+            tps = [TopicPartition(s.scores_topic, p) for p in partitions]
+            consumer.assign(tps)
+            for tp in tps:
+                if tp.partition in self.state.offsets:
+                    consumer.seek(tp, self.state.offsets[tp.partition] + 1)
+                else:
+                    await consumer.seek_to_beginning(tp)
+            while True:
+                batches = await consumer.getmany(*tps, timeout_ms=500, max_records=5000)
+                for tp, messages in batches.items():
+                    for message in messages:
+                        self.apply_record(tp.partition, message.offset, message.value)
+                    if messages:
+                        self.metrics.entity_lag.set(max(0.0, (now_ms() - messages[-1].timestamp) / 1000))
+                self.metrics.entity_profiles.set(len(self.state.table.profiles))
+        finally:
+            await consumer.stop()
+
+    def expire(self) -> None:
+        gone = self.state.table.expire()
+        if gone:
+            log.info("entities.expired", profiles_and_cards=gone)
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    """The topic's partitions, waiting for its metadata (the worker creates its topics at start)."""
+    for _ in range(100):
+        await consumer.topics()  # a metadata round trip
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return sorted(found)
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions after 10 s")
