@@ -101,7 +101,9 @@ def _build() -> dict[str, dict[str, Any]]:
         }, ["tx_id", "card_id", "label", "source", "label_time"]),
         "score": _schema("score", "Score",
                          "One decision per valid transaction, published to `scores`, keyed by tx_id.", {
-            "tx_id": _ID, "card_id": _ID, "event_time": {**_TS, "description": "The transaction's event time."},
+            "tx_id": _ID, "card_id": _ID,
+            "merchant_id": {**_ID, "description": "The transaction's merchant (entity replicas read it back)."},
+            "event_time": {**_TS, "description": "The transaction's event time."},
             "decision": {"enum": ["approve", "review", "decline"],
                          "description": "approve below the review threshold, review at or above it, decline at or "
                                         "above the decline threshold."},
@@ -116,8 +118,8 @@ def _build() -> dict[str, dict[str, Any]]:
                                       "latency_ms": {"type": "integer"}},
                        "required": ["source_timestamp_ms", "scored_at_ms", "latency_ms"],
                        "additionalProperties": False},
-        }, ["tx_id", "card_id", "event_time", "decision", "risk_score", "scores", "model_versions", "policy",
-            "features", "source", "timing"]),
+        }, ["tx_id", "card_id", "merchant_id", "event_time", "decision", "risk_score", "scores", "model_versions",
+            "policy", "features", "source", "timing"]),
         "alert": _schema("alert", "Fraud alert", "One alert per transaction decided review or decline, published to "
                          "`fraud-alerts`, keyed by card_id.", {
             "alert_id": {**_ID, "description": "Equals tx_id: one alert per transaction; consumers can de-duplicate."},

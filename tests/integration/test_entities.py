@@ -1,0 +1,80 @@
+"""Entity profiles through a real worker on the real broker: merchant counts over every card that paid
+there, a fraud label that changes the next score at its merchant within seconds (stream and HTTP), and
+compromise evidence at the merchants the defrauded card had paid at before."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from outputs import PARTITIONS, produce, read_until
+from test_http_parity import call
+
+from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.domain.events import format_ts
+from stream_app.settings import Settings
+
+T0 = 1_767_225_600_000 + 10 * 3_600_000  # 2026-01-01T10:00Z
+MINUTE = 60_000
+
+
+def tx(tx_id: str, card: str, merchant: str, minute: int, amount: float = 30.0) -> dict[str, Any]:
+    return {"tx_id": tx_id, "card_id": card, "merchant_id": merchant, "amount": amount, "currency": "EUR",
+            "timestamp": T0 + minute * MINUTE, "country": "FR", "channel": "pos", "mcc": "5411"}
+
+
+def features_at(worker: WorkerProcess, merchant: str, minute: int, tag: str) -> dict[str, float]:
+    status, answer = call(worker, "/score", orjson.dumps(tx(f"probe-{tag}", f"card_probe_{tag}", merchant, minute)))
+    assert status == 200 and answer["status"] == "scored", answer
+    return answer["features"]
+
+
+def test_merchant_profiles_and_label_derived_risk(kafka_bootstrap: str, app_env: dict[str, str],
+                                                  worker: WorkerProcess) -> None:
+    s = Settings.from_env({**app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    # Eight cards pay at the shop (spread over the partitions, so other workers' share comes back through
+    # the scores topic); card_1 later pays at the skimmer's accomplice, which is the fraud.
+    history = [tx(f"shop-{i}", f"card_{i}", "m_shop", i) for i in range(8)]
+    fraud = tx("fraud-1", "card_1", "m_fraud", 20, amount=400.0)
+    sent = [*history, fraud]
+    asyncio.run(produce(kafka_bootstrap, s.transactions_topic, [(t["card_id"].encode(), orjson.dumps(t)) for t in sent]))
+    ids = {t["tx_id"] for t in sent}
+    out = asyncio.run(read_until(kafka_bootstrap, [s.scores_topic], PARTITIONS,
+                                 lambda o: ids <= {r["tx_id"] for r in o.of(s.scores_topic)}, 120))
+    scores = {r["tx_id"]: r for r in out.of(s.scores_topic)}
+    assert scores["shop-7"]["features"]["merchant_count_1d"] == 7  # the seven before it, from seven cards
+    assert scores["shop-7"]["merchant_id"] == "m_shop"
+
+    before = features_at(worker, "m_shop", 30, "before")
+    assert before["merchant_count_1d"] == 8 and before["merchant_compromise_1d"] == 0
+    assert 6.5 <= before["merchant_distinct_cards"] <= 9.5
+    assert features_at(worker, "m_fraud", 30, "before-fraud")["merchant_fraud_labels_1d"] == 0
+
+    label = {"tx_id": "fraud-1", "card_id": "card_1", "label": "fraud", "source": "chargeback",
+             "label_time": format_ts(T0 + 25 * MINUTE)}
+    published = time.monotonic()
+    asyncio.run(produce(kafka_bootstrap, s.labels_topic, [(b"card_1", orjson.dumps(label))]))
+    deadline = published + 60
+    while time.monotonic() < deadline:
+        after = features_at(worker, "m_fraud", 30, f"after-{int(time.monotonic() * 1000)}")
+        if after["merchant_fraud_labels_1d"] == 1:
+            break
+        time.sleep(0.2)
+    seconds = time.monotonic() - published
+    assert after["merchant_fraud_labels_1d"] == 1, after
+    print(f"label to merchant risk in {seconds:.2f} s")
+    shop = features_at(worker, "m_shop", 30, "after-shop")
+    assert shop["merchant_compromise_1d"] == 1, shop  # card_1 paid at m_shop before its fraud
+    assert shop["merchant_fraud_labels_1d"] == 0
+
+    # On the stream too: card_1's next payment sees its own fraud label and the merchant's.
+    nxt = tx("next-1", "card_1", "m_fraud", 31)
+    asyncio.run(produce(kafka_bootstrap, s.transactions_topic, [(b"card_1", orjson.dumps(nxt))]))
+    out = asyncio.run(read_until(kafka_bootstrap, [s.scores_topic], PARTITIONS,
+                                 lambda o: "next-1" in {r["tx_id"] for r in o.of(s.scores_topic)}, 60))
+    record = next(r for r in out.of(s.scores_topic) if r["tx_id"] == "next-1")
+    assert record["features"]["merchant_fraud_labels_1d"] == 1
+    assert record["features"]["card_fraud_labels_30d"] == 1
+    assert record["features"]["card_days_since_fraud_label"] < 1
