@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from loadtests.ledger import (
@@ -122,6 +123,7 @@ class ChaosReport:
     takeover_by_partition: dict[int, float]
     feature_mismatches: int
     state_mismatches: int
+    entity_mismatches: int  # (worker, merchant) replicas whose count differs from the events at the merchant
     partitioner: str
     restarted_scored: int | None  # events scored by the restarted worker (None: no restart)
     kill_ms: int
@@ -132,14 +134,16 @@ class ChaosReport:
     def ok(self) -> bool:
         features_ok = self.feature_mismatches == 0 or self.partitioner == "mixed"  # arrival order: see above
         return (self.check.ok and self.check.duplicate_scores == 0 and math.isfinite(self.takeover_s) and features_ok
-                and self.state_mismatches == 0 and (self.restarted_scored is None or self.restarted_scored > 0))
+                and self.state_mismatches == 0 and self.entity_mismatches == 0
+                and (self.restarted_scored is None or self.restarted_scored > 0))
 
     def result_line(self) -> str:
         c = self.check
         return (f"RESULT sent={c.sent} scored={c.scored} dlq={c.dlq} lost={c.lost} "
                 f"duplicate_alerts={c.duplicate_alerts} takeover_s={self.takeover_s:.1f} "
                 f"duplicate_scores={c.duplicate_scores} feature_mismatches={self.feature_mismatches} "
-                f"state_mismatches={self.state_mismatches} partitioner={self.partitioner}")
+                f"state_mismatches={self.state_mismatches} entity_mismatches={self.entity_mismatches} "
+                f"partitioner={self.partitioner}")
 
 
 class Load:
@@ -220,6 +224,11 @@ def takeover(outputs: Outputs, input_topics: set[str], kill_ms: int) -> dict[int
     return {p: (first_after[p] - kill_ms) / 1000 if p in first_after else math.inf for p in sorted(seen)}
 
 
+def unique(valid: Sequence[Transaction]) -> list[Transaction]:
+    """The events once each (a tx_id sent twice is scored once)."""
+    return list({tx.tx_id: tx for tx in valid}.values())
+
+
 def reference(valid: Sequence[Transaction], horizon_ms: int) -> tuple[dict[str, list[float]], dict[str, CardState]]:
     """One uninterrupted pass of ``featurize`` over the events in send order: each event's features, and
     each card's state at the end."""
@@ -294,6 +303,39 @@ async def wait_scored(bootstrap: str, s: Settings, valid_ids: set[str], timeout_
         await asyncio.sleep(2.0)
 
 
+def entity_mismatches(scored: Sequence[Transaction], ports: Sequence[int], timeout_s: float = 30.0
+                      ) -> tuple[int, list[str]]:
+    """Every worker's entity replica against the events: once the stream is drained, a probe at each merchant
+    (``POST /score``, read only) must see exactly the transactions scored there — none lost, none counted
+    twice, whichever worker scored them and whatever was killed. Merchant aggregates are built across
+    partitions, so they are checked at quiescence (the staleness while running is the replica's lag)."""
+    counts = Counter(tx.merchant_id for tx in scored)
+    after = max(tx.ts_ms for tx in scored) + 60_000
+    probes = [{"tx_id": f"probe-{i}", "card_id": f"chaos_probe_{i}", "merchant_id": m, "amount": 1.0,
+               "currency": "EUR", "timestamp": after, "country": "FR", "channel": "pos", "mcc": "5411"}
+              for i, m in enumerate(sorted(counts))]
+    bad: list[str] = []
+    for port in ports:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wrong = []
+            for start in range(0, len(probes), 1000):
+                chunk = probes[start:start + 1000]
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=orjson.dumps(chunk),
+                                                 method="POST")
+                with urllib.request.urlopen(request, timeout=30) as r:
+                    answers = orjson.loads(r.read())["results"]
+                for probe, answer in zip(chunk, answers, strict=True):
+                    merchant, held = probe["merchant_id"], answer["features"]["merchant_n_total"]
+                    if held != counts[merchant]:
+                        wrong.append(f"{port}:{merchant}={held:.0f}/{counts[merchant]}")
+            if not wrong or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)  # the replica may still be reading the scores topic
+        bad += wrong
+    return len(bad), bad
+
+
 def run_chaos(o: ChaosOptions) -> ChaosReport:
     from stream_app.kafka.topics import create_topics
 
@@ -342,11 +384,18 @@ def run_chaos(o: ChaosOptions) -> ChaosReport:
         changelog = f"{s.app_id}-cards-changelog"  # faust's name for the cards table's changelog
         states_bad, bad_cards = state_mismatches(
             load.valid, asyncio.run(read_all(bootstrap, [changelog], idle_s=1.0))[changelog], s.dedup_horizon_s * 1000)
+        scored_ids = {str(r.value.get("tx_id")) for r in outputs.scores}
+        entities_bad, bad_entities = entity_mismatches([t for t in unique(load.valid) if t.tx_id in scored_ids],
+                                                       [w.web_port for w in workers])
         report = ChaosReport(result, max(by_partition.values(), default=math.inf), by_partition, mismatches,
-                             states_bad, o.partitioner, None if restarted_scored is None else int(restarted_scored),
+                             states_bad, entities_bad, o.partitioner,
+                             None if restarted_scored is None else int(restarted_scored),
                              kill_ms, ledger_path)
         if bad:
             report.notes.append(f"feature mismatches for: {', '.join(bad[:10])}")
+        if bad_entities:
+            report.notes.append(f"entity replicas unlike the events (port:merchant=replica/events): "
+                                f"{', '.join(bad_entities[:10])}")
         if bad_cards:
             report.notes.append(f"card states unlike the reference: {', '.join(bad_cards[:10])}")
         lost = set(result.lost_valid) | set(result.lost_malformed)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from outputs import scrape
 
-from loadtests.chaos import ChaosOptions, Load, feature_mismatches, run_chaos, wait_scored
+from loadtests.chaos import ChaosOptions, Load, entity_mismatches, feature_mismatches, run_chaos, unique, wait_scored
 from loadtests.ledger import LedgerWriter, check, read_ledger
 from stream_app.devtools.broker import EmbeddedBroker
 from stream_app.devtools.worker_process import WorkerProcess, topic_env
@@ -40,6 +40,7 @@ def test_kill9_one_of_two_workers(kafka_bootstrap: str, tmp_path: Path) -> None:
     # Mixed producers split a card's events over partitions, which Kafka does not order between: features
     # follow arrival order (loadtests.chaos), so the card states are what must match the reference here.
     assert report.state_mismatches == 0, report.notes
+    assert report.entity_mismatches == 0, report.notes  # survivors' and restarted worker's merchant replicas
     assert report.restarted_scored is not None and report.restarted_scored > 0, "the restarted worker rejoined"
 
 
@@ -65,6 +66,9 @@ def test_crc32_producer_card_state_follows_the_card_across_a_rebalance(kafka_boo
         asyncio.run(load.run(asyncio.Event()))
         outputs = asyncio.run(wait_scored(kafka_bootstrap, s, {t.tx_id for t in load.valid}, 90))
         scored_by_second = scrape(second.web_port)[("stream_app_events_scored_total", ())]
+        scored_ids = {r.value["tx_id"] for r in outputs.scores}
+        entities_bad, bad_entities = entity_mismatches([t for t in unique(load.valid) if t.tx_id in scored_ids],
+                                                       [first.web_port, second.web_port])
     finally:
         second.stop()
         first.stop()
@@ -76,6 +80,7 @@ def test_crc32_producer_card_state_follows_the_card_across_a_rebalance(kafka_boo
     assert scored_by_second > 0, "the second worker took partitions over"
     mismatches, bad = feature_mismatches(load.valid, outputs, s.dedup_horizon_s * 1000)
     assert mismatches == 0, bad[:10]
+    assert entities_bad == 0, bad_entities[:10]  # both replicas hold every merchant's transactions exactly once
     sources = [(r.value["source"], r.value["card_id"].encode()) for r in outputs.scores]
     assert sum(src["topic"] == s.rekeyed_topic for src, _ in sources) > len(sources) / 2  # most were misplaced
     assert all(src["partition"] == card_partition(card, o.partitions) for src, card in sources)
