@@ -1,0 +1,124 @@
+"""The entity table and the label-arrival replay: what a label changes, and never before it arrived."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_app.domain.entities import (
+    MODEL_FEATURES,
+    EntityTable,
+    LabelArrival,
+    featurize_model,
+    with_suspects,
+)
+from stream_app.domain.events import Transaction
+from stream_app.domain.features import DAY_MS, FEATURE_NAMES, HOUR_MS, CardState, featurize
+from stream_app.offline.replay import replay
+
+T0 = 1_767_225_600_000
+H = 7 * DAY_MS
+PAD = [0.0] * len(FEATURE_NAMES)  # the card part, when only the table is under test
+
+
+def tx(i: int, ts: int, card: str, merchant: str, amount: float = 20.0) -> Transaction:
+    return Transaction(f"t{i}", card, merchant, amount, "EUR", ts, "FR", "pos", "5411")
+
+
+def named(row: list[float]) -> dict[str, float]:
+    return dict(zip(MODEL_FEATURES, row, strict=True))
+
+
+def fraud(t: Transaction, arrived: int, suspects: tuple[str, ...] = ()) -> LabelArrival:
+    return LabelArrival(t.card_id, t.ts_ms, arrived, True, {"merchant": t.merchant_id}, suspects)
+
+
+def test_a_fraud_label_raises_its_merchant_and_card_risk_from_its_arrival_on() -> None:
+    table = EntityTable()
+    paid = tx(1, T0, "c1", "m1")
+    table.observe(table.observation(paid))
+    table.learn(fraud(paid, T0 + 2 * HOUR_MS))
+    before = named(PAD + table.features(tx(2, T0 + HOUR_MS, "c1", "m1")))
+    after = named(PAD + table.features(tx(3, T0 + 3 * HOUR_MS, "c1", "m1")))
+    assert before["card_fraud_labels_30d"] == 0 and after["card_fraud_labels_30d"] == 1
+    assert after["card_days_since_fraud_label"] == 1 / 24 and before["card_days_since_fraud_label"] == 365.0
+    assert after["merchant_fraud_labels_1d"] == 1 and after["merchant_fraud_labels_30d"] == 1
+    other = named(PAD + table.features(tx(4, T0 + 3 * HOUR_MS, "c2", "m2")))
+    assert other["merchant_fraud_labels_30d"] == 0 and other["card_fraud_labels_30d"] == 0
+
+
+def test_legit_labels_change_nothing() -> None:
+    table = EntityTable()
+    paid = tx(1, T0, "c1", "m1")
+    table.observe(table.observation(paid))
+    probe = tx(2, T0 + HOUR_MS, "c2", "m1")
+    first = table.features(probe)
+    table.learn(LabelArrival("c1", T0, T0 + 1, False, {"merchant": "m1"}))
+    assert table.features(probe) == first and table.n_fraud_labels == 0
+
+
+def test_compromise_evidence_goes_to_the_cards_earlier_merchants_once() -> None:
+    table = EntityTable()
+    states: dict[str, CardState] = {}
+    for i, merchant in enumerate(["m_skim", "m_a"]):
+        featurize_model(states, table, tx(i, T0 + i * HOUR_MS, "c1", merchant), H)
+    stolen = tx(9, T0 + 5 * DAY_MS, "c1", "m_far")
+    featurize_model(states, table, stolen, H)
+    entity = with_suspects({"card": "c1", "ts": stolen.ts_ms, "keys": {"merchant": "m_far"}}, True, states["c1"])
+    assert entity is not None and sorted(entity["suspects"]) == ["m_a", "m_skim"]
+    label = LabelArrival.from_dict(entity, stolen.ts_ms + DAY_MS, True)
+    table.learn(label)
+    table.learn(label)  # a second fraud label of the same card: no second evidence
+    probe = named(PAD + table.features(tx(10, T0 + 7 * DAY_MS, "c2", "m_skim")))
+    assert probe["merchant_compromise_7d"] == 1
+    assert with_suspects(entity, False, states["c1"]) is entity  # a legit label names no suspects
+
+
+def test_scratch_copies_leave_the_table_unchanged() -> None:
+    table = EntityTable()
+    table.observe(table.observation(tx(1, T0, "c1", "m1")))
+    probes = [tx(2, T0 + 1, "c2", "m1"), tx(3, T0 + 2, "c3", "m1")]
+    scratch = table.scratch(probes)
+    for p in probes:
+        scratch.observe(scratch.observation(p))
+    assert table.profiles[("merchant", "m1")]["n"] == 1 and scratch.profiles[("merchant", "m1")]["n"] == 3
+
+
+def test_idle_profiles_and_old_card_risk_expire_in_event_time() -> None:
+    table = EntityTable()
+    old = tx(1, T0, "c1", "m_old")
+    table.observe(table.observation(old))
+    table.learn(fraud(old, T0 + DAY_MS))
+    table.observe(table.observation(tx(2, T0 + 90 * DAY_MS, "c2", "m_new")))
+    assert table.expire() == 2
+    assert set(table.profiles) == {("merchant", "m_new")} and table.card_frauds == {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 20 * 24), st.booleans(),
+                          st.integers(0, 10 * 24)), min_size=1, max_size=40))
+def test_replay_never_counts_a_label_before_it_arrived(events: list[tuple[int, int, int, bool, int]]) -> None:
+    """Each row's label-derived features equal those of a table given exactly the labels that had arrived
+    by that transaction (at its event time or before), whatever the delays."""
+    items = sorted(((tx(i, T0 + hour * HOUR_MS, f"c{card}", f"m{merchant}"), is_fraud, delay)
+                    for i, (card, merchant, hour, is_fraud, delay) in enumerate(events)), key=lambda x: x[0].ts_ms)
+    label_times = [t.ts_ms + delay * HOUR_MS for t, _, delay in items]
+    data = replay([(t, f) for t, f, _ in items], H, label_times=label_times, progress=False)
+    for row_index, (t, _, _) in enumerate(items):
+        known = [(label_times[j], j) for j in range(len(items)) if label_times[j] <= t.ts_ms and j != row_index]
+        frauds_known = sum(1 for _, j in known if items[j][1] and items[j][0].card_id == t.card_id)
+        got = named(data.x[row_index].tolist())
+        assert got["card_fraud_labels_30d"] == frauds_known
+
+
+def test_training_and_serving_compute_the_same_row() -> None:
+    """The replay's rows equal the serving path's (card features, then the table's, then observe)."""
+    events = [tx(i, T0 + i * 600_000, f"c{i % 3}", f"m{i % 2}", 10.0 + i) for i in range(30)]
+    data = replay([(t, False) for t in events], H, progress=False)
+    states: dict[str, CardState] = {}
+    table = EntityTable()
+    for i, t in enumerate(events):
+        served = featurize(states, t, H) + table.features(t)
+        table.observe(table.observation(t))
+        assert [float(v) for v in data.x[i]] == [float(v) for v in np.float32(served)]
