@@ -16,6 +16,8 @@ import pytest
 
 from stream_app.cli import build_parser, main
 from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.entities import MODEL_FEATURES
+from stream_app.domain.events import Transaction
 from stream_app.domain.features import DAY_MS
 from stream_app.models.onnx_model import OnnxScorer
 from stream_app.offline.evaluation import average_precision, roc_auc
@@ -262,3 +264,26 @@ def test_metrics_against_known_values() -> None:
     assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
     assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
     assert average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_label_time_column_sets_when_each_label_arrived(tmp_path: Path) -> None:
+    """A label_time column is when the label became known: read per row (empty: the delay applies), a time
+    before the transaction or unreadable is a reject, and the replay folds each label in at that time."""
+    from stream_app.offline.replay import replay
+
+    header = "tx_id,card_id,merchant_id,amount,currency,timestamp,country,channel,mcc,is_fraud,label_time\n"
+    rows = ["a1,c1,m1,10,EUR,2026-01-01T10:00:00Z,FR,pos,5411,1,2026-01-01T11:00:00Z",
+            "a2,c1,m1,10,EUR,2026-01-01T10:30:00Z,FR,pos,5411,0,",
+            "a3,c1,m1,10,EUR,2026-01-01T12:00:00Z,FR,pos,5411,0,2026-01-01T11:00:00Z",
+            "a4,c1,m1,10,EUR,2026-01-01T12:30:00Z,FR,pos,5411,0,soon"]
+    path = tmp_path / "labelled.csv"
+    path.write_text(header + "\n".join(rows) + "\n")
+    loaded = load_labeled_transactions(path)
+    assert [r["reason"] for r in loaded.rejects] == ["invalid_label_time", "invalid_label_time"]
+    assert [tx.tx_id for tx, _ in loaded.items] == ["a1", "a2"]
+    assert loaded.label_times == [1_767_265_200_000, None]  # 2026-01-01T11:00Z, and the delay for a2
+    later = [*loaded.items, (Transaction("a5", "c1", "m1", 10.0, "EUR", 1_767_268_800_000, "FR", "pos", "5411"), False)]
+    data = replay(later, 7 * 86_400_000, label_times=[*loaded.label_times, None], progress=False)
+    card_frauds = data.x[:, list(MODEL_FEATURES).index("card_fraud_labels_30d")]
+    assert card_frauds.tolist() == [0, 0, 1]  # a5 at 12:00 comes after a1's label at 11:00
+    assert data.label_ms[1] == data.ts_ms[1] + 7 * 86_400_000
