@@ -1,30 +1,49 @@
-"""What merchant profiles add to card features, under the field's protocol, on generated data.
+"""What merchant profiles add to card features, under the field's delayed-label protocol, on generated data.
 
-Transactions and their labels are replayed in *arrival* order (a label arrives ``--label-delay-days``
-after its transaction), through the same code the service uses for card features
-(``domain.features.featurize``) and the entity profiles (``domain.profiles``), so no feature sees a label
-from its future. A LightGBM model is trained on the first days (only rows whose labels had arrived by the
-end of the training period), a gap as long as the label delay is skipped, and the days after are the test.
-Reported for card-only features and for card + merchant features, in one run: ROC AUC, average precision,
-card precision@k per day, and AUC per fraud pattern (each pattern's frauds against every legit transaction).
+Transactions and their labels are replayed in *arrival* order (each label arrives when
+``generator.label_delay_ms`` says: a fixed 7 days by default, or a chargeback-like range of days for fraud
+labels), through the same code the service uses for card features (``domain.features.featurize``) and the
+entity profiles (``domain.profiles``), so no feature sees a label from its future.
+
+Protocol (the Fraud Detection Handbook's): after a warm-up that fills the 30-day windows, a LightGBM model is
+trained on ``--train-days`` (>= 7) of transactions, the label delay is skipped (the model is trained when the
+training period's labels are in), and the next ``--test-days`` are the test. A training row is labelled as
+known at training time: a fraud whose label has not arrived yet counts as legit, as it would in production.
+Reported for card-only features and card + merchant features, in one run, overall and per fraud scenario
+(that scenario's frauds against every legit transaction): ROC AUC, average precision and card precision@k per
+day (the k riskiest cards of each day, cards detected on earlier days left out; a card counts for a scenario
+only if it had a fraud of that scenario that day). Then, for compromised merchants, the figures that explain
+the margin: episodes per period, how many test frauds came before any label from their merchant, and which
+features the model used.
 
 The entity profiles are not wired into the worker yet (issue 13): this measures what they would add.
-Run: python benchmarks/entity_features.py [--customers 3000] [--days 70] [--train-days 42] [--label-delay-days 7]
+Run: python benchmarks/entity_features.py [--customers 3000] [--train-days 35] [--test-days 7]
+                                          [--label-delay-days 7] [--fraud-delay-days MIN MAX] [--k 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from stream_app.devtools.generator import EXTRA_PATTERNS, FRAUD_PATTERNS, GeneratorConfig, LabeledTx, simulate
+from stream_app.devtools.generator import (
+    EXTRA_PATTERNS,
+    FRAUD_PATTERNS,
+    GeneratorConfig,
+    LabelDelay,
+    LabeledTx,
+    label_delay_ms,
+    simulate,
+)
 from stream_app.domain.features import DAY_MS, FEATURE_NAMES, CardState, featurize
 from stream_app.domain.profiles import (
     EntitySpec,
-    Profile,
     RiskSettings,
     add_compromise_evidence,
     compromise_suspects,
@@ -37,7 +56,10 @@ from stream_app.domain.profiles import (
 from stream_app.offline.evaluation import average_precision, precision_top_k_cards_per_day, roc_auc
 
 MERCHANT = EntitySpec("merchant", "merchant_id")
+MERCHANT_NAMES = feature_names(MERCHANT)
 HORIZON_MS = 7 * DAY_MS
+PATTERNS = FRAUD_PATTERNS + EXTRA_PATTERNS
+ALL = "all"
 
 
 @dataclass
@@ -45,17 +67,18 @@ class Replay:
     rows_card: list[list[float]]
     rows_merchant: list[list[float]]
     items: list[LabeledTx]
+    label_at: list[int]  # when each scored transaction's label arrived
 
 
-def replay(items: list[LabeledTx], delay_ms: int, risk: RiskSettings) -> Replay:
+def replay(items: list[LabeledTx], delay: LabelDelay, risk: RiskSettings) -> Replay:
     """Transactions and labels merged in arrival order; each transaction's features before its update."""
-    events = [(x.tx.ts_ms, 1, i) for i, x in enumerate(items)] + [(x.tx.ts_ms + delay_ms, 0, i)
-                                                                   for i, x in enumerate(items)]
+    arrival = [x.tx.ts_ms + label_delay_ms(x, delay) for x in items]
+    events = [(x.tx.ts_ms, 1, i) for i, x in enumerate(items)] + [(t, 0, i) for i, t in enumerate(arrival)]
     events.sort()  # a label arriving at the same millisecond as a transaction comes first: it had arrived
     cards: dict[str, CardState] = {}
-    merchants: dict[str, Profile] = {}
-    first_fraud: dict[str, int] = {}
-    out = Replay([], [], [])
+    merchants: dict[str, dict[str, Any]] = {}
+    fraud_carded: set[str] = set()
+    out = Replay([], [], [], [])
     n_tx = n_fraud_labels = 0
     for _, kind, i in events:
         item = items[i]
@@ -70,80 +93,179 @@ def replay(items: list[LabeledTx], delay_ms: int, risk: RiskSettings) -> Replay:
             out.rows_card.append(card_row)
             out.rows_merchant.append(features(profile, tx, prior, risk))
             out.items.append(item)
+            out.label_at.append(arrival[i])
             observe(profile, tx)
             n_tx += 1
         elif item.is_fraud:
             n_fraud_labels += 1
-            learn_label(merchants.setdefault(tx.merchant_id, new_profile()), tx.ts_ms, tx.ts_ms + delay_ms, True)
-            if tx.card_id not in first_fraud and tx.card_id in cards:  # the card's first fraud label
-                first_fraud[tx.card_id] = tx.ts_ms
+            learn_label(merchants.setdefault(tx.merchant_id, new_profile()), tx.ts_ms, arrival[i], True)
+            # The card's first fraud label: the merchants it visited before that fraud are suspects.
+            if tx.card_id not in fraud_carded and tx.card_id in cards:
+                fraud_carded.add(tx.card_id)
                 for suspect in compromise_suspects(cards[tx.card_id], tx.ts_ms):
-                    add_compromise_evidence(merchants.setdefault(suspect, new_profile()), tx.ts_ms + delay_ms)
+                    add_compromise_evidence(merchants.setdefault(suspect, new_profile()), arrival[i])
     return out
 
 
-def evaluate(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, test: list[LabeledTx],
-             k: int, seed: int) -> dict[str, float]:
+def card_precision_by_scenario(days: np.ndarray, cards: np.ndarray, patterns: np.ndarray, scores: np.ndarray,
+                               k: int) -> dict[str, float]:
+    """Card precision@k per day (cards detected on earlier days left out), overall and credited per scenario:
+    a top-k card counts for a scenario only if it had a fraud of that scenario that day."""
+    hits: dict[str, list[float]] = defaultdict(list)
+    known: set[str] = set()
+    for day in np.unique(days):
+        best: dict[str, float] = {}
+        kinds: dict[str, set[str]] = defaultdict(set)
+        for i in np.flatnonzero(days == day):
+            card = cards[i]
+            if card in known:
+                continue
+            best[card] = max(best.get(card, -math.inf), scores[i])
+            if patterns[i]:
+                kinds[card].add(patterns[i])
+        top = sorted(best, key=best.__getitem__, reverse=True)[:k]
+        if not top:
+            continue
+        hits[ALL].append(sum(bool(kinds[c]) for c in top) / k)
+        for pattern in PATTERNS:
+            hits[pattern].append(sum(pattern in kinds[c] for c in top) / k)
+        known.update(c for c in top if kinds[c])
+    return {key: float(np.mean(v)) for key, v in hits.items()}
+
+
+def metrics(test: list[LabeledTx], scores: np.ndarray, k: int) -> dict[str, dict[str, float]]:
+    """AUC, AP and CP@k, overall and per scenario (the scenario's frauds against every legit transaction)."""
+    y = np.array([x.is_fraud for x in test])
+    patterns = np.array([x.pattern or "" for x in test])
+    days = np.array([x.tx.ts_ms // DAY_MS for x in test])
+    cards = np.array([x.tx.card_id for x in test])
+    cp = card_precision_by_scenario(days, cards, patterns, scores, k)
+    assert math.isclose(cp[ALL], precision_top_k_cards_per_day(days, cards, y, scores, k, drop_known=True))
+    out = {ALL: {"auc": roc_auc(y, scores), "ap": average_precision(y, scores), "cp": cp[ALL]}}
+    for pattern in PATTERNS:
+        keep = (patterns == pattern) | ~y
+        if (patterns == pattern).any():
+            out[pattern] = {"auc": roc_auc(y[keep], scores[keep]), "ap": average_precision(y[keep], scores[keep]),
+                            "cp": cp[pattern]}
+    return out
+
+
+def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int) -> tuple[np.ndarray, Any]:
     import lightgbm as lgb
 
     model = lgb.LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=31, subsample=0.8, subsample_freq=1,
-                               colsample_bytree=0.8, random_state=seed, verbose=-1)
+                               colsample_bytree=0.8, random_state=seed, verbose=-1, importance_type="gain")
     model.fit(x_train, y_train)
-    scores = model.predict_proba(x_test)[:, 1]
-    y = np.array([x.is_fraud for x in test])
-    days = np.array([x.tx.ts_ms // DAY_MS for x in test])
-    card_ids = np.array([x.tx.card_id for x in test])
-    result = {"auc": roc_auc(y, scores), "ap": average_precision(y, scores),
-              f"cp@{k}": precision_top_k_cards_per_day(days, card_ids, y, scores, k, drop_known=True)}
-    legit = ~y
-    for pattern in FRAUD_PATTERNS + EXTRA_PATTERNS:
-        mask = np.array([x.pattern == pattern for x in test])
-        if mask.any():
-            keep = mask | legit
-            result[f"auc_{pattern}"] = roc_auc(y[keep], scores[keep])
-    print(f"{name:<16}" + "  ".join(f"{key}={value:.3f}" for key, value in result.items()), flush=True)
-    return result
+    return np.asarray(model.predict_proba(x_test))[:, 1], model
+
+
+def explain_compromised_merchant(r: Replay, train: np.ndarray, test: np.ndarray, scores: dict[str, np.ndarray],
+                                 model: Any) -> None:
+    """Why the margin on compromised merchants is what it is: how much of it the test can show at all."""
+    pattern = "compromised_merchant"
+    episodes: dict[str, list[int]] = defaultdict(list)
+    for x in r.items:
+        if x.pattern == pattern:
+            episodes[x.tx.merchant_id].append(x.tx.ts_ms)
+    in_train = {x.tx.merchant_id for x, keep in zip(r.items, train, strict=True) if keep and x.pattern == pattern}
+    in_test = {x.tx.merchant_id for x, keep in zip(r.items, test, strict=True) if keep and x.pattern == pattern}
+    print(f"{pattern}: {len(episodes)} shops in the run, {len(in_train)} with frauds in training, {len(in_test)} "
+          f"in the test ({len(in_test & in_train)} of them also in training)")
+    test_items = [x for x, keep in zip(r.items, test, strict=True) if keep]
+    merchant = np.array(r.rows_merchant)[test]
+    labels_30d = merchant[:, MERCHANT_NAMES.index("merchant_fraud_labels_30d")]
+    is_cm = np.array([x.pattern == pattern for x in test_items])
+    legit = np.array([not x.is_fraud for x in test_items])
+    seen = is_cm & (labels_30d > 0)
+    print(f"  test frauds {int(is_cm.sum())}: {int(seen.sum())} after a fraud label from their shop had arrived "
+          f"(30 d), {int((is_cm & ~seen).sum())} before any")
+    for name, subset in (("after a label", seen), ("before any label", is_cm & ~seen)):
+        if subset.any():
+            keep = subset | legit
+            y = subset[keep]
+            print(f"  AUC {name:<17}" + "  ".join(f"{model_name} {roc_auc(y, s[keep]):.3f}"
+                                                   for model_name, s in scores.items()))
+    names = list(FEATURE_NAMES) + list(MERCHANT_NAMES)
+    gains = model.booster_.feature_importance(importance_type="gain")
+    share = gains / gains.sum()
+    top = sorted(range(len(names)), key=lambda j: -share[j])[:8]
+    print("  card+merchant model, gain share: " + ", ".join(f"{names[j]} {share[j]:.2f}" for j in top)
+          + f"; all merchant features {share[len(FEATURE_NAMES):].sum():.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=3000)
-    parser.add_argument("--days", type=int, default=70)
-    parser.add_argument("--train-days", type=int, default=42)
-    parser.add_argument("--label-delay-days", type=int, default=7)
-    parser.add_argument("--warmup-days", type=int, default=7, help="first days left out of training (cold profiles)")
+    parser.add_argument("--warmup-days", type=int, default=14, help="first days, not trained on (cold windows)")
+    parser.add_argument("--train-days", type=int, default=35, help=">= 7")
+    parser.add_argument("--test-days", type=int, default=7)
+    parser.add_argument("--label-delay-days", type=float, default=7.0,
+                        help="delay of every label (legit labels' delay when --fraud-delay-days is given); "
+                             "also the gap skipped between training and test")
+    parser.add_argument("--fraud-delay-days", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        help="fraud labels arrive uniformly MIN-MAX days late (chargebacks)")
     parser.add_argument("--fraud-rate", type=float, default=0.01)
-    parser.add_argument("--k", type=int, default=50, help="cards reviewed per day (card precision@k)")
+    parser.add_argument("--k", type=int, default=100, help="cards reviewed per day (card precision@k)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.train_days < 7 or args.test_days < 1:
+        parser.error("need --train-days >= 7 and --test-days >= 1")
 
     t0 = time.perf_counter()
+    fraud_lo, fraud_hi = args.fraud_delay_days or (args.label_delay_days, args.label_delay_days)
+    delay = LabelDelay(fraud_lo, fraud_hi, args.label_delay_days)
+    gap_ms = int(args.label_delay_days * DAY_MS)
+    days = args.warmup_days + args.train_days + math.ceil(args.label_delay_days) + args.test_days
     config = GeneratorConfig(seed=args.seed, n_customers=args.customers, fraud_rate=args.fraud_rate,
-                             patterns=FRAUD_PATTERNS + EXTRA_PATTERNS)
-    items = list(simulate(config, days=args.days))
-    delay_ms = args.label_delay_days * DAY_MS
-    risk = RiskSettings(maturity_days=args.label_delay_days)
-    r = replay(items, delay_ms, risk)
-    print(f"{len(items)} transactions ({sum(x.is_fraud for x in items)} fraud), replayed with labels "
-          f"{args.label_delay_days} days late in {time.perf_counter() - t0:.1f} s", flush=True)
+                             patterns=PATTERNS)
+    items = list(simulate(config, days=days))
+    # Merchant fraud shares count transactions old enough for their fraud labels: the earliest a fraud label comes.
+    risk = RiskSettings(maturity_days=math.ceil(fraud_lo))
+    r = replay(items, delay, risk)
+    print(f"{len(items)} transactions ({sum(x.is_fraud for x in items)} fraud) over {days} days, replayed with "
+          f"fraud labels {fraud_lo:g}-{fraud_hi:g} days late, legit labels {args.label_delay_days:g}, "
+          f"in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    start = config.start_ms
-    train_end = start + args.train_days * DAY_MS
-    test_start = train_end + delay_ms  # the gap: labels of the last training days are not known at training
+    train_start = config.start_ms + args.warmup_days * DAY_MS
+    train_end = train_start + args.train_days * DAY_MS
+    test_start = train_end + gap_ms  # the model is trained once the training period's labels are in
+    test_end = test_start + args.test_days * DAY_MS
     ts = np.array([x.tx.ts_ms for x in r.items])
-    # Training rows: after the warm-up, labels arrived by the end of the training period.
-    train = (ts >= start + args.warmup_days * DAY_MS) & (ts + delay_ms <= train_end)
-    test = ts >= test_start
-    y = np.array([x.is_fraud for x in r.items])
+    train = (ts >= train_start) & (ts < train_end)
+    test = (ts >= test_start) & (ts < test_end)
+    y_known = np.array([x.is_fraud for x in r.items]) & (np.array(r.label_at) <= test_start)
     card = np.array(r.rows_card)
     both = np.hstack([card, np.array(r.rows_merchant)])
     test_items = [x for x, keep in zip(r.items, test, strict=True) if keep]
-    print(f"train {int(train.sum())} rows ({int(y[train].sum())} fraud), test {int(test.sum())} rows "
-          f"({int(y[test].sum())} fraud); features: card {len(FEATURE_NAMES)}, "
-          f"card+merchant {len(FEATURE_NAMES) + len(feature_names(MERCHANT))}", flush=True)
-    a = evaluate("card only", card[train], y[train], card[test], test_items, args.k, args.seed)
-    b = evaluate("card+merchant", both[train], y[train], both[test], test_items, args.k, args.seed)
-    print("RESULT " + " ".join(f"{key}_card={a[key]:.3f} {key}_entities={b[key]:.3f}" for key in a))
+    print(f"train {int(train.sum())} rows ({int(y_known[train].sum())} frauds known at training, "
+          f"{sum(x.is_fraud for x, keep in zip(r.items, train, strict=True) if keep)} true), test {int(test.sum())} "
+          f"rows ({sum(x.is_fraud for x in test_items)} fraud); features: card {len(FEATURE_NAMES)}, "
+          f"card+merchant {len(FEATURE_NAMES) + len(MERCHANT_NAMES)}", flush=True)
+    scores: dict[str, np.ndarray] = {}
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    model = None
+    for name, x in (("card", card), ("entities", both)):
+        scores[name], model = fit_predict(x[train], y_known[train], x[test], args.seed)
+        results[name] = metrics(test_items, scores[name], args.k)
+
+    n_fraud = {p: sum(x.pattern == p for x in test_items) for p in PATTERNS}
+    n_fraud[ALL] = sum(n_fraud.values())
+    # Distinct defrauded cards per test day: CP@k of a scenario cannot exceed this / k.
+    cards_per_day = {p: len({(x.tx.ts_ms // DAY_MS, x.tx.card_id) for x in test_items if p in (x.pattern, ALL)
+                             and x.is_fraud}) / args.test_days for p in (ALL, *PATTERNS)}
+    k = args.k
+    print(f"\n{'scenario':<22}{'frauds':>7}{'cards/d':>8}  {'AUC card':>9}{'entities':>9}  {'AP card':>8}"
+          f"{'entities':>9}  {f'CP@{k} card':>11}{'entities':>9}")
+    for scenario in (ALL, *PATTERNS):
+        if scenario in results["card"]:
+            a, b = results["card"][scenario], results["entities"][scenario]
+            print(f"{scenario:<22}{n_fraud[scenario]:>7}{cards_per_day[scenario]:>8.1f}  {a['auc']:>9.3f}"
+                  f"{b['auc']:>9.3f}  {a['ap']:>8.3f}{b['ap']:>9.3f}  {a['cp']:>11.3f}{b['cp']:>9.3f}")
+    print()
+    explain_compromised_merchant(r, train, test, scores, model)
+    print("RESULT " + " ".join(f"{metric}_{scenario}_{name}={results[name][scenario][metric]:.3f}"
+                               for scenario in results["card"] for metric in ("auc", "ap", "cp")
+                               for name in ("card", "entities")) + f" k={k}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from stream_app.domain.events import EUR_RATES, Transaction, format_ts
 FRAUD_PATTERNS: tuple[str, ...] = ("card_testing", "stolen_card_abroad", "amount_spike", "compromised_terminal")
 #: Patterns a config may add; off by default, so default streams (and the shipped model trained on them) stay
 #: as they were: ``GeneratorConfig(patterns=FRAUD_PATTERNS + EXTRA_PATTERNS)``.
-EXTRA_PATTERNS: tuple[str, ...] = ("compromised_merchant",)
+EXTRA_PATTERNS: tuple[str, ...] = ("compromised_merchant", "compromised_card")
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS
@@ -90,7 +90,7 @@ _NIGHT_HOURS: Final = 5.0  # compromised-terminal fraud happens between 00:00 an
 #: Mean fraudulent transactions per episode (from the ranges in the planners below).
 _MEAN_EPISODE: Final[dict[str, float]] = {
     "card_testing": 15.35, "stolen_card_abroad": 6.5, "amount_spike": 2.5, "compromised_terminal": 33.75,
-    "compromised_merchant": 157.5,
+    "compromised_merchant": 157.5, "compromised_card": 16.6,
 }
 
 _PHYSICAL_MCCS: Final = frozenset({"5411", "5812", "5814", "5541", "5999", "5311", "5691", "5912", "5732", "6011"})
@@ -252,6 +252,7 @@ class _World:
         self.typical = [min(200.0, max(5.0, r.lognormvariate(math.log(30.0), 0.75))) for _ in range(n_c)]
         self.sigma = [r.uniform(0.35, 0.8) for _ in range(n_c)]
         rate = [math.exp(r.uniform(math.log(0.5), math.log(6.0))) for _ in range(n_c)]
+        self.rate = rate
         # exp(-rate * weekday factor) per weekday: the Knuth threshold, precomputed for the hot loop.
         self.exp_neg_rate = [[math.exp(-lam * f) for lam in rate] for f in _WEEKDAY]
         self.p_new = [r.uniform(0.03, 0.15) for _ in range(n_c)]
@@ -290,6 +291,7 @@ class _World:
         self.trip_until = [-1] * n_c
         self.trip_merchants: list[tuple[int, ...]] = [()] * n_c
         self.trip_hour_cum: list[tuple[float, ...]] = [()] * n_c
+        self.stolen: set[int] = set()  # cards whose details were stolen (compromised_card)
 
     def hour_table(self, tz_hours: float, chrono: int) -> tuple[float, ...]:
         """Cumulative activity over the 24 hours following the simulation's day boundary."""
@@ -500,6 +502,51 @@ class _World:
         out.sort(key=_by_ts)
         return out
 
+    def compromised_card(self, start: int) -> list[_Event]:
+        """A card's details are stolen: for 7-21 days a fraudster spends on it beside its owner, making
+        20-50 % of the card's transactions, at a few shops of their own that are new to the card (mostly
+        online), at 2-8x the card's habit, on the fraudster's own daily rhythm. No burst, no shared shop:
+        only the change in the card's spending shows it. Mean size: E[rate] 2.21/day x E[s/(1-s)] 0.567
+        x 14 days = 17.5, less the first day's part before the theft: 16.6 measured."""
+        r = self.r
+        c = r.randrange(len(self.card_id))
+        for _ in range(50):  # once found out, a stolen card is reissued: one episode per card
+            if c not in self.stolen:
+                break
+            c = r.randrange(len(self.card_id))
+        else:
+            return []
+        self.stolen.add(c)
+        share = r.uniform(0.2, 0.5)
+        rate = self.rate[c] * share / (1.0 - share)  # the fraudster's tx/day beside the owner's
+        p_online = r.uniform(0.5, 1.0)
+        # The fraudster's own shops (new to the card), reused through the episode.
+        online = [m for m in self.online if m not in self.used[c]]
+        in_person = [m for m in self.home_pool[c] if "pos" in self.m_chan[m] and m not in self.used[c]]
+        if not online:
+            return []
+        online = r.sample(online, min(len(online), r.randint(2, 8)))
+        in_person = r.sample(in_person, min(len(in_person), r.randint(1, 4)))
+        haunt = r.choice(self.visitable)
+        hour_cum = self.hour_table(COUNTRIES[haunt][1], r.choice((-1, 0, 1, 2)))
+        day0 = start - (start - self.start_ms) % DAY_MS
+        typ = self.typical[c]
+        out: list[_Event] = []
+        for day in range(r.randint(7, 21)):
+            base = day0 + day * DAY_MS
+            for _ in range(_poisson(r.random, r.gauss, rate * _WEEKDAY[(base // DAY_MS + 3) % 7])):
+                t = base + bisect_right(hour_cum, r.random() * hour_cum[-1]) * HOUR_MS + r.randrange(HOUR_MS)
+                if t < start:
+                    continue
+                by_web = not in_person or r.random() < p_online
+                m = r.choice(online if by_web else in_person)
+                channel = "ecom" if by_web else "pos"
+                out.append((t, c, m, self._amount(m, typ * r.uniform(2.0, 8.0), channel), channel,
+                            "compromised_card"))
+        self.used[c].update(e[2] for e in out)
+        out.sort(key=_by_ts)
+        return out
+
 
 def simulate(config: GeneratorConfig, days: float | None = None) -> Iterator[LabeledTx]:
     """Transactions in non-decreasing event-time order; endless when days is None.
@@ -517,6 +564,7 @@ def simulate(config: GeneratorConfig, days: float | None = None) -> Iterator[Lab
         "amount_spike": world.amount_spike,
         "compromised_terminal": world.compromised_terminal,
         "compromised_merchant": world.compromised_merchant,
+        "compromised_card": world.compromised_card,
     }
     start = config.start_ms
     end = None if days is None else start + int(days * DAY_MS)
@@ -603,3 +651,36 @@ def label_record(item: LabeledTx, label_time_ms: int) -> dict[str, object]:
         "source": source,
         "label_time": format_ts(label_time_ms),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class LabelDelay:
+    """How long after its transaction a label arrives.
+
+    Fraud labels come from chargebacks and reports days to weeks later: uniform in
+    [``fraud_min_days``, ``fraud_max_days``]. A legit label is the absence of a dispute once the
+    review window has passed: ``legit_days`` after the transaction. The default is the fixed 7 days the
+    training protocol assumes; the demo may compress time with fractions of a day.
+    """
+
+    fraud_min_days: float = 7.0
+    fraud_max_days: float = 7.0
+    legit_days: float = 7.0
+
+    def __post_init__(self) -> None:
+        """A label never arrives before its transaction, and a range is a range."""
+        if not 0.0 <= self.fraud_min_days <= self.fraud_max_days or self.legit_days < 0.0:
+            raise ValueError("label delays: need 0 <= fraud_min_days <= fraud_max_days and legit_days >= 0")
+        if not all(math.isfinite(d) for d in (self.fraud_max_days, self.legit_days)):
+            raise ValueError("label delays must be finite")
+
+
+def label_delay_ms(item: LabeledTx, delay: LabelDelay = LabelDelay()) -> int:
+    """How long after ``item``'s event time its label arrives: a function of the tx_id (a hash, like
+    :func:`label_record`'s source), so a replay, the publisher and a benchmark agree on when each label
+    became known without sharing any random state."""
+    if not item.is_fraud:
+        return int(delay.legit_days * DAY_MS)
+    lo, hi = int(delay.fraud_min_days * DAY_MS), int(delay.fraud_max_days * DAY_MS)
+    u = int.from_bytes(hashlib.blake2b(item.tx.tx_id.encode(), digest_size=8, person=b"label-delay").digest(), "big")
+    return lo + u * (hi - lo + 1) // 2**64

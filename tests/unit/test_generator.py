@@ -15,7 +15,9 @@ from stream_app.devtools.generator import (
     EXTRA_PATTERNS,
     FRAUD_PATTERNS,
     GeneratorConfig,
+    LabelDelay,
     LabeledTx,
+    label_delay_ms,
     label_record,
     simulate,
 )
@@ -269,7 +271,7 @@ def test_compromised_terminal_is_night_fraud_by_new_cards(
 
 
 def test_compromised_merchant_is_weeks_of_ordinary_looking_fraud_at_one_shop() -> None:
-    config = GeneratorConfig(seed=3, n_customers=800, fraud_rate=0.03, patterns=EXTRA_PATTERNS)
+    config = GeneratorConfig(seed=3, n_customers=800, fraud_rate=0.03, patterns=("compromised_merchant",))
     items = list(simulate(config, days=30))
     fraud = [i for i in items if i.is_fraud]
     assert fraud and {i.pattern for i in fraud} == {"compromised_merchant"}
@@ -292,6 +294,49 @@ def test_extra_patterns_leave_default_streams_as_they_were() -> None:
         digest.update(i.tx.to_bytes())
         digest.update(str(i.pattern).encode())
     assert digest.hexdigest() == "79fd70f5fdd93367434760b608f0ffd0edde7b9bf63edd253f7419ec1b755df3"
+
+
+def test_compromised_card_is_a_fraudster_spending_beside_the_owner_for_weeks() -> None:
+    config = GeneratorConfig(seed=3, n_customers=800, fraud_rate=0.03, patterns=("compromised_card",))
+    items = list(simulate(config, days=40))
+    fraud = [i for i in items if i.is_fraud]
+    assert fraud and {i.pattern for i in fraud} == {"compromised_card"}
+    by_card: dict[str, list[LabeledTx]] = defaultdict(list)
+    for i in items:
+        by_card[i.tx.card_id].append(i)
+    episodes = {card: [i for i in v if i.is_fraud] for card, v in by_card.items() if any(i.is_fraud for i in v)}
+    spans = [v[-1].tx.ts_ms - v[0].tx.ts_ms for v in episodes.values() if len(v) > 1]
+    assert max(spans) > 7 * DAY_MS and max(spans) < 21 * DAY_MS  # one to three weeks
+    ratios, interleaved, owner_merchants = [], 0, 0
+    for card, frauds in episodes.items():
+        first, last = frauds[0].tx.ts_ms, frauds[-1].tx.ts_ms
+        legit = [i for i in by_card[card] if not i.is_fraud]
+        habit = statistics.median(i.tx.amount_eur for i in legit)
+        ratios += [i.tx.amount_eur / habit for i in frauds]
+        interleaved += any(first < i.tx.ts_ms < last for i in legit)  # the owner keeps paying meanwhile
+        before = {i.tx.merchant_id for i in legit if i.tx.ts_ms < first}
+        owner_merchants += sum(i.tx.merchant_id in before for i in frauds)
+    assert statistics.median(ratios) > 2.5  # several times the card's habit
+    assert interleaved > 0.7 * len(episodes)
+    assert owner_merchants < 0.02 * len(fraud)  # the fraudster's shops, not the owner's
+    assert 0.1 < sum(i.tx.channel == "pos" for i in fraud) / len(fraud) < 0.5  # mostly online, some in person
+    assert 0.02 < len(fraud) / len(items) < 0.04  # the budget holds the rate with the planner's mean size
+
+
+def test_default_streams_have_no_extra_patterns(big: list[LabeledTx]) -> None:
+    assert {i.pattern for i in big if i.is_fraud} <= set(FRAUD_PATTERNS)
+    assert set(EXTRA_PATTERNS) == {"compromised_merchant", "compromised_card"}
+
+
+def test_compromised_card_leaves_compromised_merchant_streams_as_they_were() -> None:
+    """Asking for compromised_merchant alone draws nothing for compromised_card (digest from before it existed)."""
+    digest = hashlib.sha256()
+    config = GeneratorConfig(seed=5, n_customers=200, fraud_rate=0.03,
+                             patterns=(*FRAUD_PATTERNS, "compromised_merchant"))
+    for i in simulate(config, days=3):
+        digest.update(i.tx.to_bytes())
+        digest.update(str(i.pattern).encode())
+    assert digest.hexdigest() == "63b5598b94b06e76dc3d4cb68bdd63e2d1c6db449fd4bbba81fb54fa8fb5f91d"
 
 
 @pytest.mark.parametrize("drift_at_day", [4.0, 3.5])
@@ -360,3 +405,30 @@ def test_label_sources_mostly_chargeback_and_deterministic(big: list[LabeledTx])
     assert first == [label_record(i, 5)["source"] for i in fraud]
     copy = LabeledTx(fraud[0].tx, True, "card_testing")
     assert label_record(copy, 99)["source"] == label_record(fraud[0], 1)["source"]
+
+
+def test_label_delay_defaults_to_seven_days_for_every_label(big: list[LabeledTx]) -> None:
+    assert {label_delay_ms(i) for i in big[:3000]} | {label_delay_ms(i) for i in big if i.is_fraud} == {7 * DAY_MS}
+
+
+def test_chargeback_like_delays_are_deterministic_within_bounds_and_never_early(big: list[LabeledTx]) -> None:
+    delay = LabelDelay(fraud_min_days=2, fraud_max_days=30, legit_days=10)
+    fraud = [i for i in big if i.is_fraud]
+    delays = [label_delay_ms(i, delay) for i in fraud]
+    assert all(2 * DAY_MS <= d <= 30 * DAY_MS for d in delays)
+    assert delays == [label_delay_ms(i, delay) for i in fraud]  # same answer on every call...
+    copy = LabeledTx(fraud[0].tx, True, "amount_spike")
+    assert label_delay_ms(copy, delay) == delays[0]  # ...a function of the tx_id, not of random state
+    # Spread over the range, not bunched: each third of it gets a fair share.
+    thirds = Counter(min(2, int((d - 2 * DAY_MS) / (28 * DAY_MS / 3))) for d in delays)
+    assert all(n > len(delays) / 3 * 0.8 for n in thirds.values()) and len(thirds) == 3
+    assert {label_delay_ms(i, delay) for i in big[:3000] if not i.is_fraud} == {10 * DAY_MS}
+    # A label is never known before its transaction, even with no delay at all.
+    instant = LabelDelay(0, 0.5, 0)
+    assert all(0 <= label_delay_ms(i, instant) <= DAY_MS // 2 for i in big[:3000] + fraud)
+
+
+@pytest.mark.parametrize(("lo", "hi", "legit"), [(5, 2, 7), (-1, 2, 7), (1, 2, -0.5), (1, float("inf"), 7)])
+def test_label_delay_is_validated(lo: float, hi: float, legit: float) -> None:
+    with pytest.raises(ValueError, match="delay"):
+        LabelDelay(lo, hi, legit)
