@@ -2,8 +2,8 @@
 
 The history is either generated (``stream_app.devtools.generator``) or a user's labeled transactions
 (``TrainConfig.data_path``, CSV or Parquet, see :func:`load_labeled_transactions`). Either way it is
-replayed with its labels in arrival order through the serving code (:mod:`stream_app.offline.replay`). The split is by time:
-train on the first period, skip a gap as long as the label delay (those labels would not be known
+replayed with its labels in arrival order through the serving code (:mod:`stream_app.offline.replay`).
+The split is by time: train on the first period, skip a gap as long as the label delay (those labels would not be known
 yet when training), test on the period after. The model is exported to ONNX with a model card that
 records what it was trained on, how it scored, the sha256 of the file, and a precision-recall curve
 of the test period (``fraud_gbt.pr.png``).

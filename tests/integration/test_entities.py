@@ -39,7 +39,8 @@ def test_merchant_profiles_and_label_derived_risk(kafka_bootstrap: str, app_env:
     history = [tx(f"shop-{i}", f"card_{i}", "m_shop", i) for i in range(8)]
     fraud = tx("fraud-1", "card_1", "m_fraud", 20, amount=400.0)
     sent = [*history, fraud]
-    asyncio.run(produce(kafka_bootstrap, s.transactions_topic, [(t["card_id"].encode(), orjson.dumps(t)) for t in sent]))
+    messages = [(t["card_id"].encode(), orjson.dumps(t)) for t in sent]
+    asyncio.run(produce(kafka_bootstrap, s.transactions_topic, messages))
     ids = {t["tx_id"] for t in sent}
     out = asyncio.run(read_until(kafka_bootstrap, [s.scores_topic], PARTITIONS,
                                  lambda o: ids <= {r["tx_id"] for r in o.of(s.scores_topic)}, 120))
