@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_app.domain.decision import ReasonModel
+from stream_app.domain.entities import MODEL_FEATURES, EntityTable, featurize_model
 from stream_app.domain.events import InvalidValue, MessageTooLarge, Transaction
-from stream_app.domain.features import FEATURE_NAMES, featurize
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.records import (
     DEAD_LETTER_OVERHEAD,
@@ -43,13 +43,13 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 
 @pytest.fixture
 def scored() -> Scored:
-    row = featurize({}, TX, 7 * 86_400_000)
+    row = featurize_model({}, EntityTable(), TX, 7 * 86_400_000)
     return Scored(TX, row, 0.91, 0.4, 0.85, "decline", {"onnx": "gbt-test", "river": "river-logreg@10"},
                   "weighted", 0.7)
 
 
 def reasons() -> ReasonModel:
-    n = len(FEATURE_NAMES)
+    n = len(MODEL_FEATURES)
     return ReasonModel((0.0,) * n, (1.0,) * n, (1.0,) * n, (1.0 / n,) * n)
 
 

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
-from stream_app.domain.features import FEATURE_NAMES, N_FEATURES, featurize
+from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES, EntityTable, featurize_model
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, packaged_model_path, sha256_file
 from stream_app.models.registry import ModelSlot, ModelWatcher, SwapResult, default_probe, validate_candidate
 from stream_app.offline.training import TrainConfig, train_and_export
@@ -35,7 +35,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rows() -> list[list[float]]:
     states: dict[str, Any] = {}
     items = list(simulate(GeneratorConfig(seed=11, n_customers=50, fraud_rate=0.05), days=3))
-    return [featurize(states, i.tx, 7 * 86_400_000) for i in items[:300]]
+    table = EntityTable()
+    return [featurize_model(states, table, i.tx, 7 * 86_400_000) for i in items[:300]]
 
 
 def write_card(model: Path, **changes: Any) -> Path:
@@ -51,7 +52,7 @@ def copy_model(src: Path, dst: Path) -> Path:
     return dst
 
 
-def tiny_onnx(path: Path, kind: str, width: int = N_FEATURES, dtype: int = TensorProto.FLOAT,
+def tiny_onnx(path: Path, kind: str, width: int = N_MODEL_FEATURES, dtype: int = TensorProto.FLOAT,
               out_width: int = 2) -> Path:
     """A one- or two-node ONNX graph standing in for a model that is wrong in one way."""
     small = np.random.default_rng(0).normal(0, 1e-6, (width, out_width))
@@ -91,7 +92,7 @@ def without_card(tmp: Path) -> Path:
 
 BAD_MODELS = {
     "corrupted bytes": (corrupted, r"cannot be loaded: InvalidProtobuf"),
-    "input width 5": (lambda t: tiny_onnx(t / "w5.onnx", "softmax", width=5), r"input of width 24"),
+    "input width 5": (lambda t: tiny_onnx(t / "w5.onnx", "softmax", width=5), rf"input of width {N_MODEL_FEATURES}"),
     "double input": (lambda t: tiny_onnx(t / "f64.onnx", "softmax", dtype=TensorProto.DOUBLE),
                      r"tensor\(double\).*expected one tensor\(float\) input"),
     "one output column": (lambda t: tiny_onnx(t / "o1.onnx", "softmax", out_width=1),
@@ -110,8 +111,8 @@ def test_default_probe_spans_legit_to_fraud_means() -> None:
     probe = default_probe(PACKAGED_CARD)
     assert probe is not None and len(probe) == 64 and probe == default_probe(PACKAGED_CARD)
     stats = PACKAGED_CARD["feature_stats"]
-    assert probe[0] == pytest.approx([stats[n]["legit_mean"] for n in FEATURE_NAMES])
-    assert probe[56] == pytest.approx([stats[n]["fraud_mean"] for n in FEATURE_NAMES])
+    assert probe[0] == pytest.approx([stats[n]["legit_mean"] for n in MODEL_FEATURES])
+    assert probe[56] == pytest.approx([stats[n]["fraud_mean"] for n in MODEL_FEATURES])
     assert default_probe({k: v for k, v in PACKAGED_CARD.items() if k != "feature_stats"}) is None
 
 
