@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES
+from stream_app.domain.entities import ENTITY_FEATURES, MODEL_FEATURES, N_MODEL_FEATURES
 from stream_app.domain.features import DAY_MS, CardState
 
 SCORE: Final = "score"
@@ -197,7 +197,10 @@ class DriftMonitor:
                                                                                or row_filter["rows"])]
         if missing:
             raise ValueError(f"reference lacks features {missing}: built for other features?")
-        monitored = [(i, name) for i, name in enumerate(MODEL_FEATURES) if name not in ignore and name in features]
+        # Entity features are not monitored: a replica's profiles are as young as the replica (a merchant's age,
+        # its label-derived shares), so a new worker would report its own start as drift. Issue 13's record.
+        monitored = [(i, name) for i, name in enumerate(MODEL_FEATURES)
+                     if name not in ignore and name in features and name not in ENTITY_FEATURES]
         self._all_columns = [i for i, name in monitored if name not in warm_only]
         self._warm_columns = [i for i, name in monitored if name in warm_only]
         self._has_score = SCORE in reference

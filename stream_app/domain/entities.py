@@ -196,4 +196,5 @@ def featurize_model(states: MutableMapping[str, CardState], table: EntityTable, 
 #: The vector the shipped models take (the default entities); a model card names its set (feature_set).
 MODEL_FEATURES: Final = model_feature_names()
 N_MODEL_FEATURES: Final = len(MODEL_FEATURES)
+ENTITY_FEATURES: Final = frozenset(entity_feature_names())
 FEATURE_SET: Final = feature_set_name()

@@ -740,7 +740,9 @@ def rebuild_drift_reference(model_path: Path) -> dict[str, Any]:
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in history["generator"].items()}
     gen = GeneratorConfig(**fields)
     print(f"regenerating {history['days']} days of history ({gen}) ...", file=sys.stderr)
-    data = build_dataset(gen, history["days"], TrainConfig().dedup_horizon_s * 1000)
+    gap = history["periods_days"]["gap (label delay)"]  # the label delay the card's model was trained with
+    data = build_dataset(gen, history["days"], TrainConfig().dedup_horizon_s * 1000,
+                         label_delay_ms=(gap[1] - gap[0]) * DAY_MS)
     test = (data.ts_ms - gen.start_ms) // DAY_MS >= history["periods_days"]["test"][0]
     scores = np.asarray(OnnxScorer.load(model_path).predict_proba_many(data.x[test].tolist()))
     recorded_ap = card.get("metrics", {}).get("test", {}).get("average_precision")
