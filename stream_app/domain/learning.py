@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from stream_app.domain.entities import N_MODEL_FEATURES
 from stream_app.domain.events import kept_json
 from stream_app.domain.records import Source, model_scores
 from stream_app.domain.scoring import Scored
@@ -167,12 +168,17 @@ class OnlineLearner:
         self.metrics = metrics
         self.learning = learning
         self.offset = -1  # last applied offset of the examples log
+        self.other_feature_set = 0  # examples whose vector is not of this code's feature set (not learned)
 
     def apply(self, example: Example, offset: int) -> None:
         if offset <= self.offset:
             return  # already applied (replay after a checkpoint restore)
         self.metrics.update(example.is_fraud, example.scores)
-        if self.learning:
+        if len(example.features) != N_MODEL_FEATURES:
+            # Captured under another feature set (before an upgrade widened the vector): its scores still
+            # count for quality, but its vector means other features, so it teaches nothing.
+            self.other_feature_set += 1
+        elif self.learning:
             self.river.learn_one(example.features, example.is_fraud)
             if self.stacker is not None:
                 self.stacker.learn_one(example.features, example.scores, example.is_fraud)

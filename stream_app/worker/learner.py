@@ -60,7 +60,11 @@ class Learner:
                         continue
                     if message.offset > self.learner.offset:  # not in the checkpoint restored
                         self.entities.learn(example)
+                    skipped = self.learner.other_feature_set
                     self.learner.apply(example, message.offset)
+                    if self.learner.other_feature_set > skipped and skipped % 1000 == 0:
+                        log.warning("learner.other_feature_set", offset=message.offset, width=len(example.features),
+                                    examples=self.learner.other_feature_set)
                     self.metrics.examples_applied.inc()
                     self.metrics.label_lag.set(max(0.0, (now_ms() - message.timestamp) / 1000))
         finally:
