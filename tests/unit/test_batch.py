@@ -19,8 +19,8 @@ import pytest
 from stream_app.cli import main
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.decision import Policy
+from stream_app.domain.entities import MODEL_FEATURES, EntityTable, featurize_model
 from stream_app.domain.events import Transaction
-from stream_app.domain.features import FEATURE_NAMES, featurize
 from stream_app.domain.scoring import FraudScorer
 from stream_app.models import checkpoint
 from stream_app.models.onnx_model import OnnxScorer
@@ -40,8 +40,9 @@ def trained_river(n: int) -> RiverScorer:
     """A River model that has learned ``n`` labels, so its scores vary from row to row."""
     river = RiverScorer()
     states: dict[str, Any] = {}
+    table = EntityTable()
     for item in list(simulate(GeneratorConfig(seed=5, n_customers=100), days=2))[:n]:
-        river.learn_one(featurize(states, item.tx, HORIZON_MS), item.is_fraud)
+        river.learn_one(featurize_model(states, table, item.tx, HORIZON_MS), item.is_fraud)
     return river
 
 
@@ -112,10 +113,11 @@ def test_out_of_order_input_is_replayed_in_event_time_order(tmp_path: Path, txs:
     shuffled[5:5] = [tie_b, tie_a]
     expected = sorted(shuffled, key=lambda tx: tx.ts_ms)
     states: dict[str, Any] = {}
-    expected_rows = [featurize(states, tx, HORIZON_MS) for tx in expected]
+    table = EntityTable()
+    expected_rows = [featurize_model(states, table, tx, HORIZON_MS) for tx in expected]
     expected_scores = scorer.score_many(expected, expected_rows)
-    states = {}
-    in_file_order = {tx.tx_id: featurize(states, tx, HORIZON_MS) for tx in shuffled}
+    states, table = {}, EntityTable()
+    in_file_order = {tx.tx_id: featurize_model(states, table, tx, HORIZON_MS) for tx in shuffled}
     assert any(in_file_order[tx.tx_id] != row for tx, row in zip(expected, expected_rows, strict=True))
 
     output = tmp_path / "out.jsonl"
@@ -162,11 +164,11 @@ def test_output_formats_round_trip(tmp_path: Path, fmt: str, txs: list[Transacti
     reference = tmp_path / "reference.jsonl"
     score(source, reference, scorer)
     records = read_jsonl(reference)
-    assert set(records[0]) == {"tx_id", "card_id", "event_time", "decision", "risk_score", "scores",
+    assert set(records[0]) == {"tx_id", "card_id", "merchant_id", "event_time", "decision", "risk_score", "scores",
                                "model_versions", "policy", "features"}
-    assert list(records[0]["features"]) == list(FEATURE_NAMES)
+    assert list(records[0]["features"]) == list(MODEL_FEATURES)
     expected = [flatten(r) for r in records]
-    assert {"score_onnx", "score_river", "version_onnx", "version_river", *FEATURE_NAMES} <= set(expected[0])
+    assert {"score_onnx", "score_river", "version_onnx", "version_river", *MODEL_FEATURES} <= set(expected[0])
 
     output = tmp_path / f"out{fmt}"
     score(source, output, scorer)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_app.domain.decision import Policy, ReasonModel
-from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.entities import MODEL_FEATURES
 
 probability = st.floats(0, 1, allow_nan=False)
 
@@ -37,14 +37,16 @@ def test_decisions_are_monotone_in_risk(risk: float) -> None:
 
 
 def test_reasons_name_the_features_on_the_fraud_side() -> None:
-    n = len(FEATURE_NAMES)
+    n = len(MODEL_FEATURES)
     stats = {name: {"legit_mean": 0.0, "legit_std": 1.0, "fraud_mean": 1.0, "importance": 1.0 / n}
-             for name in FEATURE_NAMES}
+             for name in MODEL_FEATURES}
     stats["seconds_since_prev"]["fraud_mean"] = -1.0  # fraud is faster than usual
     reasons = ReasonModel.from_card({"feature_stats": stats})
     row = [0.0] * n
-    row[FEATURE_NAMES.index("amount_eur")] = 5.0
-    row[FEATURE_NAMES.index("seconds_since_prev")] = -3.0
-    row[FEATURE_NAMES.index("count_1h")] = -2.0  # below the legit mean: not a reason
+    row[MODEL_FEATURES.index("amount_eur")] = 5.0
+    row[MODEL_FEATURES.index("seconds_since_prev")] = -3.0
+    row[MODEL_FEATURES.index("card_fraud_labels_30d")] = 4.0  # an entity feature can be a reason too
+    row[MODEL_FEATURES.index("count_1h")] = -2.0  # below the legit mean: not a reason
+    row[MODEL_FEATURES.index("merchant_fraud_share_30d")] = -1.0  # likewise
     top = reasons.top_reasons(row)
-    assert [r["feature"] for r in top] == ["amount_eur", "seconds_since_prev"]
+    assert [r["feature"] for r in top] == ["amount_eur", "card_fraud_labels_30d", "seconds_since_prev"]

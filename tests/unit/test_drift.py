@@ -26,6 +26,7 @@ from stream_app.domain.drift import (
     is_warm,
     reference_from_rows,
 )
+from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import DAY_MS, FEATURE_NAMES, WINDOWS, featurize
 from stream_app.models.onnx_model import OnnxScorer, packaged_model_path
@@ -38,9 +39,9 @@ AMOUNT_SCALED = ("amount_eur", *(f"{stat}_amount_{w}" for w in ("1d", "7d", "30d
 UNTOUCHED_BY_AMOUNTS = (*(f"count_{w}" for w in WINDOWS), "seconds_since_prev", "amount_to_mean_30d",
                         "distinct_merchants_1d", "first_use_of_merchant", "country_changed", "is_ecom",
                         "is_atm", "is_moto")
-HISTORY_FEATURES = tuple(n for n in FEATURE_NAMES if n not in TRANSACTION_ONLY_FEATURES)
+HISTORY_FEATURES = tuple(n for n in MODEL_FEATURES if n not in TRANSACTION_ONLY_FEATURES)
 
-Traffic = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows [n, 24] float32, scores [n], warm [n] bool
+Traffic = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows [n, N_MODEL_FEATURES] float32, scores [n], warm [n] bool
 
 
 def _scored(x: np.ndarray, warm: np.ndarray, scorer: OnnxScorer) -> Traffic:
@@ -71,8 +72,8 @@ def reference(data: dict[str, Traffic]) -> dict:
 
 def _amounts_times(x: np.ndarray, factor: float) -> np.ndarray:
     shifted = x.copy()
-    shifted[:, [FEATURE_NAMES.index(n) for n in AMOUNT_SCALED]] *= factor
-    shifted[:, FEATURE_NAMES.index("log_amount")] = np.log1p(shifted[:, FEATURE_NAMES.index("amount_eur")])
+    shifted[:, [MODEL_FEATURES.index(n) for n in AMOUNT_SCALED]] *= factor
+    shifted[:, MODEL_FEATURES.index("log_amount")] = np.log1p(shifted[:, MODEL_FEATURES.index("amount_eur")])
     return shifted
 
 
@@ -109,7 +110,7 @@ def test_is_warm_after_warm_days_of_a_card_state_whatever_its_activity() -> None
 def test_reference_is_json_with_its_filter_and_one_bin_per_value_of_discrete_features(reference: dict) -> None:
     assert json.loads(json.dumps(reference)) == reference
     features = reference["features"]
-    assert list(features) == list(FEATURE_NAMES) and SCORE in reference
+    assert list(features) == list(MODEL_FEATURES) and SCORE in reference
     assert reference["filter"]["name"] == "warm_card" and reference["filter"]["min_history_days"] == WARM_DAYS
     assert set(reference["filter"]["applies_to"]) == {*HISTORY_FEATURES, SCORE}
     assert features["weekday"]["edges"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
@@ -122,12 +123,14 @@ def test_reference_is_json_with_its_filter_and_one_bin_per_value_of_discrete_fea
 
 
 def test_history_features_come_from_warm_rows_only() -> None:
-    x = np.zeros((1000, 24), dtype=np.float32)
-    x[:, FEATURE_NAMES.index("count_30d")] = np.where(np.arange(1000) < 600, 0.0, 5.0)  # cold rows: no history
-    x[:, FEATURE_NAMES.index("amount_eur")] = np.arange(1000) % 2
+    x = np.zeros((1000, N_MODEL_FEATURES), dtype=np.float32)
+    x[:, MODEL_FEATURES.index("count_30d")] = np.where(np.arange(1000) < 600, 0.0, 5.0)  # cold rows: no history
+    x[:, MODEL_FEATURES.index("merchant_count_30d")] = np.where(np.arange(1000) < 600, 0.0, 7.0)  # likewise
+    x[:, MODEL_FEATURES.index("amount_eur")] = np.arange(1000) % 2
     warm = np.arange(1000) >= 600
     features = reference_from_rows(x, None, warm)["features"]
     assert features["count_30d"]["proportions"] == [1.0]  # only the warm rows' 5.0
+    assert features["merchant_count_30d"]["proportions"] == [1.0]  # entity features: warm rows too
     assert features["amount_eur"]["proportions"] == [0.5, 0.5]  # every row
     scores = np.full(1000, 0.5)
     cold_only = reference_from_rows(x, scores, np.zeros(1000, dtype=bool))  # a history shorter than WARM_DAYS
@@ -138,7 +141,7 @@ def test_history_features_come_from_warm_rows_only() -> None:
 
 
 def test_a_point_mass_at_the_maximum_gets_its_own_bin() -> None:
-    x = np.zeros((1000, 24), dtype=np.float32)
+    x = np.zeros((1000, N_MODEL_FEATURES), dtype=np.float32)
     x[:, 0] = np.concatenate([np.arange(800), np.full(200, 1e4)])  # 20 % at the maximum
     hist = reference_from_rows(x, None, np.ones(1000, dtype=bool))["features"]["amount_eur"]
     assert hist["edges"][-1] < 1e4 and hist["proportions"][-1] == pytest.approx(0.2)
@@ -152,7 +155,7 @@ def test_unshifted_traffic_from_a_cold_start_never_fires(data: dict[str, Traffic
     assert first_month and all(set(psi) <= set(TRANSACTION_ONLY_FEATURES) for _, psi in first_month), \
         "history features are not judged before 1000 rows of warm cards"
     names = set(trace[-1][1])
-    assert names == (set(FEATURE_NAMES) - set(CALENDAR_FEATURES)) | {SCORE}
+    assert names == (set(FEATURE_NAMES) - set(CALENDAR_FEATURES)) | {SCORE}  # entity features: not monitored
     assert max(max(psi.values()) for _, psi in trace if psi) < 0.2
 
 
@@ -244,19 +247,26 @@ def test_refuses_rows_of_another_shape_and_a_reference_for_other_features_or_wit
         reference: dict) -> None:
     monitor = DriftMonitor(reference)
     with pytest.raises(ValueError):
-        monitor.update_many([[0.0] * 23], [0.5], [True])
+        monitor.update_many([[0.0] * (N_MODEL_FEATURES - 1)], [0.5], [True])
     with pytest.raises(ValueError):
-        monitor.update_many([[0.0] * 24], [0.5, 0.5], [True])
+        monitor.update_many([[0.0] * len(FEATURE_NAMES)], [0.5], [True])  # the card's features alone
     with pytest.raises(ValueError):
-        monitor.update_many([[0.0] * 24], [0.5], [True, False])
+        monitor.update_many([[0.0] * N_MODEL_FEATURES], [0.5, 0.5], [True])
+    with pytest.raises(ValueError):
+        monitor.update_many([[0.0] * N_MODEL_FEATURES], [0.5], [True, False])
     stale = {**reference, "features": {k: v for k, v in reference["features"].items() if k != "is_moto"}}
     with pytest.raises(ValueError, match="is_moto"):
         DriftMonitor(stale)
+    card_only = {**reference, "features": {k: reference["features"][k] for k in FEATURE_NAMES}}  # before entities
+    with pytest.raises(ValueError, match="merchant_count_1h"):
+        DriftMonitor(card_only)
     unfiltered = {k: v for k, v in reference.items() if k != "filter"}
     with pytest.raises(ValueError, match="warm_card"):
         DriftMonitor(unfiltered)
     with pytest.raises(ValueError):
-        reference_from_rows(np.full((10, 24), np.nan), None, np.ones(10, dtype=bool))
+        reference_from_rows(np.full((10, N_MODEL_FEATURES), np.nan), None, np.ones(10, dtype=bool))
+    with pytest.raises(ValueError):
+        reference_from_rows(np.zeros((10, len(FEATURE_NAMES))), None, np.ones(10, dtype=bool))
 
 
 @pytest.mark.parametrize("model", ["fraud_gbt.onnx", "edge/fraud_gbt_edge.onnx"])

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from stream_app.domain.drift import DriftMonitor
+from stream_app.domain.entities import FEATURE_SET
 from stream_app.offline.training import TrainConfig, rebuild_drift_reference, train_and_export
 
 # 40 days, the last 8 tested: cards met on the first days are warm (30 days watched) in the test period.
+# Labels arrive after 2 days, not the default 7: entity features are label-derived, so the rebuild must
+# replay the labels as the training run did.
 SMALL = dict(seed=5, n_customers=300, days=40, label_delay_days=2, test_days=8, n_estimators=20)
 
 
@@ -25,6 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_rebuild_reproduces_the_training_reference_without_touching_the_model(trained: tuple[Path, dict]) -> None:
     model, card = trained
     reference = card["drift_reference"]
+    assert card["feature_set"] == FEATURE_SET
     assert 0 < reference["filter"]["rows"] < reference["rows"]
     DriftMonitor(reference)
     old = json.loads(json.dumps({**card, "drift_reference": {k: v for k, v in reference.items() if k != "filter"}},

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES, EntityTable, featurize_model
 from stream_app.domain.events import InvalidEvent, parse_label
-from stream_app.domain.features import FEATURE_NAMES, featurize
 from stream_app.domain.learning import Captured, Example, OnlineLearner, PrequentialMetrics
 from stream_app.domain.records import Source, score_record
 from stream_app.domain.scoring import Scored
@@ -52,16 +52,48 @@ def test_arbitrary_label_bytes_only_raise_invalid_event(raw: bytes) -> None:
 def test_captured_and_example_round_trip() -> None:
     """The label join learns from exactly what the score record published: same vector, same rounding."""
     tx = next(iter(simulate(GeneratorConfig(seed=5, n_customers=10)))).tx
-    features = [float(i) + 0.1234567891 for i in range(len(FEATURE_NAMES))]
+    features = [float(i) + 0.1234567891 for i in range(N_MODEL_FEATURES)]
     scored = Scored(tx, features, 0.91234567891, 0.2, 0.70000049, "review", {"onnx": "o", "river": "r"})
     captured = Captured.from_scored(scored, 123)
     assert Captured.from_bytes(captured.to_bytes()) == captured
     record = orjson.loads(orjson.dumps(score_record(scored, Source("t", 0, 1, 2), 3)))
     assert captured.scores == {**record["scores"], "risk": record["risk_score"]} == {
         "onnx": 0.912346, "river": 0.2, "risk": 0.7}
-    assert captured.features == [record["features"][n] for n in FEATURE_NAMES]
+    assert captured.features == [record["features"][n] for n in MODEL_FEATURES]
+    assert captured.entity is None
     example = Example("tx-1", captured.features, True, captured.scores, "analyst", 5)
     assert Example.from_bytes(example.to_bytes()) == example
+    assert b"entity" not in example.to_bytes(), "without entity ids: the v1 record, byte for byte"
+
+
+ENTITY = {"card": "card_1", "ts": 1_767_225_600_000, "keys": {"merchant": "m_1"}}
+
+
+def test_captured_v1_entries_still_decode_and_v2_round_trips_with_its_entity() -> None:
+    """Entries a worker captured before entity profiles are 3-element lists: they still join, with no entity."""
+    v1 = orjson.dumps([[1.5, 2.0], {"onnx": 0.9, "river": 0.1, "risk": 0.8}, 7])
+    old = Captured.from_bytes(v1)
+    assert old == Captured([1.5, 2.0], {"onnx": 0.9, "river": 0.1, "risk": 0.8}, 7, None)
+    assert old.to_bytes() == v1
+
+    tx = next(iter(simulate(GeneratorConfig(seed=5, n_customers=10)))).tx
+    scored = Scored(tx, [0.5] * N_MODEL_FEATURES, 0.9, 0.2, 0.7, "review", {"onnx": "o", "river": "r"})
+    captured = Captured.from_scored(scored, 123, {"merchant": tx.merchant_id})
+    assert captured.entity == {"card": tx.card_id, "ts": tx.ts_ms, "keys": {"merchant": tx.merchant_id}}
+    assert len(orjson.loads(captured.to_bytes())) == 4
+    assert Captured.from_bytes(captured.to_bytes()) == captured
+
+
+def test_example_round_trips_its_entity_and_refuses_one_that_is_not_an_object() -> None:
+    entity = {**ENTITY, "suspects": ["m_0", "m_2"]}
+    example = Example("tx-1", [1.0, 2.0], True, {"onnx": 0.5}, "chargeback", 9, entity)
+    assert Example.from_bytes(example.to_bytes()) == example
+    record = orjson.loads(example.to_bytes())
+    assert record["entity"] == entity
+    for bad in (["card_1"], "card_1", 3, True):
+        with pytest.raises(TypeError, match="entity"):
+            Example.from_bytes(orjson.dumps({**record, "entity": bad}))
+    assert Example.from_bytes(orjson.dumps({**record, "entity": None})).entity is None
 
 
 def test_prequential_metrics_score_before_learning() -> None:
@@ -83,9 +115,10 @@ def test_a_model_that_appears_later_is_aligned() -> None:
 
 def _examples(n: int) -> list[Example]:
     states: dict = {}
+    table = EntityTable()
     items = list(simulate(GeneratorConfig(seed=5, n_customers=300, fraud_rate=0.05), days=8))[:n]
-    return [Example(i.tx.tx_id, featurize(states, i.tx, 7 * 86_400_000), i.is_fraud, {"onnx": 0.5, "river": 0.5},
-                    "analyst", 0) for i in items]
+    return [Example(i.tx.tx_id, featurize_model(states, table, i.tx, 7 * 86_400_000), i.is_fraud,
+                    {"onnx": 0.5, "river": 0.5}, "analyst", 0) for i in items]
 
 
 def test_learners_fed_the_same_log_are_identical_and_replays_are_ignored() -> None:
@@ -158,7 +191,7 @@ def test_label_join_in_the_cards_partition_whichever_comes_first() -> None:
     from stream_app.domain.pan import PanTokenizer
 
     pans = PanTokenizer()
-    vector = Captured([1.0] * len(FEATURE_NAMES), {"onnx": 0.9, "river": 0.1, "risk": 0.8}, 5)
+    vector = Captured([1.0] * N_MODEL_FEATURES, {"onnx": 0.9, "river": 0.1, "risk": 0.8}, 5, ENTITY)
     captured: dict[bytes, bytes] = {}
     parked: dict[bytes, bytes] = {}
 
@@ -171,6 +204,7 @@ def test_label_join_in_the_cards_partition_whichever_comes_first() -> None:
     assert capture(key, vector, captured, parked, pans) is None and key in captured
     joined = label("tx-1")
     assert joined.kind == "joined" and joined.example.features == vector.features
+    assert joined.example.entity == ENTITY, "the entity ids travel with the example"
     assert label("tx-1").kind == "duplicate"
     assert capture(key, vector, captured, parked, pans) is None and captured[key] == b"L", "learned stays learned"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,21 +12,24 @@ import pytest
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.decision import Policy
-from stream_app.domain.features import FEATURE_NAMES, featurize
+from stream_app.domain.entities import FEATURE_SET, MODEL_FEATURES, N_MODEL_FEATURES
+from stream_app.domain.features import FEATURE_NAMES
 from stream_app.domain.scoring import FraudScorer
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, packaged_model_path
 from stream_app.models.river_model import RiverScorer
 from stream_app.offline.evaluation import average_precision, roc_auc
+from stream_app.offline.replay import replay
 
 HORIZON = 7 * 86_400_000
 
 
 @pytest.fixture(scope="module")
 def fresh_data() -> tuple[list, list[list[float]], np.ndarray]:
-    states: dict = {}
+    """The vectors the stream would feed the models: replayed with labels arriving a week later."""
     items = list(simulate(GeneratorConfig(seed=1234, n_customers=500, fraud_rate=0.02), days=12))
-    rows = [featurize(states, i.tx, HORIZON) for i in items]
-    return items, rows, np.array([i.is_fraud for i in items])
+    data = replay(((i.tx, i.is_fraud) for i in items), HORIZON, progress=False)
+    assert data.x.shape == (len(items), N_MODEL_FEATURES)
+    return items, data.x.tolist(), np.array([i.is_fraud for i in items])
 
 
 def test_shipped_onnx_model_ranks_unseen_fraud_high(fresh_data) -> None:  # type: ignore[no-untyped-def]
@@ -56,15 +60,31 @@ def test_model_with_other_feature_order_is_refused(tmp_path: Path) -> None:
     model = tmp_path / "m.onnx"
     shutil.copy(packaged_model_path(), model)
     card = json.loads(card_path(packaged_model_path()).read_text())
-    card["feature_names"] = list(reversed(FEATURE_NAMES))
+    card["feature_names"] = list(reversed(MODEL_FEATURES))
     card_path(model).write_text(json.dumps(card))
-    with pytest.raises(ModelRejected, match="feature order"):
+    with pytest.raises(ModelRejected, match=re.escape("retrain it with `stream-app train`")):
         OnnxScorer.load(model)
+
+
+def test_model_trained_before_entity_features_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A card from before the feature sets: the card's features alone, no feature_set."""
+    model = tmp_path / "m.onnx"
+    shutil.copy(packaged_model_path(), model)
+    card = json.loads(card_path(packaged_model_path()).read_text())
+    card["feature_names"] = list(FEATURE_NAMES)
+    del card["feature_set"]
+    card_path(model).write_text(json.dumps(card))
+    with pytest.raises(ModelRejected) as info:
+        OnnxScorer.load(model)
+    assert str(info.value) == (
+        f"{model}: trained on feature set card/v1 (no feature_set in its card), this code computes {FEATURE_SET} "
+        f"({N_MODEL_FEATURES} features): retrain it with `stream-app train`")
 
 
 def test_model_card_describes_the_shipped_model() -> None:
     card = json.loads(card_path(packaged_model_path()).read_text())
-    assert card["feature_names"] == list(FEATURE_NAMES)
+    assert card["feature_names"] == list(MODEL_FEATURES) and card["feature_set"] == FEATURE_SET
+    assert card["input"]["shape"] == [None, N_MODEL_FEATURES]
     assert card["metrics"]["test"]["roc_auc"] > 0.9 and card["onnx_parity_max_abs_diff"] < 1e-4
     assert {"train", "test"} <= set(card["training_data"]["periods_days"])
     assert card["code"]["command"].startswith("stream-app train")

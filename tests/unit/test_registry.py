@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
-from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES, EntityTable, featurize_model
+from stream_app.domain.entities import FEATURE_SET, MODEL_FEATURES, N_MODEL_FEATURES, EntityTable, featurize_model
+from stream_app.domain.features import FEATURE_NAMES
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, packaged_model_path, sha256_file
 from stream_app.models.registry import ModelSlot, ModelWatcher, SwapResult, default_probe, validate_candidate
 from stream_app.offline.training import TrainConfig, train_and_export
@@ -85,6 +87,14 @@ def corrupted(tmp: Path) -> Path:
     return write_card(tmp / "corrupt.onnx")
 
 
+def before_entities(tmp: Path) -> Path:
+    """A model of the card's features alone, with a card from before feature sets (no feature_set)."""
+    model = tiny_onnx(tmp / "v1.onnx", "softmax", width=len(FEATURE_NAMES))
+    card = {k: v for k, v in json.loads(card_path(model).read_text()).items() if k != "feature_set"}
+    card_path(model).write_text(json.dumps({**card, "feature_names": list(FEATURE_NAMES)}))
+    return model
+
+
 def without_card(tmp: Path) -> Path:
     shutil.copyfile(packaged_model_path(), tmp / "nocard.onnx")
     return tmp / "nocard.onnx"
@@ -104,6 +114,9 @@ BAD_MODELS = {
     "not probabilities": (lambda t: tiny_onnx(t / "lin.onnx", "linear"), r"probabilities outside \[0, 1\]"),
     "NaN output": (lambda t: tiny_onnx(t / "nan.onnx", "nan"), r"non-finite probabilities"),
     "missing card": (without_card, r"no model card beside"),
+    "card features only": (before_entities, re.escape(
+        f"v1.onnx: trained on feature set card/v1 (no feature_set in its card), this code computes {FEATURE_SET} "
+        f"({N_MODEL_FEATURES} features): retrain it with `stream-app train`")),
 }
 
 
@@ -124,8 +137,9 @@ def test_tiny_softmax_model_is_accepted(tmp_path: Path) -> None:
 def test_valid_different_model_swaps_in(trained: Path, rows: list[list[float]]) -> None:
     slot = ModelSlot(OnnxScorer.load())
     before = slot.current.predict_proba_many(rows)
-    new_version = json.loads(card_path(trained).read_text())["version"]
-    assert new_version != PACKAGED_VERSION
+    card = json.loads(card_path(trained).read_text())
+    new_version = card["version"]
+    assert new_version != PACKAGED_VERSION and card["feature_set"] == FEATURE_SET
 
     result = slot.try_swap(trained)
 
