@@ -2,8 +2,8 @@
 
 Transactions and their labels are replayed in *arrival* order (each label arrives when
 ``generator.label_delay_ms`` says: a fixed 7 days by default, or a chargeback-like range of days for fraud
-labels), through the same code the service uses for card features (``domain.features.featurize``) and the
-entity profiles (``domain.profiles``), so no feature sees a label from its future.
+labels), through the service's own replay (``stream_app.offline.replay``, what ``stream-app train`` runs: card features,
+merchant profiles, label-derived card risk), so no feature sees a label from its future.
 
 Protocol (the Fraud Detection Handbook's): after a warm-up that fills the 30-day windows, a LightGBM model is
 trained on ``--train-days`` (>= 7) of transactions, the label delay is skipped (the model is trained when the
@@ -16,7 +16,7 @@ only if it had a fraud of that scenario that day). Then, for compromised merchan
 the margin: episodes per period, how many test frauds came before any label from their merchant, and which
 features the model used.
 
-The entity profiles are not wired into the worker yet (issue 13): this measures what they would add.
+"entities" is the vector the service serves (``MODEL_FEATURES``); "card" its first ``len(FEATURE_NAMES)`` columns.
 Run: python benchmarks/entity_features.py [--customers 3000] [--train-days 35] [--test-days 7]
                                           [--label-delay-days 7] [--fraud-delay-days MIN MAX] [--k 100]
 """
@@ -41,22 +41,13 @@ from stream_app.devtools.generator import (
     label_delay_ms,
     simulate,
 )
-from stream_app.domain.features import DAY_MS, FEATURE_NAMES, CardState, featurize
-from stream_app.domain.profiles import (
-    EntitySpec,
-    RiskSettings,
-    add_compromise_evidence,
-    compromise_suspects,
-    feature_names,
-    features,
-    learn_label,
-    new_profile,
-    observe,
-)
+from stream_app.domain.entities import EntityTable, entity_feature_names
+from stream_app.domain.features import DAY_MS, FEATURE_NAMES
+from stream_app.domain.profiles import RiskSettings
 from stream_app.offline.evaluation import average_precision, precision_top_k_cards_per_day, roc_auc
+from stream_app.offline.replay import replay as service_replay
 
-MERCHANT = EntitySpec("merchant", "merchant_id")
-MERCHANT_NAMES = feature_names(MERCHANT)
+MERCHANT_NAMES = entity_feature_names()  # the merchant's features, then the card's label-derived risk
 HORIZON_MS = 7 * DAY_MS
 PATTERNS = FRAUD_PATTERNS + EXTRA_PATTERNS
 ALL = "all"
@@ -71,40 +62,16 @@ class Replay:
 
 
 def replay(items: list[LabeledTx], delay: LabelDelay, risk: RiskSettings) -> Replay:
-    """Transactions and labels merged in arrival order; each transaction's features before its update."""
+    """Transactions and labels merged in arrival order through the service's own replay (the code
+    ``stream-app train`` uses: card features, then the entity table's), each row before its update."""
     arrival = [x.tx.ts_ms + label_delay_ms(x, delay) for x in items]
-    events = [(x.tx.ts_ms, 1, i) for i, x in enumerate(items)] + [(t, 0, i) for i, t in enumerate(arrival)]
-    events.sort()  # a label arriving at the same millisecond as a transaction comes first: it had arrived
-    cards: dict[str, CardState] = {}
-    merchants: dict[str, dict[str, Any]] = {}
-    fraud_carded: set[str] = set()
-    out = Replay([], [], [], [])
-    n_tx = n_fraud_labels = 0
-    for _, kind, i in events:
-        item = items[i]
-        tx = item.tx
-        if kind == 1:
-            try:
-                card_row = featurize(cards, tx, HORIZON_MS)
-            except Exception:  # a duplicate or late event: not scored, as in the stream
-                continue
-            profile = merchants.setdefault(tx.merchant_id, new_profile())
-            prior = (n_fraud_labels + 1) / (n_tx + 100)  # the global rate so far, of arrived labels
-            out.rows_card.append(card_row)
-            out.rows_merchant.append(features(profile, tx, prior, risk))
-            out.items.append(item)
-            out.label_at.append(arrival[i])
-            observe(profile, tx)
-            n_tx += 1
-        elif item.is_fraud:
-            n_fraud_labels += 1
-            learn_label(merchants.setdefault(tx.merchant_id, new_profile()), tx.ts_ms, arrival[i], True)
-            # The card's first fraud label: the merchants it visited before that fraud are suspects.
-            if tx.card_id not in fraud_carded and tx.card_id in cards:
-                fraud_carded.add(tx.card_id)
-                for suspect in compromise_suspects(cards[tx.card_id], tx.ts_ms):
-                    add_compromise_evidence(merchants.setdefault(suspect, new_profile()), arrival[i])
-    return out
+    skipped: set[int] = set()  # a duplicate or late event: not scored, as in the stream
+    data = service_replay([(x.tx, x.is_fraud) for x in items], HORIZON_MS, label_times=arrival, progress=False,
+                          on_invalid=lambda i, _: skipped.add(i), table=EntityTable(risk=risk))
+    kept = [i for i in range(len(items)) if i not in skipped]
+    n_card = len(FEATURE_NAMES)
+    return Replay(data.x[:, :n_card].tolist(), data.x[:, n_card:].tolist(), [items[i] for i in kept],
+                  [arrival[i] for i in kept])
 
 
 def card_precision_by_scenario(days: np.ndarray, cards: np.ndarray, patterns: np.ndarray, scores: np.ndarray,

@@ -38,6 +38,7 @@ Profile = dict[str, Any]
 HLL_BITS: Final = 6  # 64 registers: about 13 % standard error on distinct counts, 64 bytes of state
 _HLL_M: Final = 1 << HLL_BITS
 KEEP_DAYS: Final = 30
+N_TOTAL_CAP: Final = 1000  # the profile's count feature saturates here (see features)
 RISK_WINDOWS: Final = (1, 7, 30)  # days, for fraud labels arrived and compromise evidence
 SHARE_WINDOWS: Final = (7, 30)  # days, for fraud shares over mature transactions
 
@@ -175,7 +176,9 @@ def features(profile: Profile | None, tx: Transaction, prior_rate: float, risk: 
         _moments(*_bucket_stats(p["days"], day - 6, day)),
         _moments(*_bucket_stats(p["days"], day - 29, day)),
     )
-    age_days = 0.0 if p["first_ts"] is None else max(0.0, (ts - p["first_ts"]) / DAY_MS)
+    # Age and count saturate: past the windows' 30 days, or a thousand transactions, a profile is simply
+    # established, and a service running for years must not feed its models values no training set held.
+    age_days = 0.0 if p["first_ts"] is None else min(float(KEEP_DAYS), max(0.0, (ts - p["first_ts"]) / DAY_MS))
     shares = []
     for w in SHARE_WINDOWS:
         lo, hi = day - w, day - risk.maturity_days
@@ -188,7 +191,7 @@ def features(profile: Profile | None, tx: Transaction, prior_rate: float, risk: 
         *(v for stats in windows for v in stats),
         distinct,
         age_days,
-        float(p["n"]),
+        float(min(p["n"], N_TOTAL_CAP)),
         *(_sum(p["fraud_arrived"], day - d + 1, day) for d in RISK_WINDOWS),  # arrived on t's day or before
         *shares,
         *compromise,

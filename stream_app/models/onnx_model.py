@@ -65,6 +65,9 @@ class OnnxScorer:
             raise ModelRejected(f"{model_path}: sha256 {digest[:12]} does not match its card")
         if tuple(card.get("feature_names", ())) != MODEL_FEATURES:
             trained_on = card.get("feature_set", "card/v1 (no feature_set in its card)")
+            if trained_on == FEATURE_SET:
+                raise ModelRejected(f"{model_path}: its card names feature set {FEATURE_SET} but lists other features "
+                                    f"or another order than this code's: retrain it with `stream-app train`")
             raise ModelRejected(f"{model_path}: trained on feature set {trained_on}, this code computes {FEATURE_SET} "
                                 f"({len(MODEL_FEATURES)} features): retrain it with `stream-app train`")
         options = ort.SessionOptions()

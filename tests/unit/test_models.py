@@ -62,7 +62,9 @@ def test_model_with_other_feature_order_is_refused(tmp_path: Path) -> None:
     card = json.loads(card_path(packaged_model_path()).read_text())
     card["feature_names"] = list(reversed(MODEL_FEATURES))
     card_path(model).write_text(json.dumps(card))
-    with pytest.raises(ModelRejected, match=re.escape("retrain it with `stream-app train`")):
+    expected = (f"names feature set {FEATURE_SET} but lists other features or another order than this code's: "
+                "retrain it with `stream-app train`")
+    with pytest.raises(ModelRejected, match=re.escape(expected)):
         OnnxScorer.load(model)
 
 
