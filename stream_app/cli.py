@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                          data_path=args.data, columns=columns or None,
                          label_column=args.label_column or "is_fraud", force=args.force,
                          review_threshold=settings.review_threshold, dedup_horizon_s=settings.dedup_horizon_s,
-                         edge_trees=args.edge_trees)
+                         edge_trees=args.edge_trees, all_history=args.all_history)
     try:
         card = train_and_export(config)
     except ModelRefused as exc:
@@ -362,6 +362,9 @@ exit codes: 0 written, 2 bad arguments or unusable data, 3 refused (the current 
     train.add_argument("--edge-trees", type=int, default=0,
                        help="also export a small model (this many trees of depth 4) to OUTPUT_DIR/edge/ "
                             "(default: none)")
+    train.add_argument("--all-history", action="store_true",
+                       help="production retrain: evaluate on the held-out test period as usual, then export the "
+                            "same recipe refitted on all rows whose labels had arrived by the data's end")
     train.add_argument("--output-dir", default=None, help="where to write the model (default: the package)")
     train.set_defaults(func=cmd_train)
     return parser

@@ -287,3 +287,16 @@ def test_label_time_column_sets_when_each_label_arrived(tmp_path: Path) -> None:
     card_frauds = data.x[:, list(MODEL_FEATURES).index("card_fraud_labels_30d")]
     assert card_frauds.tolist() == [0, 0, 1]  # a5 at 12:00 comes after a1's label at 11:00
     assert data.label_ms[1] == data.ts_ms[1] + 7 * 86_400_000
+
+
+def test_all_history_refits_the_evaluated_recipe_on_every_mature_row(tmp_path: Path) -> None:
+    """The production retrain: held-out metrics as usual, then the exported model is the same recipe fitted
+    on all rows whose labels had arrived by the data's end (the last label-delay's rows left out)."""
+    card = train_and_export(TrainConfig(**SMALL, n_estimators=20, output_dir=str(tmp_path), all_history=True))
+    fit = card["final_fit"]
+    assert card["metrics"]["test"]["roc_auc"] > 0.9  # the evaluation of the recipe, on its held-out period
+    assert fit["left_out_immature"] > 0 and fit["rows"] > 0 and fit["frauds"] > 0
+    assert fit["period"][1] < card["training_data"]["periods"]["test"][1]  # the newest rows: labels not in yet
+    assert fit["rows"] > card["metrics"]["train"]["rows"]  # more history than the evaluated model saw
+    scorer = OnnxScorer.load(tmp_path / "fraud_gbt.onnx")  # the refitted file matches its card
+    assert scorer.version == card["version"] and card["drift_reference"]["in_sample"] is True
