@@ -71,5 +71,10 @@ class ReasonModel:
             if push > 0:
                 pushes.append((push, i))
         pushes.sort(reverse=True)
-        return [{"feature": MODEL_FEATURES[i], "value": round(features[i], 6), "push": round(p, 4)}
-                for p, i in pushes[:k]]
+        return [{"feature": MODEL_FEATURES[i], "value": round(features[i], 6), "push": round(p, 4),
+                 "text": reason_text(MODEL_FEATURES[i], features[i])} for p, i in pushes[:k]]
+
+
+def reason_text(feature: str, value: float) -> str:
+    """A reason as an analyst reads it: ``merchant fraud share 7d = 0.4``."""
+    return f"{feature.replace('_', ' ')} = {value:.3g}"

@@ -62,8 +62,10 @@ def _build() -> dict[str, dict[str, Any]]:
                 "additionalProperties": False}
     reasons = {"type": "array", "maxItems": 3, "description": "Features that pushed the score up the most.",
                "items": {"type": "object", "properties": {"feature": {"enum": list(MODEL_FEATURES)},
-                                                          "value": {"type": "number"}, "push": {"type": "number"}},
-                         "required": ["feature", "value", "push"], "additionalProperties": False}}
+                                                          "value": {"type": "number"}, "push": {"type": "number"},
+                                                          "text": {"type": "string", "description":
+                                                                   "e.g. merchant fraud share 7d = 0.4"}},
+                         "required": ["feature", "value", "push", "text"], "additionalProperties": False}}
     tx_fields = ["tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp", "country", "channel", "mcc"]
     return {
         "transaction": _schema("transaction", "Transaction",

@@ -50,3 +50,4 @@ def test_reasons_name_the_features_on_the_fraud_side() -> None:
     row[MODEL_FEATURES.index("merchant_fraud_share_30d")] = -1.0  # likewise
     top = reasons.top_reasons(row)
     assert [r["feature"] for r in top] == ["amount_eur", "card_fraud_labels_30d", "seconds_since_prev"]
+    assert [r["text"] for r in top] == ["amount eur = 5", "card fraud labels 30d = 4", "seconds since prev = -3"]
