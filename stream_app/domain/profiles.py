@@ -92,15 +92,18 @@ class Observed(Protocol):
 
 def new_profile() -> Profile:
     return {"first_ts": None, "last_ts": None, "n": 0, "hours": [], "days": [], "hll": [0] * _HLL_M,
-            "fraud_by_tx_day": [], "fraud_arrived": [], "compromise": []}
+            "distinct": 0.0, "fraud_by_tx_day": [], "fraud_arrived": [], "compromise": []}
 
 
-def _hll_add(registers: list[int], item: str) -> None:
+def _hll_add(registers: list[int], item: str) -> bool:
+    """Add ``item``; True when a register grew (only then can the estimate change)."""
     h = int.from_bytes(hashlib.blake2b(item.encode(), digest_size=8).digest(), "big")
     idx, rest = h >> (64 - HLL_BITS), h & ((1 << (64 - HLL_BITS)) - 1)
     rank = (64 - HLL_BITS) - rest.bit_length() + 1
     if rank > registers[idx]:
         registers[idx] = rank
+        return True
+    return False
 
 
 def hll_count(registers: Sequence[int]) -> float:
@@ -139,7 +142,8 @@ def observe(profile: Profile, tx: Observed) -> None:
     profile["n"] += 1
     _add_to_bucket(profile["hours"], ts // HOUR_MS, amount, newest // HOUR_MS - 23)
     _add_to_bucket(profile["days"], ts // DAY_MS, amount, newest // DAY_MS - (KEEP_DAYS - 1))
-    _hll_add(profile["hll"], tx.card_id)
+    if _hll_add(profile["hll"], tx.card_id):  # the estimate is kept: features read it on every event
+        profile["distinct"] = hll_count(profile["hll"])
 
 
 def learn_label(profile: Profile, tx_ts_ms: int, arrived_ms: int, is_fraud: bool) -> None:
@@ -185,7 +189,7 @@ def features(profile: Profile | None, tx: Transaction, prior_rate: float, risk: 
         mature_n = _bucket_stats(p["days"], lo, hi)[0] if hi >= lo else 0.0
         frauds = _sum(p["fraud_by_tx_day"], lo, hi) if hi >= lo else 0.0
         shares.append((frauds + risk.prior_weight * prior_rate) / (mature_n + risk.prior_weight))
-    distinct = hll_count(p["hll"]) if p["n"] else 0.0
+    distinct = p["distinct"]
     compromise = [_sum(p["compromise"], day - d + 1, day) for d in RISK_WINDOWS]
     return [
         *(v for stats in windows for v in stats),
