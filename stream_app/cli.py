@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                          data_path=args.data, columns=columns or None,
                          label_column=args.label_column or "is_fraud", force=args.force,
                          review_threshold=settings.review_threshold, dedup_horizon_s=settings.dedup_horizon_s,
-                         edge_trees=args.edge_trees, all_history=args.all_history)
+                         edge_trees=args.edge_trees, all_history=args.all_history, entities=settings.entities)
     try:
         card = train_and_export(config)
     except ModelRefused as exc:

@@ -121,6 +121,11 @@ class Settings:
         "ids looking like raw card numbers. Empty: such card ids are dead-lettered as raw_pan."))
     pan_key_file: str = field(default="", metadata=_env(
         "STREAM_APP_PAN_KEY_FILE", "File holding the PAN key (instead of STREAM_APP_PAN_KEY)."))
+    entities: str = field(default="merchant:merchant_id", metadata=_env(  # entities.DEFAULT_ENTITIES_TEXT
+        "STREAM_APP_ENTITIES",
+        "Entities profiled beside the card, name:field, comma-separated; fields: merchant_id, device_id, ip, "
+        "email_hash (personal ids are kept as keyed digests). The same on every worker and at training: a model "
+        "trained on other entities is refused."))
     quality_window: int = field(default=5000, metadata=_env(
         "STREAM_APP_QUALITY_WINDOW", "Labels in the rolling (prequential) quality metrics."))
     drift_window: int = field(default=5000, metadata=_env(
@@ -193,6 +198,12 @@ class Settings:
             raise ValueError("set STREAM_APP_PAN_KEY or STREAM_APP_PAN_KEY_FILE, not both")
         if self.pan_key and len(self.pan_key.encode()) < 16:
             raise ValueError("STREAM_APP_PAN_KEY must be at least 16 bytes")
+        from stream_app.domain.entities import parse_entities  # the one parser of the declaration
+
+        try:
+            parse_entities(self.entities)
+        except ValueError as exc:
+            raise ValueError(f"STREAM_APP_ENTITIES: {exc}") from None
 
 
 #: Largest original prefix kept in a dead-letter record: base64 (4/3) plus the record around it stays

@@ -53,15 +53,18 @@ class ReasonModel:
     legit_std: tuple[float, ...]
     direction: tuple[float, ...]
     importance: tuple[float, ...]
+    names: tuple[str, ...] = MODEL_FEATURES
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> ReasonModel:
         stats = card["feature_stats"]
+        names = tuple(card.get("feature_names", MODEL_FEATURES))
         return cls(
-            tuple(float(stats[n]["legit_mean"]) for n in MODEL_FEATURES),
-            tuple(max(float(stats[n]["legit_std"]), 1e-9) for n in MODEL_FEATURES),
-            tuple(1.0 if stats[n]["fraud_mean"] >= stats[n]["legit_mean"] else -1.0 for n in MODEL_FEATURES),
-            tuple(float(stats[n]["importance"]) for n in MODEL_FEATURES),
+            tuple(float(stats[n]["legit_mean"]) for n in names),
+            tuple(max(float(stats[n]["legit_std"]), 1e-9) for n in names),
+            tuple(1.0 if stats[n]["fraud_mean"] >= stats[n]["legit_mean"] else -1.0 for n in names),
+            tuple(float(stats[n]["importance"]) for n in names),
+            names,
         )
 
     def top_reasons(self, features: Sequence[float], k: int = 3) -> list[dict[str, float | str]]:
@@ -71,8 +74,8 @@ class ReasonModel:
             if push > 0:
                 pushes.append((push, i))
         pushes.sort(reverse=True)
-        return [{"feature": MODEL_FEATURES[i], "value": round(features[i], 6), "push": round(p, 4),
-                 "text": reason_text(MODEL_FEATURES[i], features[i])} for p, i in pushes[:k]]
+        return [{"feature": self.names[i], "value": round(features[i], 6), "push": round(p, 4),
+                 "text": reason_text(self.names[i], features[i])} for p, i in pushes[:k]]
 
 
 def reason_text(feature: str, value: float) -> str:

@@ -26,8 +26,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_app.domain.entities import ENTITY_FEATURES, MODEL_FEATURES, N_MODEL_FEATURES
+from stream_app.domain.entities import MODEL_FEATURES
 from stream_app.domain.features import DAY_MS, CardState
+from stream_app.domain.features import FEATURE_NAMES as CARD_FEATURE_NAMES
 
 SCORE: Final = "score"
 #: Not monitored by default: a window of recent rows covers a slice of the clock (minutes to days),
@@ -77,15 +78,15 @@ def _histogram(values: np.ndarray, bins: int) -> dict[str, list[float]]:
 
 
 def reference_from_rows(x: np.ndarray, scores: np.ndarray | None, warm: np.ndarray, bins: int = 10,
-                        min_history_days: float = WARM_DAYS) -> dict[str, Any]:
+                        min_history_days: float = WARM_DAYS, names: Sequence[str] = MODEL_FEATURES) -> dict[str, Any]:
     """JSON-serialisable binned distribution of training rows (and of the model's scores on them),
     for the model card's ``"drift_reference"``: transaction-only features over all rows, history
     features and the score over the rows whose card was warm (``warm``: ``is_warm`` of each row).
     Without warm rows (a history shorter than ``min_history_days`` before its test period) only the
     transaction-only features are recorded: nothing says what a warm card looks like."""
     values = np.asarray(x, dtype=np.float32)
-    if values.ndim != 2 or values.shape[1] != N_MODEL_FEATURES or len(values) == 0:
-        raise ValueError(f"x must be a non-empty [n, {N_MODEL_FEATURES}] array, got shape {values.shape}")
+    if values.ndim != 2 or values.shape[1] != len(names) or len(values) == 0:
+        raise ValueError(f"x must be a non-empty [n, {len(names)}] array, got shape {values.shape}")
     if bins < 2:
         raise ValueError("bins must be >= 2")
     if not np.isfinite(values).all():
@@ -93,8 +94,8 @@ def reference_from_rows(x: np.ndarray, scores: np.ndarray | None, warm: np.ndarr
     warm = np.asarray(warm, dtype=bool)
     if warm.shape != (len(values),):
         raise ValueError("warm must flag each row of x")
-    history = [name for name in MODEL_FEATURES if name not in TRANSACTION_ONLY_FEATURES]
-    recorded = [(i, name) for i, name in enumerate(MODEL_FEATURES) if warm.any() or name not in history]
+    history = [name for name in names if name not in TRANSACTION_ONLY_FEATURES]
+    recorded = [(i, name) for i, name in enumerate(names) if warm.any() or name not in history]
     reference: dict[str, Any] = {
         "rows": len(values),
         "filter": {"name": WARM_FILTER, "min_history_days": min_history_days, "rows": int(warm.sum()),
@@ -178,7 +179,7 @@ class DriftMonitor:
 
     def __init__(self, reference: Mapping[str, Any], window: int = 5000, psi_threshold: float = 0.2,
                  min_count: int = 1000, resolve_threshold: float | None = None,
-                 ignore: Collection[str] = CALENDAR_FEATURES) -> None:
+                 ignore: Collection[str] = CALENDAR_FEATURES, names: Sequence[str] = MODEL_FEATURES) -> None:
         resolve = psi_threshold / 2 if resolve_threshold is None else resolve_threshold
         if window < 1 or not 1 <= min_count <= window:
             raise ValueError("need window >= 1 and 1 <= min_count <= window")
@@ -193,21 +194,22 @@ class DriftMonitor:
         self.min_history_days = float(row_filter["min_history_days"])
         warm_only = set(row_filter["applies_to"])
         # History features are absent when training saw no warm card (history too short): not monitored.
-        missing = [name for name in MODEL_FEATURES if name not in features and (name not in warm_only
+        self.names = tuple(names)
+        missing = [name for name in names if name not in features and (name not in warm_only
                                                                                or row_filter["rows"])]
         if missing:
             raise ValueError(f"reference lacks features {missing}: built for other features?")
         # Entity features are not monitored: a replica's profiles are as young as the replica (a merchant's age,
         # its label-derived shares), so a new worker would report its own start as drift. Issue 13's record.
-        monitored = [(i, name) for i, name in enumerate(MODEL_FEATURES)
-                     if name not in ignore and name in features and name not in ENTITY_FEATURES]
+        monitored = [(i, name) for i, name in enumerate(names)
+                     if name not in ignore and name in features and name in CARD_FEATURE_NAMES]
         self._all_columns = [i for i, name in monitored if name not in warm_only]
         self._warm_columns = [i for i, name in monitored if name in warm_only]
         self._has_score = SCORE in reference
         if self._has_score and SCORE not in warm_only:
             raise ValueError("reference: the score must be taken on warm rows")
-        names_all = [MODEL_FEATURES[i] for i in self._all_columns]
-        names_warm = [MODEL_FEATURES[i] for i in self._warm_columns] + ([SCORE] if self._has_score else [])
+        names_all = [self.names[i] for i in self._all_columns]
+        names_warm = [self.names[i] for i in self._warm_columns] + ([SCORE] if self._has_score else [])
         self._names = names_all + names_warm
         self._all = _Window([features[n] for n in names_all], window)
         self._warm = _Window([features[n] for n in names_warm[:len(self._warm_columns)]]
@@ -239,8 +241,8 @@ class DriftMonitor:
         x = np.asarray(rows, dtype=np.float32)
         s = np.asarray(scores, dtype=np.float32)
         w = np.asarray(warm, dtype=bool)
-        if x.ndim != 2 or x.shape[1] != N_MODEL_FEATURES or s.shape != (len(x),) or w.shape != (len(x),):
-            raise ValueError(f"need [n, {N_MODEL_FEATURES}] rows, n scores and n warm flags, "
+        if x.ndim != 2 or x.shape[1] != len(self.names) or s.shape != (len(x),) or w.shape != (len(x),):
+            raise ValueError(f"need [n, {len(self.names)}] rows, n scores and n warm flags, "
                              f"got {x.shape}, {s.shape} and {w.shape}")
         self._all.add([x[:, i] for i in self._all_columns])
         self._warm.add([x[w, i] for i in self._warm_columns] + ([s[w]] if self._has_score else []))

@@ -16,6 +16,9 @@ So a label counts for a transaction only if it arrived before it, in both.
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
+import re
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -43,6 +46,48 @@ CARD_RISK_NAMES: Final = ("card_fraud_labels_30d", "card_days_since_fraud_label"
 CARD_FRAUD_KEEP: Final = 8  # fraud-label arrival times remembered per card
 NO_FRAUD_DAYS: Final = 365.0  # "days since the card's last fraud label" for a card without one
 PRIOR_PSEUDO_TX: Final = 100  # the global rate starts near 1 %: (frauds + 1) / (transactions + 100)
+
+
+#: Transaction fields an entity may be declared on. All but the merchant are personal data: their ids are kept
+#: and published only as keyed digests (:meth:`EntityTable.keys`).
+ENTITY_FIELDS: Final = ("merchant_id", "device_id", "ip", "email_hash")
+_NAME_RE: Final = re.compile(r"[a-z][a-z0-9]{0,15}")
+
+
+#: What STREAM_APP_ENTITIES says by default: the merchant alone.
+DEFAULT_ENTITIES_TEXT: Final = "merchant:merchant_id"
+
+
+def parse_entities(text: str) -> tuple[EntitySpec, ...]:
+    """``STREAM_APP_ENTITIES``: comma-separated ``name:field`` (``merchant:merchant_id,device:device_id``).
+    Raises ValueError with what is wrong."""
+    specs: list[EntitySpec] = []
+    for item in (part.strip() for part in text.split(",")):
+        name, sep, fld = item.partition(":")
+        if not sep or not _NAME_RE.fullmatch(name) or fld not in ENTITY_FIELDS:
+            raise ValueError(f"entity {item!r}: expected name:field, name [a-z][a-z0-9]{{0,15}}, field one of "
+                             f"{', '.join(ENTITY_FIELDS)}")
+        specs.append(EntitySpec(name, fld))
+    if len({s.name for s in specs}) < len(specs) or len({s.field for s in specs}) < len(specs):
+        raise ValueError(f"entities {text!r}: a name or field is declared twice")
+    return tuple(specs)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSet:
+    """The model's vector for a set of declared entities: its names, and the name model cards record."""
+
+    specs: tuple[EntitySpec, ...]
+    names: tuple[str, ...]
+    name: str
+
+    @classmethod
+    def of(cls, specs: Sequence[EntitySpec]) -> FeatureSet:
+        return cls(tuple(specs), model_feature_names(specs), feature_set_name(specs))
+
+    @classmethod
+    def parse(cls, text: str) -> FeatureSet:
+        return cls.of(parse_entities(text))
 
 
 def entity_feature_names(specs: Sequence[EntitySpec] = DEFAULT_ENTITIES) -> tuple[str, ...]:
@@ -99,6 +144,7 @@ class EntityTable:
 
     specs: tuple[EntitySpec, ...] = DEFAULT_ENTITIES
     risk: RiskSettings = RiskSettings()
+    secret: bytes = field(default=b"", repr=False)  # keys the digests of personal entity ids
     profiles: dict[tuple[str, str], Profile] = field(default_factory=dict)
     card_frauds: dict[str, list[int]] = field(default_factory=dict)  # card -> fraud labels' arrival ms
     n_observed: int = 0
@@ -106,7 +152,19 @@ class EntityTable:
     newest_ms: int = 0
 
     def keys(self, tx: Transaction) -> dict[str, str]:
-        return {spec.name: key for spec in self.specs if (key := spec.key(tx)) is not None}
+        """Entity name -> id for the declared entities ``tx`` has; a personal id (device, IP, e-mail hash)
+        as a keyed digest, so that neither the state nor the score records hold it."""
+        out = {}
+        for spec in self.specs:
+            key = spec.key(tx)
+            if key is not None:
+                out[spec.name] = key if spec.field == "merchant_id" else pseudonym(self.secret, spec.name, key)
+        return out
+
+    def personal_keys(self, tx: Transaction) -> dict[str, str]:
+        """The digests of ``tx``'s personal entity ids (all but the merchant's), as score records carry them."""
+        merchant = {spec.name for spec in self.specs if spec.field == "merchant_id"}
+        return {name: key for name, key in self.keys(tx).items() if name not in merchant}
 
     def observation(self, tx: Transaction) -> Observation:
         return Observation(tx.card_id, tx.ts_ms, tx.amount_eur, self.keys(tx))
@@ -117,7 +175,7 @@ class EntityTable:
 
     def features(self, tx: Transaction) -> list[float]:
         """Entity and card-risk features of ``tx`` from what the table holds now (nothing is changed)."""
-        row = entity_features(self.specs, self.profiles, tx, self.prior, self.risk)
+        row = entity_features(self.specs, self.profiles, tx, self.prior, self.risk, self.keys(tx))
         arrivals = [t for t in self.card_frauds.get(tx.card_id, ()) if t <= tx.ts_ms]  # arrived before tx
         recent = sum(1 for t in arrivals if t > tx.ts_ms - 30 * DAY_MS)
         since = (tx.ts_ms - max(arrivals)) / DAY_MS if arrivals else NO_FRAUD_DAYS
@@ -140,9 +198,12 @@ class EntityTable:
         arrivals = self.card_frauds.get(label.card_id)
         if arrivals is None:
             arrivals = self.card_frauds[label.card_id] = []
-            for merchant in label.suspects:
-                add_compromise_evidence(self.profiles.setdefault((MERCHANT.name, merchant), new_profile()),
-                                        label.arrived_ms)
+            for spec in self.specs:
+                if spec.field != "merchant_id":
+                    continue
+                for merchant in label.suspects:
+                    add_compromise_evidence(self.profiles.setdefault((spec.name, merchant), new_profile()),
+                                            label.arrived_ms)
         arrivals.append(label.arrived_ms)
         arrivals.sort()
         del arrivals[:-CARD_FRAUD_KEEP]
@@ -153,7 +214,7 @@ class EntityTable:
         wanted = {(name, key) for tx in txs for name, key in self.keys(tx).items()}
         profiles = {k: copy.deepcopy(self.profiles[k]) for k in wanted if k in self.profiles}
         cards = {tx.card_id: list(self.card_frauds[tx.card_id]) for tx in txs if tx.card_id in self.card_frauds}
-        return EntityTable(self.specs, self.risk, profiles, cards, self.n_observed, self.n_fraud_labels,
+        return EntityTable(self.specs, self.risk, self.secret, profiles, cards, self.n_observed, self.n_fraud_labels,
                            self.newest_ms)
 
     def expire(self) -> int:
@@ -167,6 +228,12 @@ class EntityTable:
         for c in old:
             del self.card_frauds[c]
         return len(gone) + len(old)
+
+
+def pseudonym(secret: bytes, name: str, value: str) -> str:
+    """A personal entity id as state and records keep it: HMAC-SHA256 under ``secret`` (the PAN key, when
+    one is set; without it a plain digest, which hides nothing from someone who can enumerate the values)."""
+    return hmac.new(secret, f"{name}:{value}".encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def with_suspects(entity: dict[str, Any] | None, is_fraud: bool, card: CardState | None) -> dict[str, Any] | None:
@@ -194,7 +261,7 @@ def featurize_model(states: MutableMapping[str, CardState], table: EntityTable, 
 
 
 #: The vector the shipped models take (the default entities); a model card names its set (feature_set).
-MODEL_FEATURES: Final = model_feature_names()
+DEFAULT_FEATURE_SET: Final = FeatureSet.of(DEFAULT_ENTITIES)
+MODEL_FEATURES: Final = DEFAULT_FEATURE_SET.names
 N_MODEL_FEATURES: Final = len(MODEL_FEATURES)
-ENTITY_FEATURES: Final = frozenset(entity_feature_names())
 FEATURE_SET: Final = feature_set_name()

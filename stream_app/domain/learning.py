@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from stream_app.domain.entities import N_MODEL_FEATURES
 from stream_app.domain.events import kept_json
 from stream_app.domain.records import Source, model_scores
 from stream_app.domain.scoring import Scored
@@ -174,7 +173,7 @@ class OnlineLearner:
         if offset <= self.offset:
             return  # already applied (replay after a checkpoint restore)
         self.metrics.update(example.is_fraud, example.scores)
-        if len(example.features) != N_MODEL_FEATURES:
+        if len(example.features) != len(self.river.names):
             # Captured under another feature set (before an upgrade widened the vector): its scores still
             # count for quality, but its vector means other features, so it teaches nothing.
             self.other_feature_set += 1

@@ -210,11 +210,12 @@ def expired(profile: Profile, now_ms: int, risk: RiskSettings) -> bool:
 
 
 def entity_features(specs: Sequence[EntitySpec], profiles: Mapping[tuple[str, str], Profile], tx: Transaction,
-                    prior_rate: float, risk: RiskSettings) -> list[float]:
+                    prior_rate: float, risk: RiskSettings, keys: Mapping[str, str] | None = None) -> list[float]:
     """Every declared entity's features for ``tx``, concatenated in declaration order (``profiles`` keyed
-    by (entity name, entity id)); an event without the entity's field gets a never-seen profile."""
+    by (entity name, entity id); ``keys``: the ids by entity name, default each spec's field value); an
+    event without the entity's field gets a never-seen profile."""
     row: list[float] = []
     for spec in specs:
-        key = spec.key(tx)
+        key = spec.key(tx) if keys is None else keys.get(spec.name)
         row.extend(features(None if key is None else profiles.get((spec.name, key)), tx, prior_rate, risk))
     return row

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from stream_app.domain.decision import ReasonModel
-from stream_app.domain.entities import MODEL_FEATURES
 from stream_app.domain.events import InvalidEvent, format_ts
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.scoring import Scored
@@ -56,7 +56,7 @@ def decision_record(s: Scored) -> dict[str, Any]:
         "scores": model_scores(s),
         "model_versions": s.versions,
         "policy": s.policy,
-        "features": dict(zip(MODEL_FEATURES, s.features, strict=True)),
+        "features": dict(zip(s.names, s.features, strict=True)),
     }
 
 
@@ -65,9 +65,12 @@ def prediction_record(s: Scored, reasons: ReasonModel) -> dict[str, Any]:
     return {**decision_record(s), "reasons": reasons.top_reasons(s.features)}
 
 
-def score_record(s: Scored, source: Source, scored_at_ms: int) -> dict[str, Any]:
+def score_record(s: Scored, source: Source, scored_at_ms: int,
+                 entities: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``entities``: digests of the personal entity ids (device, IP, ...) declared, for entity replicas."""
     return {
         **decision_record(s),
+        **({"entities": dict(entities)} if entities else {}),
         "source": source.as_dict(),
         "timing": {
             "source_timestamp_ms": source.timestamp_ms,

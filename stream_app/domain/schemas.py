@@ -105,6 +105,10 @@ def _build() -> dict[str, dict[str, Any]]:
                          "One decision per valid transaction, published to `scores`, keyed by tx_id.", {
             "tx_id": _ID, "card_id": _ID,
             "merchant_id": {**_ID, "description": "The transaction's merchant (entity replicas read it back)."},
+            "entities": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+                         "description": "Only with entities declared beyond the merchant (STREAM_APP_ENTITIES): "
+                                        "entity name -> keyed digest of its id (device, IP, e-mail hash), never "
+                                        "the id itself."},
             "event_time": {**_TS, "description": "The transaction's event time."},
             "decision": {"enum": ["approve", "review", "decline"],
                          "description": "approve below the review threshold, review at or above it, decline at or "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_app.domain.decision import Decision, Policy, ReasonModel
+from stream_app.domain.entities import MODEL_FEATURES, FeatureSet
 from stream_app.domain.events import Transaction
 from stream_app.models.onnx_model import OnnxScorer, load_configured
 from stream_app.models.registry import ModelSlot
@@ -32,6 +33,7 @@ class Scored:
     versions: dict[str, str]
     policy: str = "weighted"
     challenger_score: float | None = None
+    names: tuple[str, ...] = MODEL_FEATURES  # of ``features`` (the served model's feature set)
 
     @property
     def is_alert(self) -> bool:
@@ -55,15 +57,25 @@ class FraudScorer:
 
         A configured model file that cannot serve raises :class:`~stream_app.startup.StartupError`."""
         stacker = Stacker(settings.stacker_warmup_labels) if settings.combiner == "stacked" else None
-        challenger = (ModelSlot(load_configured(settings.challenger_model_path, "STREAM_APP_CHALLENGER_MODEL"))
-                      if settings.challenger_model_path else None)
+        features = FeatureSet.parse(settings.entities)
+        challenger = (ModelSlot(load_configured(settings.challenger_model_path, "STREAM_APP_CHALLENGER_MODEL",
+                                                features)) if settings.challenger_model_path else None)
         policy = Policy(settings.review_threshold, settings.decline_threshold, settings.river_max_weight,
                         settings.river_warmup_labels)
-        onnx = load_configured(settings.onnx_model_path, "STREAM_APP_ONNX_MODEL")
-        return cls(onnx, RiverScorer(), policy, stacker, challenger)
+        onnx = load_configured(settings.onnx_model_path, "STREAM_APP_ONNX_MODEL", features)
+        return cls(onnx, RiverScorer(names=features.names), policy, stacker, challenger)
+
+    @property
+    def features(self) -> FeatureSet:
+        """The vector this scorer's models take (the declared entities')."""
+        return self.slot.current.features
 
     def adopt(self, river: RiverScorer, stacker: Stacker | None) -> None:
-        """Take the online models of a checkpoint; its stacker only when this scorer uses one."""
+        """Take the online models of a checkpoint; its stacker only when this scorer uses one. A River model
+        of another feature set (the entities were declared otherwise) is refused with ValueError."""
+        if river.names != self.features.names:
+            raise ValueError(f"the checkpoint's River model takes {len(river.names)} features, not this worker's "
+                             f"{len(self.features.names)} ({self.features.name})")
         self.river = river
         if self.stacker is not None and stacker is not None:
             self.stacker = stacker
@@ -109,6 +121,7 @@ class FraudScorer:
             pairs = zip(onnx_scores, river_scores, strict=True)
             risks, policy = [self.policy.combine(o, r, labels) for o, r in pairs], "weighted"
         decide = self.policy.decide
-        return [Scored(tx, row, o, r, risk, decide(risk), versions, policy, c)
+        names = onnx.features.names
+        return [Scored(tx, row, o, r, risk, decide(risk), versions, policy, c, names)
                 for tx, row, o, r, risk, c in zip(txs, rows, onnx_scores, river_scores, risks, challenger_scores,
                                                   strict=True)]

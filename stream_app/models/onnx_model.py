@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from stream_app.domain.entities import FEATURE_SET, MODEL_FEATURES
+from stream_app.domain.entities import DEFAULT_FEATURE_SET, FeatureSet
 from stream_app.startup import StartupError
 
 PACKAGED_MODEL = "fraud_gbt.onnx"
@@ -44,14 +44,16 @@ class OnnxScorer:
     card: dict[str, Any]
     input_name: str
     output_name: str
+    features: FeatureSet = DEFAULT_FEATURE_SET  # the vector it takes (checked against its card at load)
 
     @property
     def version(self) -> str:
         return str(self.card["version"])
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> OnnxScorer:
-        """The model at ``path`` (None: the packaged one); every reason it cannot serve is ``ModelRejected``."""
+    def load(cls, path: Path | str | None = None, features: FeatureSet = DEFAULT_FEATURE_SET) -> OnnxScorer:
+        """The model at ``path`` (None: the packaged one) for the vector ``features`` (the worker's declared
+        entities); every reason it cannot serve is ``ModelRejected``."""
         model_path = Path(path) if path else packaged_model_path()
         try:
             digest = sha256_file(model_path)
@@ -63,13 +65,14 @@ class OnnxScorer:
             raise ModelRejected(f"{model_path}: cannot read it or its card: {exc}") from None
         if card.get("sha256") != digest:
             raise ModelRejected(f"{model_path}: sha256 {digest[:12]} does not match its card")
-        if tuple(card.get("feature_names", ())) != MODEL_FEATURES:
+        if tuple(card.get("feature_names", ())) != features.names:
             trained_on = card.get("feature_set", "card/v1 (no feature_set in its card)")
-            if trained_on == FEATURE_SET:
-                raise ModelRejected(f"{model_path}: its card names feature set {FEATURE_SET} but lists other features "
-                                    f"or another order than this code's: retrain it with `stream-app train`")
-            raise ModelRejected(f"{model_path}: trained on feature set {trained_on}, this code computes {FEATURE_SET} "
-                                f"({len(MODEL_FEATURES)} features): retrain it with `stream-app train`")
+            if trained_on == features.name:
+                raise ModelRejected(f"{model_path}: its card names feature set {features.name} but lists other "
+                                    f"features or another order than this code's: retrain it with `stream-app train`")
+            raise ModelRejected(f"{model_path}: trained on feature set {trained_on}, this worker computes "
+                                f"{features.name} ({len(features.names)} features, STREAM_APP_ENTITIES): retrain it "
+                                f"with `stream-app train` under the same STREAM_APP_ENTITIES")
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # one worker = one core; parallelism comes from partitions
         options.inter_op_num_threads = 1
@@ -79,11 +82,11 @@ class OnnxScorer:
             first_line = (str(exc).splitlines() or [""])[0][:300]
             raise ModelRejected(f"{model_path}: cannot be loaded: {type(exc).__name__}: {first_line}") from exc
         inputs = session.get_inputs()
-        if len(inputs) != 1 or inputs[0].shape[-1] not in (len(MODEL_FEATURES), None, "N"):
-            raise ModelRejected(f"{model_path}: expected one input of width {len(MODEL_FEATURES)}")
+        if len(inputs) != 1 or inputs[0].shape[-1] not in (len(features.names), None, "N"):
+            raise ModelRejected(f"{model_path}: expected one input of width {len(features.names)}")
         outputs = [o.name for o in session.get_outputs()]
         output = "probabilities" if "probabilities" in outputs else outputs[-1]
-        return cls(session, card, inputs[0].name, output)
+        return cls(session, card, inputs[0].name, output, features)
 
     def predict_proba_many(self, rows: Sequence[Sequence[float]] | np.ndarray) -> list[float]:
         if len(rows) == 0:
@@ -96,10 +99,10 @@ class OnnxScorer:
         return self.predict_proba_many([features])[0]
 
 
-def load_configured(path: str, setting: str) -> OnnxScorer:
+def load_configured(path: str, setting: str, features: FeatureSet = DEFAULT_FEATURE_SET) -> OnnxScorer:
     """The model a setting names (empty: the packaged one), or a :class:`StartupError` naming the setting."""
     try:
-        return OnnxScorer.load(path or None)
+        return OnnxScorer.load(path or None, features)
     except ModelRejected as exc:
         raise StartupError(f"{setting}: {exc}; point {setting} at a readable .onnx file with its .card.json "
                            "beside it (empty: the packaged model)") from None

@@ -34,7 +34,7 @@ from typing import Any, Final, overload
 
 import numpy as np
 
-from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES
+from stream_app.domain.entities import DEFAULT_FEATURE_SET, FeatureSet
 from stream_app.models.onnx_model import ModelRejected, OnnxScorer, card_path, sha256_file
 
 CONSTANT_TOLERANCE: Final = 1e-6  # probe scores closer than this are "all identical"
@@ -48,17 +48,19 @@ def default_probe(card: Mapping[str, Any]) -> list[list[float]] | None:
     between them and ± a few legit stds around it. None when the card has no usable stats."""
     stats: Any = card.get("feature_stats")
     try:
-        legit, std, fraud = (np.array([float(stats[name][key]) for name in MODEL_FEATURES])
+        names = [str(name) for name in card["feature_names"]]
+        legit, std, fraud = (np.array([float(stats[name][key]) for name in names])
                              for key in ("legit_mean", "legit_std", "fraud_mean"))
     except (KeyError, TypeError, ValueError):
         return None
     centres = legit + _PROBE_CENTRES[:, None] * (fraud - legit)
-    rows = (centres[:, None, :] + _PROBE_OFFSETS[None, :, None] * std).reshape(-1, N_MODEL_FEATURES)
+    rows = (centres[:, None, :] + _PROBE_OFFSETS[None, :, None] * std).reshape(-1, len(names))
     return rows.tolist() if np.isfinite(rows).all() else None
 
 
 def validate_candidate(path: Path, probe: Sequence[Sequence[float]] | None = None, *,
-                       fallback_card: Mapping[str, Any] | None = None) -> OnnxScorer:
+                       fallback_card: Mapping[str, Any] | None = None,
+                       features: FeatureSet = DEFAULT_FEATURE_SET) -> OnnxScorer:
     """Load ``path`` and prove it can serve, or raise :class:`ModelRejected` saying why.
 
     The probe defaults to :func:`default_probe` of the candidate's card, else of ``fallback_card``
@@ -66,7 +68,7 @@ def validate_candidate(path: Path, probe: Sequence[Sequence[float]] | None = Non
     """
     name = path.name
     try:
-        scorer = OnnxScorer.load(path)
+        scorer = OnnxScorer.load(path, features)
     except ModelRejected:
         raise
     except Exception as exc:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no narrower base
@@ -76,10 +78,10 @@ def validate_candidate(path: Path, probe: Sequence[Sequence[float]] | None = Non
 
     inputs = scorer.session.get_inputs()
     if (len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 2
-            or inputs[0].shape[1] != N_MODEL_FEATURES):
+            or inputs[0].shape[1] != len(features.names)):
         found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "none"
         raise ModelRejected(f"{name}: inputs are [{found}]; expected one tensor(float) input of shape "
-                            f"[batch, {N_MODEL_FEATURES}]")
+                            f"[batch, {len(features.names)}]")
     output = next(o for o in scorer.session.get_outputs() if o.name == scorer.output_name)
     if output.type != "tensor(float)" or len(output.shape) != 2 or output.shape[1] != 2:
         raise ModelRejected(f"{name}: output {output.name} is {output.type} {output.shape}; expected "
@@ -152,7 +154,7 @@ class ModelSlot:
         with self._lock:
             previous = self.current
             try:
-                candidate = validate_candidate(Path(path), fallback_card=previous.card)
+                candidate = validate_candidate(Path(path), fallback_card=previous.card, features=previous.features)
             except ModelRejected as exc:
                 result = SwapResult(False, previous.version, previous.version, str(exc))
             else:

@@ -23,18 +23,20 @@ class RiverScorer:
     """Online scorer; its version says how many labels it has learned."""
 
     name = "river-logreg"
+    names: tuple[str, ...] = MODEL_FEATURES  # the vector's feature names (a class default: older pickles lack it)
 
-    def __init__(self, model: compose.Pipeline | None = None, n_learned: int = 0) -> None:
+    def __init__(self, model: compose.Pipeline | None = None, n_learned: int = 0,
+                 names: tuple[str, ...] = MODEL_FEATURES) -> None:
         self.model = model if model is not None else default_pipeline()
         self.n_learned = n_learned
+        self.names = names
 
     @property
     def version(self) -> str:
         return f"{self.name}@{self.n_learned}"
 
-    @staticmethod
-    def as_dict(features: Sequence[float]) -> dict[str, float]:
-        return dict(zip(MODEL_FEATURES, features, strict=True))
+    def as_dict(self, features: Sequence[float]) -> dict[str, float]:
+        return dict(zip(self.names, features, strict=True))
 
     def predict_proba_one(self, features: Sequence[float]) -> float:
         return float(self.model.predict_proba_one(self.as_dict(features)).get(True, 0.0))
@@ -51,19 +53,19 @@ class RiverScorer:
                 and type(lr) is linear_model.LogisticRegression):
             return [self.predict_proba_one(r) for r in rows]
         x = np.asarray(rows, dtype=np.float64)
-        mean = _vector(scaler.means)
-        std = np.sqrt(_vector(scaler.vars))
+        mean = _vector(scaler.means, self.names)
+        std = np.sqrt(_vector(scaler.vars, self.names))
         z = np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
-        return sigmoid(z @ _vector(lr.weights) + lr.intercept)
+        return sigmoid(z @ _vector(lr.weights, self.names) + lr.intercept)
 
     def learn_one(self, features: Sequence[float], is_fraud: bool) -> None:
         self.model.learn_one(self.as_dict(features), bool(is_fraud))
         self.n_learned += 1
 
 
-def _vector(values: Mapping[str, float]) -> np.ndarray:
+def _vector(values: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
     """A learned per-feature quantity in feature order (0 where nothing was learned, as River reads it)."""
-    return np.array([values.get(name, 0.0) for name in MODEL_FEATURES], dtype=np.float64)
+    return np.array([values.get(name, 0.0) for name in names], dtype=np.float64)
 
 
 def sigmoid(logits: np.ndarray) -> list[float]:

@@ -320,7 +320,7 @@ def replay(ordered: Iterable[tuple[Transaction, Position]], scorer: FraudScorer,
     in the stream (the caller counts them: every row is scored, refused or a duplicate). Entity profiles
     are built from the file's own transactions (a batch has no labels: label-derived risk stays at its prior)."""
     states: dict[str, CardState] = {}
-    entities = EntityTable()
+    entities = EntityTable(scorer.features.specs)
     txs: list[Transaction] = []
     rows: list[list[float]] = []
     for tx, position in ordered:

@@ -20,14 +20,14 @@ import numpy as np
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.drift import is_warm
-from stream_app.domain.entities import N_MODEL_FEATURES, EntityTable, LabelArrival, featurize_model, with_suspects
+from stream_app.domain.entities import EntityTable, LabelArrival, featurize_model, model_feature_names, with_suspects
 from stream_app.domain.events import InvalidEvent, Transaction
 from stream_app.domain.features import DAY_MS, CardState
 
 
 @dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray  # float32 [n, N_MODEL_FEATURES]
+    x: np.ndarray  # float32 [n, the feature set's width]
     y: np.ndarray  # int8
     ts_ms: np.ndarray
     cards: np.ndarray
@@ -90,12 +90,12 @@ def replay(items: Iterable[tuple[Transaction, bool]], horizon_ms: int, label_del
         if progress and i and i % 100_000 == 0:
             rate = i / (time.monotonic() - started)
             print(f"  featurized {i:,} transactions ({rate:,.0f}/s)", file=sys.stderr, flush=True)
-    return Dataset(np.asarray(rows, dtype=np.float32).reshape(-1, N_MODEL_FEATURES),
+    return Dataset(np.asarray(rows, dtype=np.float32).reshape(-1, len(model_feature_names(table.specs))),
                    np.asarray(labels, dtype=np.int8), np.asarray(ts, dtype=np.int64), np.asarray(cards),
                    np.asarray(warm, dtype=bool), np.asarray(label_ms, dtype=np.int64))
 
 
 def build_dataset(config: GeneratorConfig, days: float, horizon_ms: int, progress: bool = True,
-                  label_delay_ms: int = 7 * DAY_MS) -> Dataset:
+                  label_delay_ms: int = 7 * DAY_MS, table: EntityTable | None = None) -> Dataset:
     return replay(((item.tx, item.is_fraud) for item in simulate(config, days=days)), horizon_ms,
-                  label_delay_ms, progress=progress)
+                  label_delay_ms, progress=progress, table=table)

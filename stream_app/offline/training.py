@@ -42,7 +42,7 @@ import numpy as np
 
 from stream_app.devtools.generator import GeneratorConfig
 from stream_app.domain.drift import reference_from_rows
-from stream_app.domain.entities import FEATURE_SET, MODEL_FEATURES
+from stream_app.domain.entities import DEFAULT_ENTITIES_TEXT, EntityTable, FeatureSet
 from stream_app.domain.events import InvalidEvent, Transaction, format_ts, parse_ts, transaction_from_dict
 from stream_app.domain.features import DAY_MS
 from stream_app.models.onnx_model import PACKAGED_MODEL, card_path, packaged_model_path, sha256_file
@@ -50,6 +50,8 @@ from stream_app.offline.evaluation import average_precision, precision_top_k_car
 from stream_app.offline.replay import Dataset, build_dataset, replay
 
 #: The transaction fields a data file must provide (see ``stream_app.domain.events.transaction_from_dict``).
+#: Optional transaction fields read when the file has them (entities can be declared on them).
+OPTIONAL_FIELDS: Final[tuple[str, ...]] = ("device_id", "ip", "email_hash")
 TX_FIELDS: Final[tuple[str, ...]] = ("tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp",
                                      "country", "channel", "mcc")
 DEFAULT_LABEL_COLUMN: Final = "is_fraud"
@@ -85,6 +87,11 @@ class TrainConfig:
     review_threshold: float = 0.3  # operating point marked on the PR curve
     edge_trees: int = 0  # >0: also export a small "edge" model (this many trees of depth edge_max_depth)
     all_history: bool = False  # after the held-out evaluation, refit on every row whose label is mature
+    entities: str = DEFAULT_ENTITIES_TEXT  # STREAM_APP_ENTITIES: the feature set, as the workers declare it
+
+    @property
+    def features(self) -> FeatureSet:
+        return FeatureSet.parse(self.entities)
     edge_max_depth: int = 4
 
 
@@ -118,13 +125,19 @@ class LabeledData:
 
 
 def resolve_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
-    """The full field -> column mapping: every field maps to its own name unless overridden."""
+    """The required fields' field -> column mapping: every field maps to its own name unless overridden."""
     overrides = dict(columns or {})
-    unknown = sorted(set(overrides) - set(TX_FIELDS))
+    unknown = sorted(set(overrides) - set(TX_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
         raise ValueError(f"unknown transaction field(s) {unknown} in the column mapping; fields are "
-                         f"{', '.join(TX_FIELDS)} (the label column is set with --label-column)")
+                         f"{', '.join(TX_FIELDS + OPTIONAL_FIELDS)} (the label column is set with --label-column)")
     return {name: overrides.get(name, name) for name in TX_FIELDS}
+
+
+def optional_columns(columns: Mapping[str, str] | None, header: list[str]) -> dict[str, str]:
+    """The optional fields (entity ids) the file has: field -> column, mapped like the required ones."""
+    overrides = dict(columns or {})
+    return {name: overrides.get(name, name) for name in OPTIONAL_FIELDS if overrides.get(name, name) in header}
 
 
 def _data_format(path: Path) -> str:
@@ -265,13 +278,15 @@ def load_labeled_transactions(path: str | Path, columns: Mapping[str, str] | Non
     rejects: list[dict[str, Any]] = []
     first_row: dict[str, int] = {}  # tx_id -> the row it was first seen on
     n = 0
-    with _open_rows(path, fmt, [*wanted, LABEL_TIME_COLUMN]) as (header, rows):
+    maybe = [LABEL_TIME_COLUMN, *(dict(columns or {}).get(f, f) for f in OPTIONAL_FIELDS)]
+    with _open_rows(path, fmt, [*wanted, *maybe]) as (header, rows):
         missing = [c for c in dict.fromkeys(wanted) if c not in header]
+        optional = optional_columns(columns, header)
         if missing:
             raise ValueError(f"{path.name}: missing column(s) {missing}; the file has {header}. "
                              f"Map fields to columns with --column FIELD=COLUMN and --label-column NAME.")
         for n, raw in enumerate(rows, start=1):
-            obj = {name: _coerce(name, raw.get(column)) for name, column in mapping.items()}
+            obj = {name: _coerce(name, raw.get(column)) for name, column in (mapping | optional).items()}
             record = {column: _jsonable(raw.get(column)) for column in dict.fromkeys(wanted)}
             try:
                 tx = transaction_from_dict(obj)
@@ -397,7 +412,8 @@ def plot_pr_curve(path: Path, y: np.ndarray, scores: np.ndarray, label: str, thr
     return point
 
 
-def feature_stats(x: np.ndarray, y: np.ndarray, importance: np.ndarray) -> dict[str, dict[str, float]]:
+def feature_stats(x: np.ndarray, y: np.ndarray, importance: np.ndarray, names: tuple[str, ...]
+                  ) -> dict[str, dict[str, float]]:
     legit, fraud = x[y == 0], x[y == 1]
     share = importance / importance.sum() if importance.sum() > 0 else importance
     return {
@@ -407,7 +423,7 @@ def feature_stats(x: np.ndarray, y: np.ndarray, importance: np.ndarray) -> dict[
             "fraud_mean": float(fraud[:, i].mean()) if len(fraud) else 0.0,
             "importance": float(share[i]),
         }
-        for i, name in enumerate(MODEL_FEATURES)
+        for i, name in enumerate(names)
     }
 
 
@@ -458,7 +474,7 @@ def compare_with_current(model_path: Path, x: np.ndarray, y: np.ndarray, new_sco
     if not model_path.exists() and not card_path(model_path).exists():
         return record, None
     try:
-        current = OnnxScorer.load(model_path)
+        current = OnnxScorer.load(model_path, cfg.features)
         current_scores = np.asarray(current.predict_proba_many(x.tolist()), dtype=float)
     except Exception as exc:  # noqa: BLE001 - a model that cannot load cannot serve either
         record["decision"] = "current_unloadable"
@@ -491,12 +507,12 @@ def _new_classifier(cfg: TrainConfig, n_estimators: int, **overrides: Any) -> An
     return lgb.LGBMClassifier(**params)
 
 
-def _to_onnx(model: Any, path: Path) -> None:
+def _to_onnx(model: Any, path: Path, width: int) -> None:
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
     onnx_model = onnxmltools.convert_lightgbm(
-        model, initial_types=[("features", FloatTensorType([None, len(MODEL_FEATURES)]))],
+        model, initial_types=[("features", FloatTensorType([None, width]))],
         zipmap=False, target_opset=15)
     path.write_bytes(onnx_model.SerializeToString())
 
@@ -513,7 +529,8 @@ def _load_user_data(cfg: TrainConfig, out_dir: Path, horizon_ms: int) -> tuple[D
                                "column": loaded.columns.get(exc.field or "", exc.field), "detail": exc.detail,
                                "record": {**tx.to_json_dict(), loaded.label_column: loaded.items[index][1]}})
 
-    data = replay(loaded.items, horizon_ms, cfg.label_delay_days * DAY_MS, loaded.label_times, on_invalid=on_invalid)
+    data = replay(loaded.items, horizon_ms, cfg.label_delay_days * DAY_MS, loaded.label_times, on_invalid=on_invalid,
+                  table=EntityTable(cfg.features.specs))
     loaded.rejects.sort(key=lambda r: r["row"])
     rejects_path = out_dir / REJECTS_FILE
     with rejects_path.open("w") as handle:
@@ -567,7 +584,8 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
     else:
         gen = GeneratorConfig(seed=cfg.seed, n_customers=cfg.n_customers)
         print(f"generating {cfg.days} days of history for {cfg.n_customers} customers ...", file=sys.stderr)
-        data = build_dataset(gen, cfg.days, horizon_ms, label_delay_ms=cfg.label_delay_days * DAY_MS)
+        data = build_dataset(gen, cfg.days, horizon_ms, label_delay_ms=cfg.label_delay_days * DAY_MS,
+                             table=EntityTable(cfg.features.specs))
         source = {"source": "stream_app.devtools.generator (synthetic, generated at training time)",
                   "generator": asdict(gen)}
         start_ms, days = gen.start_ms, cfg.days
@@ -597,7 +615,7 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
     staging = Path(tempfile.mkdtemp(prefix=".train-", dir=out_dir))
     try:
         new_model = staging / PACKAGED_MODEL
-        _to_onnx(model, new_model)
+        _to_onnx(model, new_model, len(cfg.features.names))
         digest = sha256_file(new_model)
         importance = model.booster_.feature_importance(importance_type="gain").astype(float)
 
@@ -609,9 +627,10 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
             "version": f"gbt-{datetime.now(UTC):%Y%m%d}-{digest[:8]}",
             "created_at": format_ts(int(time.time() * 1000)),
             "framework": f"lightgbm {lgb.__version__} -> onnxmltools {onnxmltools.__version__}",
-            "feature_set": FEATURE_SET,
-            "feature_names": list(MODEL_FEATURES),
-            "input": {"name": "features", "dtype": "float32", "shape": [None, len(MODEL_FEATURES)]},
+            "feature_set": cfg.features.name,
+            "entities": cfg.entities,
+            "feature_names": list(cfg.features.names),
+            "input": {"name": "features", "dtype": "float32", "shape": [None, len(cfg.features.names)]},
             "output": "probabilities[:, 1] = P(fraud)",
             "training_data": {
                 **source,
@@ -622,13 +641,13 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
                             "test": period(test_start, days)},
             },
             "params": model.get_params(),
-            "feature_stats": feature_stats(data.x[train], data.y[train], importance),
+            "feature_stats": feature_stats(data.x[train], data.y[train], importance, cfg.features.names),
             "sha256": digest,
             "code": {"module": "stream_app.offline.training", "git_commit": _git_commit(), "command": _command(cfg)},
         }
         card_path(new_model).write_text(json.dumps(card, indent=2, default=str))
 
-        scorer = OnnxScorer.load(new_model)  # the served path: checks card, sha256 and feature order
+        scorer = OnnxScorer.load(new_model, cfg.features)  # the served path: checks card, sha256 and feature order
         onnx_test = np.asarray(scorer.predict_proba_many(x_test.tolist()))
         lgb_test = model.predict_proba(x_test)[:, 1]
         card["metrics"] = {
@@ -638,7 +657,7 @@ def train_and_export(cfg: TrainConfig) -> dict[str, Any]:
         }
         card["onnx_parity_max_abs_diff"] = float(np.max(np.abs(onnx_test - lgb_test)))
         # Drift is judged against the held-out period and the model's own scores on it.
-        card["drift_reference"] = reference_from_rows(x_test, onnx_test, data.warm[test])
+        card["drift_reference"] = reference_from_rows(x_test, onnx_test, data.warm[test], names=cfg.features.names)
 
         comparison, current_scores = compare_with_current(model_path, x_test, y_test, onnx_test, cfg)
         card["replaced"] = comparison
@@ -705,7 +724,7 @@ def _refit_on_all_history(cfg: TrainConfig, data: Dataset, start_ms: int, days: 
           f"({int(data.y[mature].sum())} frauds; {int((~mature).sum()):,} recent rows left out) ...", file=sys.stderr)
     final = _new_classifier(cfg, cfg.n_estimators)
     final.fit(data.x[mature], data.y[mature])
-    _to_onnx(final, path)
+    _to_onnx(final, path, len(cfg.features.names))
     digest = sha256_file(path)
     scores = np.asarray(final.predict_proba(x_test))[:, 1]
     last = int(data.ts_ms[mature].max()) if mature.any() else start_ms
@@ -721,7 +740,8 @@ def _refit_on_all_history(cfg: TrainConfig, data: Dataset, start_ms: int, days: 
             "period": [format_ts(int(data.ts_ms.min())), format_ts(last)],
         },
         # Its scores on the test period are in-sample now: the reference says so.
-        "drift_reference": {**reference_from_rows(x_test, scores, data.warm[test]), "in_sample": True},
+        "drift_reference": {**reference_from_rows(x_test, scores, data.warm[test], names=cfg.features.names),
+                            "in_sample": True},
     }
 
 
@@ -735,19 +755,20 @@ def _export_edge(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_t
                             num_leaves=min(31, 2 ** cfg.edge_max_depth))
     model.fit(x_train, y_train)
     path = staging / EDGE_MODEL
-    _to_onnx(model, path)
+    _to_onnx(model, path, len(cfg.features.names))
     digest = sha256_file(path)
     card = {**main_card, "name": "fraud-gbt-edge", "version": f"gbt-edge-{datetime.now(UTC):%Y%m%d}-{digest[:8]}",
             "params": model.get_params(), "sha256": digest}
     card.pop("metrics", None)
     card.pop("replaced", None)
     card_path(path).write_text(json.dumps(card, indent=2, default=str))
-    scores = np.asarray(OnnxScorer.load(path).predict_proba_many(x_test.tolist()))
+    scores = np.asarray(OnnxScorer.load(path, cfg.features).predict_proba_many(x_test.tolist()))
     edge_ap = average_precision(y_test, scores)
     main_ap = main_card["metrics"]["test"]["average_precision"]
     card["metrics"] = {"test": {"rows": int(len(y_test)), "frauds": int(y_test.sum()),
                                 "roc_auc": roc_auc(y_test, scores), "average_precision": edge_ap}}
-    card["drift_reference"] = reference_from_rows(x_test, scores, warm_test)  # its own scores, not the main model's
+    # Its own scores, not the main model's:
+    card["drift_reference"] = reference_from_rows(x_test, scores, warm_test, names=cfg.features.names)
     card_path(path).write_text(json.dumps(card, indent=2, default=str))
     return {"file": f"edge/{EDGE_MODEL}", "version": card["version"], "trees": cfg.edge_trees,
             "max_depth": cfg.edge_max_depth, "size_bytes": path.stat().st_size,
@@ -761,7 +782,7 @@ def rebuild_drift_reference(model_path: Path) -> dict[str, Any]:
     """Recompute the drift reference in an existing model's card, the model itself untouched.
 
     The history is generated again from what the card recorded (generator config, days, test period)
-    and replayed through ``featurize``; the model scores its test period and ``reference_from_rows``
+    and replayed (:mod:`stream_app.offline.replay`); the model scores its test period and ``reference_from_rows``
     takes the histograms with the current row filter. Refuses (``ValueError``) when the regenerated
     test period is not the card's (other row count or average precision): the reference would then
     describe other data. Cards trained on a user's data file are retrained instead.
@@ -778,17 +799,18 @@ def rebuild_drift_reference(model_path: Path) -> dict[str, Any]:
     gen = GeneratorConfig(**fields)
     print(f"regenerating {history['days']} days of history ({gen}) ...", file=sys.stderr)
     gap = history["periods_days"]["gap (label delay)"]  # the label delay the card's model was trained with
+    features = FeatureSet.parse(card.get("entities", DEFAULT_ENTITIES_TEXT))
     data = build_dataset(gen, history["days"], TrainConfig().dedup_horizon_s * 1000,
-                         label_delay_ms=(gap[1] - gap[0]) * DAY_MS)
+                         label_delay_ms=(gap[1] - gap[0]) * DAY_MS, table=EntityTable(features.specs))
     test = (data.ts_ms - gen.start_ms) // DAY_MS >= history["periods_days"]["test"][0]
-    scores = np.asarray(OnnxScorer.load(model_path).predict_proba_many(data.x[test].tolist()))
+    scores = np.asarray(OnnxScorer.load(model_path, features).predict_proba_many(data.x[test].tolist()))
     recorded_ap = card.get("metrics", {}).get("test", {}).get("average_precision")
     ap = average_precision(data.y[test], scores)
     if card["drift_reference"]["rows"] != int(test.sum()) or (recorded_ap is not None
                                                              and not math.isclose(ap, recorded_ap, abs_tol=1e-9)):
         raise ValueError(f"{path}: the regenerated test period ({int(test.sum())} rows, AP {ap:.6f}) is not the "
                          f"card's ({card['drift_reference']['rows']} rows, AP {recorded_ap}); not rebuilt")
-    reference = reference_from_rows(data.x[test], scores, data.warm[test])
+    reference = reference_from_rows(data.x[test], scores, data.warm[test], names=features.names)
     reference["rebuilt"] = {"at": format_ts(int(time.time() * 1000)),
                             "by": "stream_app.offline.training.rebuild_drift_reference",
                             "from": "the card's own training_data (generator config, days, test period); "

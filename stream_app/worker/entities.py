@@ -20,14 +20,14 @@ Staleness: another worker's transaction reaches this replica one produce-and-fet
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.domain.entities import EntityTable, LabelArrival, Observation
+from stream_app.domain.entities import EntityTable, LabelArrival, Observation, parse_entities
 from stream_app.domain.events import InvalidEvent, Transaction, parse_ts
 from stream_app.domain.learning import Example
 from stream_app.kafka.security import KafkaSecurity
@@ -48,8 +48,14 @@ class ReplicaState:
 
 
 def observation_of(record: dict[str, Any], table: EntityTable) -> Observation:
-    """A score record read back as an observation; raises KeyError/TypeError/ValueError/InvalidEvent."""
-    keys = {spec.name: str(record[spec.field]) for spec in table.specs if record.get(spec.field) not in (None, "")}
+    """A score record read back as an observation: the merchant's id, and the personal entities' digests
+    (``entities``); raises KeyError/TypeError/ValueError/InvalidEvent."""
+    personal = record.get("entities") or {}
+    keys: dict[str, str] = {}
+    for spec in table.specs:
+        key = record.get(spec.field) if spec.field == "merchant_id" else personal.get(spec.name)
+        if key not in (None, ""):
+            keys[spec.name] = str(key)
     return Observation(str(record["card_id"]), parse_ts(record["event_time"], "event_time"),
                        float(record["features"]["amount_eur"]), keys)
 
@@ -57,11 +63,19 @@ def observation_of(record: dict[str, Any], table: EntityTable) -> Observation:
 class EntityReplica:
     """The worker's entity table and the consumer of the ``scores`` topic that keeps it current."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, security: KafkaSecurity) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, security: KafkaSecurity, secret: bytes = b"") -> None:
         self.settings = settings
         self.metrics = metrics
         self.security = security
-        self.state = ReplicaState()
+        self.secret = secret
+        self.state = ReplicaState(EntityTable(parse_entities(settings.entities), secret=secret))
+
+    def snapshot(self) -> ReplicaState:
+        """What a checkpoint keeps: the state without the key of the digests (checkpoints are files)."""
+        return replace(self.state, table=replace(self.state.table, secret=b""))
+
+    def restore(self, state: ReplicaState) -> None:
+        self.state = replace(state, table=replace(state.table, secret=self.secret))
 
     @property
     def table(self) -> EntityTable:

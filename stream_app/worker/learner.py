@@ -78,9 +78,13 @@ class Learner:
             log.info("checkpoint.none", directory=str(self.checkpoint_dir))
             return
         river, stacker, *entities = ckpt.state  # (river, stacker[, entity replica]): older ones have no replica
-        self.scorer.adopt(river, stacker)
+        try:
+            self.scorer.adopt(river, stacker)
+        except ValueError as exc:  # STREAM_APP_ENTITIES changed since it was written: start afresh
+            log.error("checkpoint.other_feature_set", reason=str(exc), version=ckpt.version)
+            return
         if entities:
-            self.entities.state = entities[0]
+            self.entities.restore(entities[0])
         self.learner.river, self.learner.stacker = self.scorer.river, self.scorer.stacker
         self.learner.offset = ckpt.offset
         log.info("checkpoint.restored", version=ckpt.version, offset=ckpt.offset)
@@ -88,8 +92,9 @@ class Learner:
     async def save_checkpoint(self) -> None:
         if self.learner.offset < 0 or self.learner.offset == self._checkpointed_offset:
             return
-        path = checkpoint.save(self.checkpoint_dir, self.scorer.river.version, self.learner.offset,
-                               (self.learner.river, self.learner.stacker, self.entities.state), self.checkpoint_key)
+        state = (self.learner.river, self.learner.stacker, self.entities.snapshot())
+        path = checkpoint.save(self.checkpoint_dir, self.scorer.river.version, self.learner.offset, state,
+                               self.checkpoint_key)
         self._checkpointed_offset = self.learner.offset
         self.metrics.checkpoint_time.set(time.time())
         log.info("checkpoint.saved", version=self.scorer.river.version, offset=self.learner.offset,

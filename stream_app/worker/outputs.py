@@ -11,6 +11,7 @@ import orjson
 import structlog
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
+from stream_app.domain.entities import EntityTable
 from stream_app.domain.events import InvalidEvent
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.records import (
@@ -38,8 +39,9 @@ class Outputs:
     """The worker's writes to Kafka, through faust's producer (its delivery timeout and retries)."""
 
     def __init__(self, app: faust.App, settings: Settings, metrics: Metrics, pans: PanTokenizer,
-                 scorer: FraudScorer) -> None:
+                 scorer: FraudScorer, entities: EntityTable) -> None:
         self.app = app
+        self.entities = entities  # personal entity ids go into score records as its digests
         self.scorer = scorer  # alerts explain themselves with its reasons
         self.settings = settings
         self.metrics = metrics
@@ -67,13 +69,17 @@ class Outputs:
         s, m = self.settings, self.metrics
         now = now_ms()
         for item, source in zip(scored, sources, strict=True):
-            batches.add(s.scores_topic, item.tx.tx_id.encode(), orjson.dumps(score_record(item, source, now)))
+            batches.add(s.scores_topic, item.tx.tx_id.encode(), self.score_bytes(item, source, now))
             if item.is_alert:
                 self.add_alert(item, batches, now)
         m.scored.inc(len(scored))
         observe_many(m.latency.labels("message_timestamp"), [max(0.0, (now - x.timestamp_ms) / 1000) for x in sources])
         observe_many(m.latency.labels("event_time"), [max(0.0, (now - x.tx.ts_ms) / 1000) for x in scored])
         observe_many(m.risk, [x.risk for x in scored])
+
+    def score_bytes(self, item: Scored, source: Source, now: int) -> bytes:
+        """The score record, with the personal entities' digests that other workers' replicas read back."""
+        return orjson.dumps(score_record(item, source, now, self.entities.personal_keys(item.tx)))
 
     def add_alert(self, item: Scored, batches: PartitionBatches, now: int) -> None:
         alert = alert_record(item, self.scorer.reasons, now)

@@ -29,7 +29,7 @@ from stream_app.domain.events import Transaction
 from stream_app.domain.features import CardState
 from stream_app.domain.ingress import Ingress, capture, capture_key, card_of
 from stream_app.domain.learning import Captured
-from stream_app.domain.records import Source, alert_record, score_record
+from stream_app.domain.records import Source, alert_record
 from stream_app.domain.scoring import FraudScorer, Scored
 from stream_app.kafka.batch_send import BatchedTable, PartitionBatches, delivered
 from stream_app.kafka.compat import acknowledge, micro_batches, store_dict
@@ -197,8 +197,8 @@ class ScoreAgent:
         for step in plan:
             item, source = scored[step.index], items[step.index].source
             if step.kind == "score":
-                record = orjson.dumps(score_record(item, source, now))
-                sends.append(self.outputs.send(s.scores_topic, step.tx_id.encode(), record))
+                sends.append(self.outputs.send(s.scores_topic, step.tx_id.encode(),
+                                               self.outputs.score_bytes(item, source, now)))
             else:
                 record = orjson.dumps(alert_record(item, self.scorer.reasons, now))
                 sends.append(self.outputs.send(s.alerts_topic, step.card_id.encode(), record))
@@ -246,7 +246,8 @@ def drift_monitor(scorer: FraudScorer, settings: Settings) -> DriftMonitor | Non
         return None
     window = settings.drift_window
     try:
-        return DriftMonitor(reference, window=window, psi_threshold=settings.drift_psi, min_count=min(1000, window))
+        return DriftMonitor(reference, window=window, psi_threshold=settings.drift_psi, min_count=min(1000, window),
+                            names=scorer.features.names)
     except ValueError as exc:  # e.g. a reference without the warm-card filter: it would false-alarm
         log.warning("drift.reference_refused", onnx_version=scorer.onnx.version, error=str(exc))
         return None

@@ -48,14 +48,14 @@ class StreamApp:
             log.warning("pan.no_key", effect="card ids that look like card numbers are dead-lettered as raw_pan")
         self.horizon_ms = s.dedup_horizon_s * 1000
         self.kafka_security = kafka_security(settings)  # files read once; every Kafka client uses it
-        self.entities = EntityReplica(settings, self.metrics, self.kafka_security)
+        self.entities = EntityReplica(settings, self.metrics, self.kafka_security, self.pans.key or b"")
         self.learning = Learner(settings, self.metrics, self.scorer, self.learner, self.entities, self.kafka_security)
         self.learning.restore_checkpoint()  # before the ingress takes the replica's table
         self.ingress = Ingress(s.max_message_bytes, self.horizon_ms, self.pans, s.transactions_topic, s.partitions,
                                self.entities.table)
         self.app = self._faust_app()
         self.tables = self._tables()
-        self.outputs = Outputs(self.app, settings, self.metrics, self.pans, self.scorer)
+        self.outputs = Outputs(self.app, settings, self.metrics, self.pans, self.scorer, self.entities.table)
         self.scoring = ScoreAgent(settings, self.metrics, self.scorer, self.ingress, self.outputs, self.tables,
                                   self.kafka_security, self.entities, self._fail)
         self.labels = LabelAgent(settings, self.metrics, self.outputs, self.tables, self._fail)

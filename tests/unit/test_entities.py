@@ -106,10 +106,11 @@ def test_replay_never_counts_a_label_before_it_arrived(events: list[tuple[int, i
     label_times = [t.ts_ms + delay * HOUR_MS for t, _, delay in items]
     data = replay([(t, f) for t, f, _ in items], H, label_times=label_times, progress=False)
     for row_index, (t, _, _) in enumerate(items):
-        known = [(label_times[j], j) for j in range(len(items)) if label_times[j] <= t.ts_ms and j != row_index]
-        frauds_known = sum(1 for _, j in known if items[j][1] and items[j][0].card_id == t.card_id)
+        # Known: the labels of transactions scored before it (a label follows its transaction) arrived by then.
+        known = [j for j in range(row_index) if label_times[j] <= t.ts_ms and items[j][1]]
         got = named(data.x[row_index].tolist())
-        assert got["card_fraud_labels_30d"] == frauds_known
+        assert got["card_fraud_labels_30d"] == sum(items[j][0].card_id == t.card_id for j in known)
+        assert got["merchant_fraud_labels_30d"] == sum(items[j][0].merchant_id == t.merchant_id for j in known)
 
 
 def test_training_and_serving_compute_the_same_row() -> None:

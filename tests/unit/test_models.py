@@ -79,8 +79,9 @@ def test_model_trained_before_entity_features_is_refused_with_what_to_do(tmp_pat
     with pytest.raises(ModelRejected) as info:
         OnnxScorer.load(model)
     assert str(info.value) == (
-        f"{model}: trained on feature set card/v1 (no feature_set in its card), this code computes {FEATURE_SET} "
-        f"({N_MODEL_FEATURES} features): retrain it with `stream-app train`")
+        f"{model}: trained on feature set card/v1 (no feature_set in its card), this worker computes {FEATURE_SET} "
+        f"({N_MODEL_FEATURES} features, STREAM_APP_ENTITIES): retrain it with `stream-app train` under the same "
+        "STREAM_APP_ENTITIES")
 
 
 def test_model_card_describes_the_shipped_model() -> None:

@@ -115,8 +115,9 @@ BAD_MODELS = {
     "NaN output": (lambda t: tiny_onnx(t / "nan.onnx", "nan"), r"non-finite probabilities"),
     "missing card": (without_card, r"no model card beside"),
     "card features only": (before_entities, re.escape(
-        f"v1.onnx: trained on feature set card/v1 (no feature_set in its card), this code computes {FEATURE_SET} "
-        f"({N_MODEL_FEATURES} features): retrain it with `stream-app train`")),
+        f"v1.onnx: trained on feature set card/v1 (no feature_set in its card), this worker computes {FEATURE_SET} "
+        f"({N_MODEL_FEATURES} features, STREAM_APP_ENTITIES): retrain it with `stream-app train` under the same "
+        "STREAM_APP_ENTITIES")),
 }
 
 
