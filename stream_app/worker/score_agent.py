@@ -26,6 +26,7 @@ import structlog
 from stream_app.domain.drift import DriftEvent, DriftMonitor
 from stream_app.domain.entities import with_suspects
 from stream_app.domain.events import Transaction
+from stream_app.domain.features import N_FEATURES as N_CARD_FEATURES
 from stream_app.domain.features import CardState
 from stream_app.domain.ingress import Ingress, capture, capture_key, card_of
 from stream_app.domain.learning import Captured
@@ -190,7 +191,7 @@ class ScoreAgent:
         items, since = self.ledger.take_repairs()
         wanted = delivery.witness_request(items, s.scores_topic, s.alerts_topic)
         found = await written_since(s.bootstrap_servers, wanted, since, **self.security.client_kwargs())
-        scored = self.scorer.score_many([r.tx for r in items], [r.features for r in items])
+        scored = self.scorer.score_many([r.tx for r in items], [self._vector_of(r.tx, r.features) for r in items])
         plan = delivery.plan_repair(items, [x.is_alert for x in scored], found[s.scores_topic],
                                     delivery.alerted(found[s.alerts_topic]))
         now, sends = now_ms(), []
@@ -208,6 +209,13 @@ class ScoreAgent:
         log.info("redelivery.checked", events=len(items), scores_republished=n_scores,
                  alerts_republished=len(plan) - n_scores)
         return sends
+
+    def _vector_of(self, tx: Transaction, features: list[float]) -> list[float]:
+        """A remembered vector as the models now take it: one remembered by a worker of another feature set
+        (before an upgrade) keeps its card features and takes the entity features the replica has now."""
+        if len(features) == len(self.scorer.features.names):
+            return features
+        return features[:N_CARD_FEATURES] + self.entities.table.features(tx)
 
     def _capture(self, scored: list[Scored], states: dict[str, CardState], state: PartitionBatches,
                  outputs: PartitionBatches) -> None:

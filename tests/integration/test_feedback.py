@@ -19,7 +19,7 @@ from outputs import PARTITIONS, produce, read_until, scrape
 
 from stream_app.devtools.generator import GeneratorConfig, LabeledTx, label_record, simulate
 from stream_app.devtools.worker_process import WorkerProcess
-from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.entities import MODEL_FEATURES
 from stream_app.models import checkpoint
 from stream_app.models.onnx_model import card_path, packaged_model_path, sha256_file
 from stream_app.offline.evaluation import average_precision
@@ -177,7 +177,7 @@ def test_restart_restores_the_checkpointed_model(
     river = saved.state[0]
     for record in records.values():
         assert record["model_versions"]["river"] == saved.version
-        row = [record["features"][n] for n in FEATURE_NAMES]
+        row = [record["features"][n] for n in MODEL_FEATURES]
         assert record["scores"]["river"] == pytest.approx(river.predict_proba_one(row), abs=2e-6)
 
 
@@ -264,7 +264,7 @@ def test_online_model_adapts_to_a_new_fraud_pattern(
     y = [i.is_fraud for i in late]
     assert sum(y) >= 30 and all(i.pattern in (None, "stolen_card_abroad") for i in late)
     learning = [records[i.tx.tx_id]["scores"]["river"] for i in late]
-    frozen_scores = [frozen.predict_proba_one([records[i.tx.tx_id]["features"][n] for n in FEATURE_NAMES])
+    frozen_scores = [frozen.predict_proba_one([records[i.tx.tx_id]["features"][n] for n in MODEL_FEATURES])
                      for i in late]
     ap_learning, ap_frozen = average_precision(y, learning), average_precision(y, frozen_scores)
     print(f"drift: AP learning {ap_learning:.3f} vs frozen {ap_frozen:.3f} on {len(late)} tx, {sum(y)} frauds")

@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 import pytest
-from outputs import PARTITIONS, produce, read_until
+from outputs import PARTITIONS, produce, read_until, scrape
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.worker_process import WorkerProcess
-from stream_app.domain.features import FEATURE_NAMES
+from stream_app.domain.entities import MODEL_FEATURES
 from stream_app.settings import Settings
 
 
@@ -70,8 +70,15 @@ def test_stream_http_and_batch_agree(kafka_bootstrap: str, app_env: dict[str, st
     status, http = call(worker, "/score", orjson.dumps([i.tx.to_json_dict() for i in probes]))
     assert status == 200
     by_http = {r["tx_id"]: r for r in http["results"]}
-    asyncio.run(produce(kafka_bootstrap, s.transactions_topic,
-                        [(i.tx.card_id.encode(), i.tx.to_bytes()) for i in probes]))
+    # The probes one at a time, in event-time order, as HTTP and batch see them: a merchant's features depend
+    # on the order its cards' events arrive in, and Kafka orders no two partitions (docs/concepts/entities.md).
+    for i in probes:
+        before = scrape(worker.web_port)[("stream_app_events_scored_total", ())]
+        asyncio.run(produce(kafka_bootstrap, s.transactions_topic, [(i.tx.card_id.encode(), i.tx.to_bytes())]))
+        deadline = time.monotonic() + 30
+        while scrape(worker.web_port)[("stream_app_events_scored_total", ())] == before:
+            assert time.monotonic() < deadline, i.tx.tx_id
+            time.sleep(0.02)
     by_stream = scored({i.tx.tx_id for i in probes})
     status, again = call(worker, "/score", probes[0].tx.to_bytes())
     assert again["status"] == "duplicate"  # the stream has seen it now: it would not score it again
@@ -88,8 +95,8 @@ def test_stream_http_and_batch_agree(kafka_bootstrap: str, app_env: dict[str, st
     assert set(by_http) == set(by_stream) == {i.tx.tx_id for i in probes} <= set(by_batch)
     for tx_id, stream in by_stream.items():
         for door, other in (("http", by_http[tx_id]), ("batch", by_batch[tx_id])):
-            assert [other["features"][n] for n in FEATURE_NAMES] == pytest.approx(
-                [stream["features"][n] for n in FEATURE_NAMES], rel=1e-9, abs=1e-9), (door, tx_id)
+            assert [other["features"][n] for n in MODEL_FEATURES] == pytest.approx(
+                [stream["features"][n] for n in MODEL_FEATURES], rel=1e-9, abs=1e-9), (door, tx_id)
             assert other["scores"]["onnx"] == pytest.approx(stream["scores"]["onnx"], abs=1e-6), (door, tx_id)
             assert other["scores"]["river"] == pytest.approx(stream["scores"]["river"], abs=1e-6), (door, tx_id)
             assert other["risk_score"] == pytest.approx(stream["risk_score"], abs=1e-6), (door, tx_id)

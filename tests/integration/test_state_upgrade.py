@@ -98,7 +98,7 @@ def test_a_worker_restores_and_repairs_from_v1_changelogs(kafka_bootstrap: str, 
         expected = dict(zip(FEATURE_NAMES, featurize({card_id: state}, tx, 7 * DAY_MS), strict=True))
         answer = _score(w, {**tx.to_json_dict(), "timestamp": format_ts(tx.ts_ms)})
         assert answer["status"] == "scored" and answer["features"]["count_30d"] > 0
-        assert answer["features"] == expected
+        assert {n: answer["features"][n] for n in FEATURE_NAMES} == expected  # the card's part of the vector
         # 2. A redelivered event of a restored ledger entry: a duplicate, its missing score published again.
         tx_id, (row, _source, _seq) = next(iter(entry["tx"].items()))
         ts = next(t for h, t in state["seen"] if h == tx_hash(tx_id))
