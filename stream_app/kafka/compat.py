@@ -9,7 +9,8 @@ versions those checks were recorded against are pinned with ``==`` in pyproject.
    aiokafka producer under faust's, so outputs and changelogs go out as partition batches
    (:mod:`stream_app.kafka.batch_send`) instead of one faust ``send`` (future + task) per record.
 2. ``micro_batches``: reads the stream's iterator channel ``queue`` directly and does, per event, the
-   bookkeeping faust's ``Stream._py_aiter`` does (``Consumer.track_message``, ``Monitor.stream_inbound_time``).
+   bookkeeping faust's ``Stream._py_aiter`` does (``Consumer.track_message``, ``Monitor.stream_inbound_time``,
+   and skipping messages of another ``consumer_generation_id`` or while flow control is suspended).
    Public attributes, internal behaviour: an upgrade that adds bookkeeping to ``_py_aiter`` must be mirrored.
 3. ``Consumer._drain_messages``: a modified copy of faust's ``faust.transport.consumer.Consumer._drain_messages``
    (the base consumer's fetch loop), using its private state (``_read_offset``, ``_n_acked``,
@@ -82,6 +83,8 @@ async def micro_batches(stream: faust.StreamT[bytes], size: int,
     started processing TP(...)" for a partition without one once stream_processing_timeout has passed)."""
     channel = cast(faust.ChannelT[bytes], aiter(stream.channel))  # registers the channel the conductor feeds
     queue = channel.queue
+    app = stream.app
+    flow = app.flow_control
     track = stream.app.consumer.track_message  # touch 2
     inbound = stream.app.monitor.stream_inbound_time  # touch 2
     loop = asyncio.get_running_loop()
@@ -102,6 +105,15 @@ async def micro_batches(stream: faust.StreamT[bytes], size: int,
                     break
             else:
                 events.append(queue.get_nowait())
+        # As faust's stream iterator: a message fetched before a rebalance (another generation) or while flow
+        # is suspended for one belongs to whoever owns its partition now; it is redelivered there, never
+        # processed here. Filtered and tracked with no await in between, so a revocation either waits for a
+        # message's ack or never sees it processed.
+        generation = app.consumer_generation_id
+        live = flow.is_active()
+        events = [e for e in events if live and e.message.generation_id == generation]
+        if not events:
+            continue
         now = time.monotonic()
         for event in events:
             track(event.message)
