@@ -97,10 +97,14 @@ class EntityReplica:
             return
         self.state.table.learn(label)
 
-    def apply_record(self, partition: int, offset: int, value: bytes | None) -> None:
+    def apply_record(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         if offset <= self.state.offsets.get(partition, -1):
             return  # applied before the checkpoint this replica resumed from
         self.state.offsets[partition] = offset
+        own = key.decode(errors="replace") if key is not None else None
+        if own in self.state.pending:  # score records are keyed by tx_id: this worker's own, applied already
+            self.state.pending.discard(own)
+            return
         try:
             record = orjson.loads(value or b"")
             tx_id = str(record["tx_id"])
@@ -133,7 +137,7 @@ class EntityReplica:
                 batches = await consumer.getmany(*tps, timeout_ms=500, max_records=5000)
                 for tp, messages in batches.items():
                     for message in messages:
-                        self.apply_record(tp.partition, message.offset, message.value)
+                        self.apply_record(tp.partition, message.offset, message.key, message.value)
                     if messages:
                         self.metrics.entity_lag.set(max(0.0, (now_ms() - messages[-1].timestamp) / 1000))
                 self.metrics.entity_profiles.set(len(self.state.table.profiles))

@@ -123,3 +123,28 @@ def test_training_and_serving_compute_the_same_row() -> None:
         served = featurize(states, t, H) + table.features(t)
         table.observe(table.observation(t))
         assert [float(v) for v in data.x[i]] == [float(v) for v in np.float32(served)]
+
+
+def test_the_replica_folds_other_workers_records_once_and_skips_its_own() -> None:
+    import orjson
+
+    from stream_app.kafka.security import kafka_security
+    from stream_app.settings import Settings
+    from stream_app.worker.entities import EntityReplica
+    from stream_app.worker.metrics import Metrics
+
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "x:9"})
+    replica = EntityReplica(settings, Metrics(), kafka_security(settings))
+
+    def record(t: Transaction) -> bytes:
+        return orjson.dumps({"tx_id": t.tx_id, "card_id": t.card_id, "merchant_id": t.merchant_id,
+                             "event_time": "2026-01-01T00:00:00.000Z", "features": {"amount_eur": t.amount}})
+
+    mine, theirs = tx(1, T0, "c1", "m1"), tx(2, T0, "c2", "m1")
+    replica.observe_local(mine)
+    replica.apply_record(0, 0, b"t1", record(mine))  # its own score record comes by: already folded
+    replica.apply_record(1, 0, b"t2", record(theirs))
+    replica.apply_record(1, 0, b"t2", record(theirs))  # the same offset again (a resumed checkpoint): ignored
+    replica.apply_record(1, 1, b"t3", b"{not json")
+    assert replica.table.profiles[("merchant", "m1")]["n"] == 2 and replica.state.pending == set()
+    assert replica.state.offsets == {0: 0, 1: 1}
