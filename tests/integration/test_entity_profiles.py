@@ -79,3 +79,27 @@ def test_merchant_profiles_and_label_derived_risk(kafka_bootstrap: str, app_env:
     assert record["features"]["merchant_fraud_labels_1d"] == 1
     assert record["features"]["card_fraud_labels_30d"] == 1
     assert record["features"]["card_days_since_fraud_label"] < 1
+
+
+def test_optional_entity_fields_are_validated_by_the_worker(kafka_bootstrap: str, app_env: dict[str, str],
+                                                            worker: WorkerProcess) -> None:
+    """device_id / ip / email_hash through the real worker: valid ones are scored (and never published in
+    clear), bad ones dead-lettered with the field named."""
+    import base64
+
+    s = Settings.from_env({**app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    good = {**tx("opt-1", "card_opt", "m_opt", 1), "device_id": "phone-77", "ip": "203.0.113.9",
+            "email_hash": "5f4dcc3b5aa765d61d8327deb882cf99"}
+    bad = [{**tx("opt-2", "card_opt", "m_opt", 2), "ip": "999.1.1.1"},
+           {**tx("opt-3", "card_opt", "m_opt", 3), "device_id": "has space"},
+           {**tx("opt-4", "card_opt", "m_opt", 4), "email_hash": "someone@example.com"}]
+    asyncio.run(produce(kafka_bootstrap, s.transactions_topic, [(b"card_opt", orjson.dumps(t)) for t in [good, *bad]]))
+    out = asyncio.run(read_until(kafka_bootstrap, [s.scores_topic, s.dlq_topic], PARTITIONS,
+                                 lambda o: any(r["tx_id"] == "opt-1" for r in o.of(s.scores_topic))
+                                 and len(o.of(s.dlq_topic)) >= len(bad), 120))
+    record = next(r for r in out.of(s.scores_topic) if r["tx_id"] == "opt-1")
+    assert b"203.0.113.9" not in orjson.dumps(record) and b"phone-77" not in orjson.dumps(record)
+    dead = {orjson.loads(base64.b64decode(r["original_b64"]))["tx_id"]: (r["reason"], r["field"])
+            for r in out.of(s.dlq_topic)}
+    assert dead == {"opt-2": ("invalid_value", "ip"), "opt-3": ("invalid_value", "device_id"),
+                    "opt-4": ("invalid_value", "email_hash")}
