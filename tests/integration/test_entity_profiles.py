@@ -34,17 +34,18 @@ def features_at(worker: WorkerProcess, merchant: str, minute: int, tag: str) -> 
 def test_merchant_profiles_and_label_derived_risk(kafka_bootstrap: str, app_env: dict[str, str],
                                                   worker: WorkerProcess) -> None:
     s = Settings.from_env({**app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
-    # Eight cards pay at the shop (spread over the partitions, so other workers' share comes back through
-    # the scores topic); card_1 later pays at the skimmer's accomplice, which is the fraud.
+    # Eight cards pay at the shop (spread over the partitions, which Kafka does not order between: so the
+    # first seven are scored before the eighth is sent); card_1 later pays at the skimmer's accomplice.
     history = [tx(f"shop-{i}", f"card_{i}", "m_shop", i) for i in range(8)]
     fraud = tx("fraud-1", "card_1", "m_fraud", 20, amount=400.0)
-    sent = [*history, fraud]
-    messages = [(t["card_id"].encode(), orjson.dumps(t)) for t in sent]
-    asyncio.run(produce(kafka_bootstrap, s.transactions_topic, messages))
-    ids = {t["tx_id"] for t in sent}
-    out = asyncio.run(read_until(kafka_bootstrap, [s.scores_topic], PARTITIONS,
-                                 lambda o: ids <= {r["tx_id"] for r in o.of(s.scores_topic)}, 120))
-    scores = {r["tx_id"]: r for r in out.of(s.scores_topic)}
+    scores: dict[str, dict[str, Any]] = {}
+    for phase in (history[:7], [history[7], fraud]):
+        messages = [(t["card_id"].encode(), orjson.dumps(t)) for t in phase]
+        asyncio.run(produce(kafka_bootstrap, s.transactions_topic, messages))
+        ids = {t["tx_id"] for t in phase}
+        out = asyncio.run(read_until(kafka_bootstrap, [s.scores_topic], PARTITIONS,
+                                     lambda o, ids=ids: ids <= {r["tx_id"] for r in o.of(s.scores_topic)}, 120))
+        scores.update({r["tx_id"]: r for r in out.of(s.scores_topic)})
     assert scores["shop-7"]["features"]["merchant_count_1d"] == 7  # the seven before it, from seven cards
     assert scores["shop-7"]["merchant_id"] == "m_shop"
 
