@@ -170,6 +170,7 @@ class Check:
     lost_malformed: list[str] = field(default_factory=list)
     unexpected_scores: int = 0  # score records for tx_ids not in the ledger (another run's?)
     duplicated_alert_ids: list[str] = field(default_factory=list)
+    duplicated_score_ids: list[str] = field(default_factory=list)  # with where each record is
 
     @property
     def lost(self) -> int:
@@ -191,6 +192,8 @@ class Check:
             yield f"LOST malformed ({len(self.lost_malformed)}): {', '.join(self.lost_malformed[:10])}"
         if self.duplicated_alert_ids:
             yield f"DUPLICATE alerts for: {', '.join(self.duplicated_alert_ids[:10])}"
+        if self.duplicated_score_ids:
+            yield f"DUPLICATE scores for: {', '.join(self.duplicated_score_ids[:10])}"
 
 
 def check(ledger: list[LedgerEntry], outputs: Outputs, input_topic: str | None = None) -> Check:
@@ -225,6 +228,10 @@ def check(ledger: list[LedgerEntry], outputs: Outputs, input_topic: str | None =
             else:
                 result.scored += 1
                 result.duplicate_scores += n - 1
+                if n > 1:
+                    where = [f"p{r.partition}@{r.offset} t={r.timestamp_ms}" for r in outputs.scores
+                             if r.value.get("tx_id") == e.tx_id]
+                    result.duplicated_score_ids.append(f"{e.tx_id} ({', '.join(where)})")
         else:
             result.malformed += 1
             if e.partition is not None and (e.partition, e.offset) in dlq_positions:
