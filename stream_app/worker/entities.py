@@ -5,8 +5,9 @@ card's partition. Each worker keeps a full replica (docs/concepts/entities.md, t
 
 * its own scored transactions, applied at once (:meth:`EntityReplica.observe_local`), so events of a
   micro-batch see each other as they do in training;
-* the ``scores`` topic, all partitions (each transaction is scored exactly once there, also across
-  crashes: the delivery protocol repairs missing scores), for what other workers scored — minus the
+* the ``scores`` topic, all partitions (each transaction is scored once there, also across crashes: the
+  delivery protocol repairs missing scores; a score published twice, which that protocol bounds but cannot
+  rule out without transactions, is counted twice), for what other workers scored — minus the
   transactions this worker applied locally (remembered by tx_id until their score record comes by);
 * the examples log (labels joined with their transaction's entity ids), applied by the learner in log
   order (:meth:`EntityReplica.learn`) — the same order on every worker, like the online model.
