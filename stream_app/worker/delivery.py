@@ -158,8 +158,11 @@ class Ledger:
         if any(r.tx.tx_id == tx.tx_id for r in self.repairs):
             return False
         row, src = entry["tx"][tx.tx_id][:2]
-        self.repairs.append(Repair(tx, row, Source(*src)))
-        self.repairs_since = min(self.repairs_since, entry["at"])
+        source = Source(*src)
+        self.repairs.append(Repair(tx, row, source))
+        # The entry's "at" is the card's latest write: a later event of the card may have rewritten it after
+        # this one's outputs went out. Its input message's timestamp is older than those outputs.
+        self.repairs_since = min(self.repairs_since, entry["at"], source.timestamp_ms)
         self.repairs_newest = max(self.repairs_newest, entry["at"])
         return True
 

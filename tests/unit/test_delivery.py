@@ -179,6 +179,21 @@ def test_a_previous_owners_outputs_are_read_back_only_once_it_can_have_written_t
     assert settled == entry["at"] + delivery.REPAIR_SETTLE_MS > t[0]  # type: ignore[index]
 
 
+def test_outputs_are_read_back_from_before_the_event_not_the_cards_latest_write() -> None:
+    """The card's entry is rewritten by its later events (the repaired one's entry kept): reading back only
+    from that later write missed the first owner's score, which was then published twice (chaos run)."""
+    t = [NOW]
+    broker = Broker()
+    run_batch(Ledger(now_ms=_clock(t), seq=100), broker, [_raw(1)], crash_after="outputs_written")
+    t[0] += 30_000
+    successor = Ledger(now_ms=_clock(t), seq=10_000)
+    run_batch(successor, broker, [_raw(2)])  # t2 overtakes t1's redelivery: the entry is written at NOW + 30 s
+    assert decode_card(broker.cards["c1"])[1]["at"] == NOW + 30_000  # type: ignore[index]
+    assert run_batch(successor, broker, [_raw(1)], crash_after="scored") == ["duplicate"]
+    _, since, _ = successor.take_repairs()
+    assert since <= NOW - delivery.REPAIR_MARGIN_MS  # the first score was written at NOW
+
+
 def test_a_witnessed_score_decides_the_alert_not_the_rescoring() -> None:
     tx = Transaction("t9", "c9", "m1", 10.0, "EUR", NOW, "FR", "pos", "5411")
     item = delivery.Repair(tx, [0.0], Source("transactions", 0, 1, NOW))
