@@ -32,6 +32,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level)
     if args.create_topics:
         create_topics(settings)
+    if args.processes > 1:
+        from stream_app.worker.supervisor import run_processes
+
+        return run_processes(settings, args.processes, ["--faust-log-level", args.faust_log_level])
     stream_app = create_app(settings)
     deadline = StopDeadline(settings.shutdown_timeout_s, lambda: EXIT_WRITE_FAILED if stream_app.failure else 0)
 
@@ -238,7 +242,12 @@ def preflight(args: argparse.Namespace, settings: Settings) -> None:
         raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
                            "(or run `stream-app broker` for an embedded one)")
     if args.command == "worker":
-        check_web_port(settings.web_host, settings.web_port)
+        if args.processes < 1:
+            raise StartupError("--processes must be at least 1")
+        from stream_app.worker.supervisor import web_ports
+
+        for port in web_ports(settings, args.processes):
+            check_web_port(settings.web_host, port)
     if args.command in ("worker", "batch", "demo"):  # the model files load (the demo's worker child loads them)
         from stream_app.domain.scoring import FraudScorer
 
@@ -276,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--create-topics", action="store_true", help="create the app's topics first")
     worker.add_argument("--faust-log-level", default="warn", choices=["crit", "error", "warn", "info", "debug"],
                         help="log level of Faust's own logger (default warn)")
+    worker.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="run N worker processes (one per core), each a consumer group member with its own "
+                             "learner, data directory DATA_DIR/worker-i and web port WEB_PORT+i (default 1)")
     worker.set_defaults(func=cmd_worker)
 
     topics = sub.add_parser("topics", help="create the app's topics on KAFKA_BOOTSTRAP_SERVERS (idempotent) and exit")
