@@ -4,6 +4,7 @@
   (b) naive        aiokafka + json + per-card dict state + River + one onnxruntime call per event
   (c) faust        a plain Faust agent forwarding each event with `topic.send` (the framework's floor)
   (d) stream_app   a real `stream-app worker` process: all features, both models, DLQ, alert dedup
+  (e) stream_app_x2 `stream-app worker --processes 2`: two such processes in one consumer group
 
 Each contender runs as its own process against the embedded broker (or --bootstrap, loopback).
 Phase 1, throughput: N events are pre-loaded into the contender's input topic; events/s is taken
@@ -11,7 +12,9 @@ from the output records' timestamps (first to last), so process start-up is not 
 Phase 2, latency: the same continuation of the stream is published open-loop at a fixed rate
 (5k/s, or half of stream_app's phase-1 maximum if lower) and each event's latency is measured from
 its scheduled send time to its output record being consumed here.
-Run: python benchmarks/throughput.py [--n 50000] [--latency-seconds 10] [--only a,b,c,d]
+CPU µs per event: CPU time of the contender's processes (children included) from its first output to its
+last of phase 1, per event (the broker's CPU is not in it).
+Run: python benchmarks/throughput.py [--n 50000] [--latency-seconds 10] [--only a,b,c,d,e]
 The last line is machine-readable (RESULT ...); --json writes all figures.
 """
 
@@ -34,7 +37,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream_app.devtools.broker import EmbeddedBroker, free_port
+from stream_app.devtools.broker import EmbeddedBroker, free_port, port_is_free
 from stream_app.devtools.children import die_with_parent
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.worker_process import WorkerProcess, topic_env
@@ -42,7 +45,8 @@ from stream_app.kafka.topics import TopicSpec, create_topics, ensure_topics
 from stream_app.settings import Settings
 
 PARTITIONS = 4
-CONTENDERS = {"a": "passthrough", "b": "naive", "c": "faust", "d": "stream_app"}
+CONTENDERS = {"a": "passthrough", "b": "naive", "c": "faust", "d": "stream_app", "e": "stream_app_x2"}
+WORKERS = {"stream_app": 1, "stream_app_x2": 2}  # the contenders that are `stream-app worker`, by processes
 ACKS = "all"  # every contender waits for the broker, as stream_app does
 
 
@@ -138,6 +142,7 @@ class Figures:
     p99_ms: float = float("nan")
     max_ms: float = float("nan")
     peak_rss_mb: float = float("nan")
+    cpu_us_per_event: float = float("nan")
 
 
 def make_events(n: int, seed: int) -> list[tuple[bytes, bytes, str]]:
@@ -231,14 +236,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            pass
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    """Peak RSS of the worker processes: the largest of the tree (a supervisor's children are alike)."""
+    peaks = []
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return max(peaks, default=float("nan"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants so far."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Contender:
@@ -254,7 +288,7 @@ class Contender:
         self.process: subprocess.Popen[bytes] | None = None
 
     def create_topics(self) -> None:
-        if self.name == "stream_app":
+        if self.name in WORKERS:
             create_topics(self.settings)
         else:
             specs = [TopicSpec(t, PARTITIONS) for t in (self.src, self.dst)]
@@ -262,8 +296,12 @@ class Contender:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.name == "stream_app":
-            self.worker = WorkerProcess(self.bootstrap, self.workdir, self.env).start()
+        if self.name in WORKERS:
+            n = WORKERS[self.name]
+            worker = WorkerProcess(self.bootstrap, self.workdir, self.env, args=["--processes", str(n)])
+            while n > 1 and not all(port_is_free(worker.web_port + i) for i in range(1, n)):
+                worker = WorkerProcess(self.bootstrap, self.workdir, self.env, args=["--processes", str(n)])
+            self.worker = worker.start()
             return
         argv = [sys.executable, __file__, "--contender", self.name, "--bootstrap", self.bootstrap,
                 "--src", self.src, "--dst", self.dst]
@@ -305,10 +343,14 @@ async def measure(contender: Contender, phase1: list[tuple[bytes, bytes, str]],
     figures = Figures(contender.name, len(phase1), float("nan"))
     try:
         async with OutputReader(contender.bootstrap, contender.dst) as reader:
+            await reader.until(1, timeout_s=120)
+            cpu0, seen0 = cpu_seconds(contender.pid), len(reader.timestamps)
             if not await reader.until(len(phase1), timeout_s=60 + len(phase1) / 1000):
                 print(f"  {contender.name}: only {len(reader.timestamps)}/{len(phase1)} outputs\n"
                       f"{contender.log_tail()}", file=sys.stderr)
             ts = reader.timestamps
+            if len(ts) > seen0:
+                figures.cpu_us_per_event = (cpu_seconds(contender.pid) - cpu0) / (len(ts) - seen0) * 1e6
             if len(ts) > 1:
                 figures.eps = (len(ts) - 1) / max(1e-3, (max(ts) - min(ts)) / 1000)
             print(f"  {contender.name}: {figures.eps:,.0f} events/s over {len(ts)} outputs", file=sys.stderr)
@@ -333,7 +375,7 @@ def main() -> None:
     parser.add_argument("--only", default="a,b,c,d", help="contenders to run, e.g. a,d")
     parser.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
     parser.add_argument("--json", type=Path, help="write all figures here")
-    parser.add_argument("--contender", choices=[c for c in CONTENDERS.values() if c != "stream_app"],
+    parser.add_argument("--contender", choices=[c for c in CONTENDERS.values() if c not in WORKERS],
                         help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--dst", help=argparse.SUPPRESS)
@@ -348,7 +390,7 @@ def main() -> None:
         return
     if args.bootstrap and args.bootstrap.rsplit(":", 1)[0] not in {"127.0.0.1", "localhost", "[::1]"}:
         parser.error("--bootstrap must be a loopback address: this benchmark floods the broker")
-    names = [CONTENDERS[c] for c in ["d", *[x for x in "abc" if x in args.only]] if c in args.only]
+    names = [CONTENDERS[c] for c in ["d", *[x for x in "abce" if x in args.only]] if c in args.only]
     events = make_events(args.n + int(5000 * args.latency_seconds), seed=11)
     phase1, phase2 = events[: args.n], events[args.n:]
     results: dict[str, Figures] = {}
@@ -370,14 +412,16 @@ def main() -> None:
 
 
 def report(results: dict[str, Figures], json_path: Path | None) -> None:
-    print(f"\n{'contender':<12} {'events/s':>10} {'rate':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'recv':>11} {'peak RSS MB':>11}")
+    print(f"\n{'contender':<14} {'events/s':>10} {'CPU µs/ev':>9} {'rate':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8} {'recv':>11} {'peak RSS MB':>11}")
     for f in results.values():
-        print(f"{f.contender:<12} {f.eps:>10,.0f} {f.latency_rate:>7,.0f} {f.p50_ms:>8.1f} {f.p99_ms:>8.1f} "
-              f"{f.max_ms:>8.1f} {f.latency_received:>5}/{f.latency_sent:<5} {f.peak_rss_mb:>11.0f}")
+        print(f"{f.contender:<14} {f.eps:>10,.0f} {f.cpu_us_per_event:>9.0f} {f.latency_rate:>7,.0f} {f.p50_ms:>8.1f} "
+              f"{f.p99_ms:>8.1f} {f.max_ms:>8.1f} {f.latency_received:>5}/{f.latency_sent:<5} {f.peak_rss_mb:>11.0f}")
     eps = {k: v.eps for k, v in results.items()}
     ours = eps.get("stream_app", float("nan"))
     ratios = {f"ratio_vs_{k}": ours / v for k, v in eps.items() if k != "stream_app" and v > 0}
+    if "stream_app_x2" in ratios:
+        ratios["x2_vs_x1"] = 1 / ratios.pop("ratio_vs_stream_app_x2")
     p99 = results["stream_app"].p99_ms if "stream_app" in results else float("nan")
     if "passthrough" in results:
         print(f"stream_app p99 {p99:.1f} ms vs passthrough p99 + 10 ms = {results['passthrough'].p99_ms + 10:.1f} ms")

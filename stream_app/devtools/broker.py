@@ -35,6 +35,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """True when ``port`` can be bound on 127.0.0.1 right now (a worker's ``--processes`` take consecutive ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 async def _answers_metadata(bootstrap: str, timeout_s: float) -> bool:
     """True when the broker answers a Kafka Metadata request (a listening socket is not enough).
 

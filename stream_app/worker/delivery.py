@@ -45,10 +45,6 @@ from stream_app.domain.records import Source
 CARD_FORMAT: Final = 2
 LEDGER_MAX_AGE_MS: Final = 300_000  # an older entry was long confirmed (takeovers take seconds): a plain duplicate
 REPAIR_MARGIN_MS: Final = 5_000  # read the output topics back this much before the oldest entry
-#: A previous owner may still be alive (a rebalance that did not wait for its revocation: the broker holds a
-#: join only so long) and still writing the outputs of its last batches: its ledger entries are read back no
-#: sooner than this after they were written, or its outputs would be published twice.
-REPAIR_SETTLE_MS: Final = 10_000
 
 #: A card's ledger entry: {"at": ms of the write, "tx": {tx_id: [features, [topic, partition, offset, ts_ms], seq]}}
 LedgerEntry = dict[str, Any]
@@ -106,7 +102,6 @@ class Ledger:
     open_batches: set[int] = field(default_factory=set)
     repairs: list[Repair] = field(default_factory=list)
     repairs_since: int = 2**63
-    repairs_newest: int = 0
 
     def __post_init__(self) -> None:
         self.start = self.start or self.seq
@@ -163,16 +158,13 @@ class Ledger:
         # The entry's "at" is the card's latest write: a later event of the card may have rewritten it after
         # this one's outputs went out. Its input message's timestamp is older than those outputs.
         self.repairs_since = min(self.repairs_since, entry["at"], source.timestamp_ms)
-        self.repairs_newest = max(self.repairs_newest, entry["at"])
         return True
 
-    def take_repairs(self) -> tuple[list[Repair], int, int]:
-        """The queued repairs, the moment from which to read the output topics back, and the moment
-        before which they must not be read (:data:`REPAIR_SETTLE_MS`)."""
+    def take_repairs(self) -> tuple[list[Repair], int]:
+        """The queued repairs and the moment from which to read the output topics back."""
         items, self.repairs = self.repairs, []
         since, self.repairs_since = self.repairs_since - REPAIR_MARGIN_MS, 2**63
-        settled, self.repairs_newest = self.repairs_newest + REPAIR_SETTLE_MS, 0
-        return items, since, settled
+        return items, since
 
 
 @dataclass(frozen=True, slots=True)

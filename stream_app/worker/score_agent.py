@@ -188,10 +188,7 @@ class ScoreAgent:
     async def repair(self) -> list[Awaitable[Any]]:
         """Redelivered events that may lack outputs: read the output topics back, publish what is missing."""
         s, m = self.settings, self.metrics
-        items, since, settled = self.ledger.take_repairs()
-        if (wait_ms := settled - now_ms()) > 0:  # the previous owner may still be writing them
-            log.info("redelivery.settling", events=len(items), wait_ms=wait_ms)
-            await asyncio.sleep(wait_ms / 1000)
+        items, since = self.ledger.take_repairs()
         wanted = delivery.witness_request(items, s.scores_topic, s.alerts_topic)
         found = await written_since(s.bootstrap_servers, wanted, since, **self.security.client_kwargs())
         scored = self.scorer.score_many([r.tx for r in items], [self._vector_of(r.tx, r.features) for r in items])

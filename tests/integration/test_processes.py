@@ -7,24 +7,15 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
 from outputs import PARTITIONS, produce, read_until, scrape
 
+from stream_app.devtools.broker import port_is_free
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.worker_process import WorkerProcess
 from stream_app.settings import Settings
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _children(worker: WorkerProcess) -> dict[int, int]:
@@ -49,7 +40,7 @@ def test_two_processes_share_the_partitions_restart_a_killed_child_and_stop_on_s
         kafka_bootstrap: str, app_env: dict[str, str], tmp_path: Path) -> None:
     s = Settings.from_env({**app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
     sup = WorkerProcess(kafka_bootstrap, tmp_path / "sup", app_env, args=["--processes", "2"])
-    while not _free(sup.web_port + 1):  # the children take WEB_PORT and WEB_PORT + 1
+    while not port_is_free(sup.web_port + 1):  # the children take WEB_PORT and WEB_PORT + 1
         sup = WorkerProcess(kafka_bootstrap, tmp_path / "sup", app_env, args=["--processes", "2"])
     ports = [sup.web_port, sup.web_port + 1]
     sup.start()
