@@ -21,6 +21,7 @@ import hmac
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final
 
 from stream_app.domain.events import Transaction
@@ -230,6 +231,7 @@ class EntityTable:
         return len(gone) + len(old)
 
 
+@lru_cache(maxsize=1 << 16)  # an event's ids are digested for its features, fold, score record and capture
 def pseudonym(secret: bytes, name: str, value: str) -> str:
     """A personal entity id as state and records keep it: HMAC-SHA256 under ``secret`` (the PAN key, when
     one is set; without it a plain digest, which hides nothing from someone who can enumerate the values)."""

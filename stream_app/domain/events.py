@@ -166,15 +166,19 @@ def kept_json(obj: Any) -> bytes:
 
 
 def format_ts(ts_ms: int) -> str:
-    """RFC 3339 UTC with milliseconds, the wire format of every timestamp we write."""
+    """RFC 3339 UTC with milliseconds, the wire format of every timestamp we write. The time of day is
+    plain arithmetic (UTC has no leap seconds in Unix time); only the date goes through the calendar,
+    once per day: an event's every second is new to a cache of seconds, and strftime cost ~5 µs."""
     secs, ms = divmod(ts_ms, 1000)
-    return f"{_format_second(secs)}.{ms:03d}Z"
+    day, rest = divmod(secs, 86_400)
+    hour, rest = divmod(rest, 3600)
+    minute, second = divmod(rest, 60)
+    return f"{_format_day(day)}T{hour:02d}:{minute:02d}:{second:02d}.{ms:03d}Z"
 
 
-@lru_cache(maxsize=65536)
-def _format_second(secs: int) -> str:
-    """Events come in time order, so a stream formats the same few seconds again and again."""
-    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+@lru_cache(maxsize=4096)
+def _format_day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def parse_ts(value: object, field: str = "timestamp") -> int:

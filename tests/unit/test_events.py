@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
+from datetime import UTC, datetime
 
 import jsonschema
 import orjson
@@ -137,6 +138,13 @@ def test_round_trip(ts_ms: int, amount: float, currency: str) -> None:
     tx = Transaction("t", "c", "m", amount, currency, ts_ms, "DE", "ecom", "4816")
     assert parse_transaction(tx.to_bytes()) == tx
     assert parse_ts(format_ts(ts_ms)) == ts_ms
+
+
+@given(st.integers(min_value=0, max_value=32_503_679_999_999))
+def test_format_ts_is_the_calendars_utc_time_with_milliseconds(ts_ms: int) -> None:
+    """format_ts does the time of day by arithmetic: the calendar must agree on every instant."""
+    expected = datetime.fromtimestamp(ts_ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ts_ms % 1000:03d}Z"
+    assert format_ts(ts_ms) == expected
 
 
 DEVICE_IDS = st.from_regex(r"[!-~]{1,128}", fullmatch=True)
