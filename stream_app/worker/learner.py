@@ -3,6 +3,7 @@ checkpoints them (a restart resumes from the checkpoint's offset instead of rele
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -52,7 +53,9 @@ class Learner:
                 await consumer.seek_to_beginning(tp)
             while True:
                 batches = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
-                for message in batches.get(tp, []):
+                for i, message in enumerate(batches.get(tp, [])):
+                    if i and not i % s.batch_slice:  # learning is synchronous: let HTTP and scoring in between
+                        await asyncio.sleep(0)
                     try:
                         example = Example.from_bytes(message.value)
                     except (ValueError, KeyError, TypeError):  # orjson's decode error is a ValueError

@@ -80,7 +80,7 @@ class ScoreAgent:
         async for events in micro_batches(stream, s.batch_size, s.batch_window_ms / 1000):
             seq = self.ledger.open()
             state = self.outputs.batches()
-            pending = self.process_batch(events, state, seq)
+            pending = await self.process_batch(events, state, seq)
             state_acks = await state.send()
             if self.ledger.repairs:  # redelivered events that may lack outputs: look once nothing is in flight
                 await asyncio.gather(*in_flight)
@@ -107,10 +107,17 @@ class ScoreAgent:
         await acknowledge(stream, events)
         self.ledger.close(seq)
 
-    def process_batch(self, events: list[faust.EventT], state: PartitionBatches, seq: int) -> list[Awaitable[Any]]:
+    async def process_batch(self, events: list[faust.EventT], state: PartitionBatches,
+                            seq: int) -> list[Awaitable[Any]]:
         """Step 1. Card states, captured vectors (their changelogs) and re-keyed transactions go into
-        ``state``; returns the output sends (not started) that the caller awaits after ``state``."""
+        ``state``; returns the output sends (not started) that the caller awaits after ``state``.
+
+        The work is done in slices of ``batch_slice`` events with a yield to the event loop between them, so
+        that HTTP requests, the label agent and the entity replica wait for a slice, not for the batch. Safe
+        against a rebalance in between: faust's revocation waits for this batch's messages to be acknowledged
+        before it lets go of the partitions' tables (see :func:`stream_app.kafka.compat.micro_batches`)."""
         s, m = self.settings, self.metrics
+        step = s.batch_slice
         m.consumed.inc(len(events))
         m.batch_size.observe(len(events))
         decode_s = features_s = 0.0
@@ -122,7 +129,9 @@ class ScoreAgent:
         txs: list[Transaction] = []
         rows: list[list[float]] = []
         sources: list[Source] = []
-        for event in events:
+        for i, event in enumerate(events):
+            if i and not i % step:
+                await asyncio.sleep(0)
             msg = event.message
             source = Source.of(msg)
             self.positions[(msg.topic, msg.partition)] = msg.offset
@@ -159,12 +168,17 @@ class ScoreAgent:
         observe_many(m.card_state_bytes, sizes)
         m.stage_seconds.labels("decode").inc(decode_s)
         m.stage_seconds.labels("features").inc(features_s + time.perf_counter() - t2)
-        if txs:
-            scored = self.scorer.score_many(txs, rows, observe=self._observe_stage)
+        scored: list[Scored] = []
+        for start in range(0, len(txs), step):
+            await asyncio.sleep(0)
+            part = self.scorer.score_many(txs[start:start + step], rows[start:start + step],
+                                          observe=self._observe_stage)
             t3 = time.perf_counter()
-            self.outputs.publish(scored, sources, outputs)
-            self._capture(scored, states, state, outputs)
+            self.outputs.publish(part, sources[start:start + step], outputs)
+            self._capture(part, states, state, outputs)
             m.stage_seconds.labels("produce").inc(time.perf_counter() - t3)
+            scored.extend(part)
+        if txs:
             if self.drift is not None:
                 warm = [self.drift.is_warm(states[tx.card_id], tx.ts_ms) for tx in txs]
                 for drift_event in self.drift.update_many(rows, [x.onnx_score for x in scored], warm):

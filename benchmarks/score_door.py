@@ -1,0 +1,153 @@
+"""POST /score latency while the same worker streams: the real-time door under stream load.
+
+A real `stream-app worker` on the embedded broker (or --bootstrap, loopback). For each value of
+``--slices`` (``STREAM_APP_BATCH_SLICE``: events of a micro-batch worked on between two yields to the event
+loop; a value of at least the batch size is the worker without slicing), a fresh worker is measured twice:
+
+1. **idle**: ``--connections`` clients post one transaction each to ``/score``, back to back, for
+   ``--seconds``;
+2. **streaming**: the same, while `stream-app generate` publishes ``--rate`` transactions a second (and
+   their labels) to the worker's topics.
+
+Per phase: requests/s, p50 / p90 / p99 / max latency as the client sees it, and the stream's scored
+events/s (from the worker's metrics: whether it kept up with ``--rate``).
+Run: python benchmarks/score_door.py [--rate 1000] [--seconds 20] [--connections 4] [--slices 500,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.devtools.worker_process import WorkerProcess, topic_env
+from stream_app.kafka.topics import create_topics
+from stream_app.settings import Settings
+
+
+@dataclass
+class Phase:
+    slice: int
+    name: str
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    stream_eps: float
+
+    def q(self, p: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
+
+    def line(self) -> str:
+        q = self.q
+        return (f"{self.slice:>6} {self.name:<10} {self.requests / self.seconds:>8.0f} {q(0.5):>7.1f} {q(0.9):>7.1f} "
+                f"{q(0.99):>7.1f} {q(1.0):>8.1f} {self.stream_eps:>10.0f}")
+
+
+def scored_total(port: int) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("stream_app_events_scored_total"))
+
+
+async def hammer(port: int, bodies: list[bytes], connections: int, seconds: float) -> list[float]:
+    """``connections`` clients posting back to back; the latency of each answered request in ms."""
+    latencies: list[float] = []
+    url = f"http://127.0.0.1:{port}/score"
+    stop = time.monotonic() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+
+        async def client(offset: int) -> None:
+            i = offset
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                async with session.post(url, data=bodies[i % len(bodies)],
+                                        headers={"Content-Type": "application/json"}) as response:
+                    await response.read()
+                    if response.status == 200:
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                i += connections
+
+        await asyncio.gather(*(client(c) for c in range(connections)))
+    return latencies
+
+
+def measure(bootstrap: str, workdir: Path, slice_events: int, args: argparse.Namespace,
+            bodies: list[bytes]) -> list[Phase]:
+    env = {**topic_env(f"door-{uuid.uuid4().hex[:6]}", 4),
+           "STREAM_APP_BATCH_SLICE": str(slice_events)}
+    create_topics(Settings.from_env(env, bootstrap_servers=bootstrap))
+    worker = WorkerProcess(bootstrap, workdir / f"slice-{slice_events}", env).start()
+    phases = []
+    try:
+        worker.wait_ready()
+        asyncio.run(hammer(worker.web_port, bodies, args.connections, 2.0))  # warm-up
+        for name in ("idle", "streaming"):
+            generator = None
+            if name == "streaming":
+                generator = subprocess.Popen(
+                    [sys.executable, "-m", "stream_app.cli", "generate", "--rate", str(args.rate), "--seconds",
+                     str(args.seconds + 8), "--label-delay", "2"],
+                    env={**os.environ, **env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(5)  # the stream is flowing before the clock starts
+            before, t0 = scored_total(worker.web_port), time.monotonic()
+            latencies = asyncio.run(hammer(worker.web_port, bodies, args.connections, args.seconds))
+            took = time.monotonic() - t0
+            stream_eps = (scored_total(worker.web_port) - before) / took
+            phases.append(Phase(slice_events, name, len(latencies), took, latencies, stream_eps))
+            print(phases[-1].line(), file=sys.stderr, flush=True)
+            if generator is not None:
+                generator.terminate()
+                generator.wait(timeout=30)
+    finally:
+        worker.stop()
+    return phases
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=1000.0, help="stream transactions per second while streaming")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    ap.add_argument("--connections", type=int, default=4, help="concurrent /score clients")
+    ap.add_argument("--slices", default="500,64", help="STREAM_APP_BATCH_SLICE values to compare")
+    ap.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
+    args = ap.parse_args()
+    txs = [x.tx for x in simulate(GeneratorConfig(seed=5, n_customers=500), days=3)][:2000]
+    bodies = [orjson.dumps(t.to_json_dict()) for t in txs]
+    header = (f"{'slice':>6} {'phase':<10} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>8} "
+              f"{'stream ev/s':>10}")
+    print(header, file=sys.stderr)
+    results: list[Phase] = []
+    with tempfile.TemporaryDirectory(prefix="door-") as tmp:
+        broker = None if args.bootstrap else EmbeddedBroker().start()
+        bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+        try:
+            for slice_events in (int(x) for x in args.slices.split(",")):
+                results.extend(measure(bootstrap, Path(tmp), slice_events, args, bodies))
+        finally:
+            if broker is not None:
+                broker.stop()
+    print(header)
+    for phase in results:
+        print(phase.line())
+    print("RESULT " + " ".join(f"p99_ms_slice{p.slice}_{p.name}={p.q(0.99):.1f}" for p in results))
+
+
+if __name__ == "__main__":
+    main()
