@@ -420,7 +420,7 @@ def report(results: dict[str, Figures], json_path: Path | None) -> None:
     eps = {k: v.eps for k, v in results.items()}
     ours = eps.get("stream_app", float("nan"))
     ratios = {f"ratio_vs_{k}": ours / v for k, v in eps.items() if k != "stream_app" and v > 0}
-    if "stream_app_x2" in ratios:
+    if "ratio_vs_stream_app_x2" in ratios:
         ratios["x2_vs_x1"] = 1 / ratios.pop("ratio_vs_stream_app_x2")
     p99 = results["stream_app"].p99_ms if "stream_app" in results else float("nan")
     if "passthrough" in results:
