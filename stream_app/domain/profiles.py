@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from stream_app.domain.events import Transaction
-from stream_app.domain.features import DAY_MS, HOUR_MS, CardState, _add_to_bucket, _bucket_stats, _moments
+from stream_app.domain.features import DAY_MS, HOUR_MS, CardState, _add_to_bucket, _moments
 
 Profile = dict[str, Any]
 
@@ -128,10 +128,6 @@ def _add_count(buckets: list[list[float]], day: int, n: float, keep_from: int) -
         buckets.pop(0)
 
 
-def _sum(buckets: list[list[float]], lo: int, hi: int) -> float:
-    return sum(b[1] for b in buckets if lo <= b[0] <= hi)
-
-
 def observe(profile: Profile, tx: Observed) -> None:
     """Fold a scored transaction into its entity's profile (after its features were computed)."""
     ts, amount = tx.ts_ms, tx.amount_eur
@@ -170,37 +166,77 @@ def compromise_suspects(card: CardState, first_fraud_ts: int, lookback_days: int
 
 def features(profile: Profile | None, tx: Transaction, prior_rate: float, risk: RiskSettings) -> list[float]:
     """The entity's features for ``tx``, from its history *before* ``tx`` (``profile`` is not modified;
-    None: an entity never seen). In the order of :func:`feature_names`."""
+    None: an entity never seen). In the order of :func:`feature_names`.
+
+    One pass per bucket list for all of its windows (this runs for every event and entity): each window
+    adds the same bucket values in the same order as a pass of its own would, so the floats are the same."""
     p = profile if profile is not None else new_profile()
     ts = tx.ts_ms
     hour, day = ts // HOUR_MS, ts // DAY_MS
-    windows = (
-        _moments(*_bucket_stats(p["hours"], hour, hour)),  # the current hour bucket: 1 h at bucket resolution
-        _moments(*_bucket_stats(p["hours"], hour - 23, hour)),
-        _moments(*_bucket_stats(p["days"], day - 6, day)),
-        _moments(*_bucket_stats(p["days"], day - 29, day)),
-    )
+    n1 = s1 = ss1 = n24 = s24 = ss24 = 0.0
+    for idx, bn, bs, bss in p["hours"]:
+        if hour - 23 <= idx <= hour:
+            n24 += bn
+            s24 += bs
+            ss24 += bss
+            if idx == hour:  # the current hour bucket: 1 h at bucket resolution
+                n1 += bn
+                s1 += bs
+                ss1 += bss
+    short, long = SHARE_WINDOWS  # shares over mature transactions: days [day - w, day - maturity]
+    mature_to = day - risk.maturity_days
+    n7 = s7 = ss7 = n30 = s30 = ss30 = mature_short = mature_long = 0.0
+    for idx, bn, bs, bss in p["days"]:
+        if day - 29 <= idx <= day:
+            n30 += bn
+            s30 += bs
+            ss30 += bss
+            if idx >= day - 6:
+                n7 += bn
+                s7 += bs
+                ss7 += bss
+        if day - long <= idx <= mature_to:
+            mature_long += bn
+            if idx >= day - short:
+                mature_short += bn
+    frauds_short = frauds_long = 0.0
+    for idx, count in p["fraud_by_tx_day"]:
+        if day - long <= idx <= mature_to:
+            frauds_long += count
+            if idx >= day - short:
+                frauds_short += count
     # Age and count saturate: past the windows' 30 days, or a thousand transactions, a profile is simply
     # established, and a service running for years must not feed its models values no training set held.
     age_days = 0.0 if p["first_ts"] is None else min(float(KEEP_DAYS), max(0.0, (ts - p["first_ts"]) / DAY_MS))
-    shares = []
-    for w in SHARE_WINDOWS:
-        lo, hi = day - w, day - risk.maturity_days
-        mature_n = _bucket_stats(p["days"], lo, hi)[0] if hi >= lo else 0.0
-        frauds = _sum(p["fraud_by_tx_day"], lo, hi) if hi >= lo else 0.0
-        shares.append((frauds + risk.prior_weight * prior_rate) / (mature_n + risk.prior_weight))
+    prior = risk.prior_weight * prior_rate
+    shares = [(f + prior) / (m + risk.prior_weight)
+              for f, m in ((frauds_short, mature_short), (frauds_long, mature_long))]
     distinct = p["distinct"]
-    compromise = [_sum(p["compromise"], day - d + 1, day) for d in RISK_WINDOWS]
+    compromise = _recent_sums(p["compromise"], day)
     return [
-        *(v for stats in windows for v in stats),
+        *_moments(n1, s1, ss1), *_moments(n24, s24, ss24), *_moments(n7, s7, ss7), *_moments(n30, s30, ss30),
         distinct,
         age_days,
         float(min(p["n"], N_TOTAL_CAP)),
-        *(_sum(p["fraud_arrived"], day - d + 1, day) for d in RISK_WINDOWS),  # arrived on t's day or before
+        *_recent_sums(p["fraud_arrived"], day),  # arrived on t's day or before
         *shares,
         *compromise,
         compromise[-1] / max(distinct, 1.0),  # a common stop of every card is no suspect; a skimmer's share is high
     ]
+
+
+def _recent_sums(buckets: list[list[float]], day: int) -> list[float]:
+    """The buckets' values summed over each of :data:`RISK_WINDOWS` (1, 7, 30 days) ending on ``day`` (day
+    buckets after it, such as labels arrived later, are not counted)."""
+    one = seven = thirty = 0.0
+    for idx, value in buckets:
+        if day - 30 < idx <= day:
+            thirty += value
+            if idx > day - 7:
+                seven += value
+                if idx == day:
+                    one += value
+    return [one, seven, thirty]
 
 
 def expired(profile: Profile, now_ms: int, risk: RiskSettings) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,3 +142,43 @@ def test_features_stay_finite_and_state_stays_bounded(events: list[tuple[int, in
     assert len(p["days"]) <= 30 and len(p["hours"]) <= 24 and len(p["hll"]) == 64
     assert all(len(p[k]) <= 31 for k in ("fraud_by_tx_day", "fraud_arrived", "compromise"))
 
+
+
+def _by_definition(p: dict[str, Any], t: Transaction, prior: float, risk: RiskSettings) -> list[float]:
+    """The features as their names define them, one window at a time (the oracle of the one-pass code)."""
+    hour, day = t.ts_ms // HOUR_MS, t.ts_ms // DAY_MS
+
+    def total(buckets: list[list[float]], lo: int, hi: int, col: int = 1) -> float:
+        return float(sum(b[col] for b in buckets if lo <= b[0] <= hi))
+
+    def moments(buckets: list[list[float]], lo: int, hi: int) -> list[float]:
+        n, s, ss = (total(buckets, lo, hi, col) for col in (1, 2, 3))
+        return [0.0, 0.0, 0.0] if n == 0 else [n, s / n, math.sqrt(max(0.0, ss / n - (s / n) ** 2))]
+
+    shares = [(total(p["fraud_by_tx_day"], day - w, day - risk.maturity_days) + risk.prior_weight * prior)
+              / (total(p["days"], day - w, day - risk.maturity_days) + risk.prior_weight) for w in (7, 30)]
+    compromise = [total(p["compromise"], day - d + 1, day) for d in (1, 7, 30)]
+    age = 0.0 if p["first_ts"] is None else min(30.0, max(0.0, (t.ts_ms - p["first_ts"]) / DAY_MS))
+    return [*moments(p["hours"], hour, hour), *moments(p["hours"], hour - 23, hour),
+            *moments(p["days"], day - 6, day), *moments(p["days"], day - 29, day),
+            p["distinct"], age, float(min(p["n"], 1000)),
+            *(total(p["fraud_arrived"], day - d + 1, day) for d in (1, 7, 30)), *shares, *compromise,
+            compromise[-1] / max(p["distinct"], 1.0)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60 * 24), st.integers(0, 40), st.floats(0, 1e4),
+                          st.booleans(), st.integers(0, 20 * 24), st.integers(-72, 72)), min_size=1, max_size=80),
+       st.sampled_from([0, 3, 7, 40]))
+def test_one_pass_features_equal_the_windows_definitions(events: list[tuple[int, int, float, bool, int, int]],
+                                                         maturity: int) -> None:
+    risk = RiskSettings(maturity_days=maturity)
+    p = new_profile()
+    for i, (hour, card, amount, fraud, delay_h, query_h) in enumerate(sorted(events)):
+        t = tx(i, T0 + hour * HOUR_MS, card=f"c{card}", amount=amount)
+        query = tx(i, t.ts_ms + query_h * HOUR_MS)  # before, at and after the profile's newest event
+        assert features(p, query, 0.01, risk) == pytest.approx(_by_definition(p, query, 0.01, risk), rel=1e-12)
+        observe(p, t)
+        learn_label(p, t.ts_ms, t.ts_ms + delay_h * HOUR_MS, fraud)
+        if fraud:
+            add_compromise_evidence(p, t.ts_ms + delay_h * HOUR_MS, 0.5)
