@@ -5,6 +5,8 @@
   (c) faust        a plain Faust agent forwarding each event with `topic.send` (the framework's floor)
   (d) stream_app   a real `stream-app worker` process: all features, both models, DLQ, alert dedup
   (e) stream_app_x2 `stream-app worker --processes 2`: two such processes in one consumer group
+  (f) runtime_floor stream_app's runtime with a free core: a Faust app on stream_app's transport driver, its
+                 `micro_batches`, partition-batch sends and batched acks, forwarding each event unscored
 
 Each contender runs as its own process against the embedded broker (or --bootstrap, loopback).
 Phase 1, throughput: N events are pre-loaded into the contender's input topic; events/s is taken
@@ -45,7 +47,8 @@ from stream_app.kafka.topics import TopicSpec, create_topics, ensure_topics
 from stream_app.settings import Settings
 
 PARTITIONS = 4
-CONTENDERS = {"a": "passthrough", "b": "naive", "c": "faust", "d": "stream_app", "e": "stream_app_x2"}
+CONTENDERS = {"a": "passthrough", "b": "naive", "c": "faust", "d": "stream_app", "e": "stream_app_x2",
+              "f": "runtime_floor"}
 WORKERS = {"stream_app": 1, "stream_app_x2": 2}  # the contenders that are `stream-app worker`, by processes
 ACKS = "all"  # every contender waits for the broker, as stream_app does
 
@@ -125,6 +128,44 @@ def run_faust(bootstrap: str, src: str, dst: str) -> None:
     async def forward(stream: Any) -> None:
         async for key, value in stream.items():
             await sink.send(key=key, value=value)
+
+    app.main()  # reads sys.argv: "worker -l warn"
+
+
+def run_runtime_floor(bootstrap: str, src: str, dst: str) -> None:
+    """The worker's consumer and producer path without its core: what scoring costs nothing would leave."""
+    import faust
+
+    from stream_app.kafka.batch_send import PartitionBatches, delivered, ensure_metadata
+    from stream_app.kafka.compat import acknowledge, micro_batches, raw_producer, set_fetch_max_wait
+    from stream_app.kafka.transport import broker_url
+
+    s = Settings.from_env(bootstrap_servers=bootstrap)  # STREAM_APP_BATCH_SIZE etc. as the worker reads them
+    app = faust.App(f"bench-floor-{src}", broker=broker_url(bootstrap, fetch_verified_offsets=True),
+                    key_serializer="raw", value_serializer="raw", topic_partitions=PARTITIONS, producer_acks=-1,
+                    broker_session_timeout=6, web_bind="127.0.0.1", web_port=free_port(),
+                    datadir=tempfile.mkdtemp(prefix="bench-floor-"), consumer_auto_offset_reset="earliest")
+    set_fetch_max_wait(app, s.fetch_max_wait_ms)
+    source = app.topic(src, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source)
+    async def forward(stream: Any) -> None:
+        producer = raw_producer(app)
+        partitions = await ensure_metadata(producer, dst)
+        in_flight: list[Any] = []
+        async for events in micro_batches(stream, s.batch_size, s.batch_window_ms / 1000):
+            batches = PartitionBatches(producer, partitions)
+            for event in events:
+                batches.add(dst, event.key, event.value)
+            sent = asyncio.ensure_future(delivered(batches.send()))
+
+            async def confirm(sent: Any = sent, events: Any = events) -> None:
+                await sent
+                await acknowledge(stream, events)
+
+            in_flight.append(asyncio.ensure_future(confirm()))
+            while len(in_flight) >= s.max_in_flight_batches:
+                await in_flight.pop(0)
 
     app.main()  # reads sys.argv: "worker -l warn"
 
@@ -305,7 +346,7 @@ class Contender:
             return
         argv = [sys.executable, __file__, "--contender", self.name, "--bootstrap", self.bootstrap,
                 "--src", self.src, "--dst", self.dst]
-        if self.name == "faust":
+        if self.name in ("faust", "runtime_floor"):
             argv += ["worker", "-l", "warn"]
         log = (self.workdir / "contender.log").open("ab")
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -382,15 +423,15 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     if args.contender:
         sys.argv = [sys.argv[0], *rest]
-        if args.contender == "faust":
-            run_faust(args.bootstrap, args.src, args.dst)
+        if args.contender in ("faust", "runtime_floor"):
+            (run_faust if args.contender == "faust" else run_runtime_floor)(args.bootstrap, args.src, args.dst)
         else:
             runner = run_passthrough if args.contender == "passthrough" else run_naive
             asyncio.run(runner(args.bootstrap, args.src, args.dst))
         return
     if args.bootstrap and args.bootstrap.rsplit(":", 1)[0] not in {"127.0.0.1", "localhost", "[::1]"}:
         parser.error("--bootstrap must be a loopback address: this benchmark floods the broker")
-    names = [CONTENDERS[c] for c in ["d", *[x for x in "abce" if x in args.only]] if c in args.only]
+    names = [CONTENDERS[c] for c in ["d", *[x for x in "abcef" if x in args.only]] if c in args.only]
     events = make_events(args.n + int(5000 * args.latency_seconds), seed=11)
     phase1, phase2 = events[: args.n], events[args.n:]
     results: dict[str, Figures] = {}
