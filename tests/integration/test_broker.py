@@ -25,6 +25,7 @@ from faust.transport import by_url
 
 import stream_app.kafka
 from stream_app.devtools.broker import EmbeddedBroker
+from stream_app.devtools.children import alive
 from stream_app.kafka.compat import Transport
 from stream_app.kafka.topics import TopicSpec, ensure_topics
 from stream_app.kafka.transport import broker_url, verified_highwaters
@@ -32,14 +33,6 @@ from stream_app.kafka.transport import broker_url, verified_highwaters
 BATCH_RECORDS = 150
 TABLE_APP = Path(__file__).with_name("table_app.py")
 REPO_ROOT = Path(stream_app.kafka.__file__).resolve().parents[2]
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def _round_trip(bootstrap: str, count: int) -> list[bytes]:
@@ -77,7 +70,7 @@ def test_embedded_broker_round_trip_and_clean_stop() -> None:
         assert broker.bootstrap.startswith("127.0.0.1:")
         values = asyncio.run(asyncio.wait_for(_round_trip(broker.bootstrap, 300), 30))
         assert values == [str(i).encode() for i in range(300)]
-    assert _pid_gone(pid)
+    assert not alive(pid)
     broker.stop()  # idempotent
     assert start_s < 10
     assert broker.log_path.read_text().startswith("tansu broker")

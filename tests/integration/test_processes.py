@@ -13,6 +13,7 @@ from pathlib import Path
 from outputs import PARTITIONS, produce, read_until, scrape
 
 from stream_app.devtools.broker import port_is_free
+from stream_app.devtools.children import alive
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.devtools.worker_process import WorkerProcess
 from stream_app.settings import Settings
@@ -22,14 +23,6 @@ def _children(worker: WorkerProcess) -> dict[int, int]:
     """index -> pid of the latest start of each child, from the supervisor's log."""
     started = [json.loads(line) for line in worker.log().splitlines() if '"supervisor.child_started"' in line]
     return {entry["index"]: entry["pid"] for entry in started}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _scored(port: int) -> float:
@@ -58,7 +51,7 @@ def test_two_processes_share_the_partitions_restart_a_killed_child_and_stop_on_s
         first = _children(sup)
         os.kill(first[0], signal.SIGKILL)
         sup.wait_ready(after=2)  # started again
-        assert _children(sup)[0] != first[0] and _alive(_children(sup)[1])
+        assert _children(sup)[0] != first[0] and alive(_children(sup)[1])
         exited = [json.loads(line) for line in sup.log().splitlines() if '"supervisor.child_exited"' in line]
         assert [(e["index"], e["exit_code"]) for e in exited] == [(0, -signal.SIGKILL)]
 
@@ -68,6 +61,6 @@ def test_two_processes_share_the_partitions_restart_a_killed_child_and_stop_on_s
         sup.process.send_signal(signal.SIGTERM)  # the parent only, as a supervisor (systemd, k8s) does
         assert sup.process.wait(timeout=40) == 0, sup.log()[-3000:]
         print(f"STOP processes=2 seconds={time.monotonic() - t0:.2f}")
-        assert not [pid for pid in pids if _alive(pid)]
+        assert not [pid for pid in pids if alive(pid)]
     finally:
         sup.stop()
