@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,15 +171,26 @@ class OnlineLearner:
         self.other_feature_set = 0  # examples whose vector is not of this code's feature set (not learned)
 
     def apply(self, example: Example, offset: int) -> None:
-        if offset <= self.offset:
-            return  # already applied (replay after a checkpoint restore)
-        self.metrics.update(example.is_fraud, example.scores)
-        if len(example.features) != len(self.river.names):
-            # Captured under another feature set (before an upgrade widened the vector): its scores still
-            # count for quality, but its vector means other features, so it teaches nothing.
-            self.other_feature_set += 1
-        elif self.learning:
-            self.river.learn_one(example.features, example.is_fraud)
-            if self.stacker is not None:
-                self.stacker.learn_one(example.features, example.scores, example.is_fraud)
-        self.offset = offset
+        self.apply_many([(example, offset)])
+
+    def apply_many(self, items: Sequence[tuple[Example, int]]) -> None:
+        """Examples with their log offsets, in log order: the same as one ``apply`` each, with the models
+        taught a batch at a time (each model sees the rows in order, so the result is the same)."""
+        rows: list[list[float]] = []
+        learned: list[Example] = []
+        for example, offset in items:
+            if offset <= self.offset:
+                continue  # already applied (replay after a checkpoint restore)
+            self.metrics.update(example.is_fraud, example.scores)
+            if len(example.features) != len(self.river.names):
+                # Captured under another feature set (before an upgrade widened the vector): its scores still
+                # count for quality, but its vector means other features, so it teaches nothing.
+                self.other_feature_set += 1
+            elif self.learning:
+                rows.append(example.features)
+                learned.append(example)
+            self.offset = offset
+        labels = [e.is_fraud for e in learned]
+        self.river.learn_many(rows, labels)
+        if self.stacker is not None:
+            self.stacker.learn_many(rows, [e.scores for e in learned], labels)
