@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from stream_app.domain.events import kept_json
@@ -85,6 +86,9 @@ class ParkedLabel:
 LEARNED = b"L"
 
 
+_NUMBERS = frozenset({int, float})  # the types orjson decodes numbers to (not bool: true/false are not features)
+
+
 @dataclass(frozen=True, slots=True)
 class Example:
     tx_id: str
@@ -106,11 +110,11 @@ class Example:
     def from_bytes(cls, raw: bytes) -> Example:
         """Raises ValueError (or KeyError/TypeError) for a record a model must not learn from: the
         examples log is a topic anyone with write access can append to, and a null or infinite
-        feature would break the online model's weights."""
+        feature would break the online model's weights (a vector whose sum overflows is refused too)."""
         d = orjson.loads(raw)
         features = d["features"]
-        if not isinstance(features, list) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in features):
+        if not isinstance(features, list) or not set(map(type, features)) <= _NUMBERS or not math.isfinite(
+                sum(features)):  # checked as a whole: one pass in C instead of four checks a feature in Python
             raise ValueError("features must be finite numbers")
         entity = d.get("entity")
         if entity is not None and not isinstance(entity, dict):
@@ -140,20 +144,21 @@ class PrequentialMetrics:
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
+        labels = np.fromiter(self.labels, dtype=bool, count=len(self.labels))
         for name, column in self.scores.items():
-            pairs = [(y, s) for y, s in zip(self.labels, column, strict=True) if not math.isnan(s)]
-            if not pairs:
+            scores = np.fromiter(column, dtype=np.float64, count=len(column))
+            known = ~np.isnan(scores)
+            if not known.any():
                 continue
-            y = [p[0] for p in pairs]
-            s = [p[1] for p in pairs]
-            flagged = [yy for yy, ss in pairs if ss >= self.threshold]
-            positives = sum(y)
+            y, s = labels[known], scores[known]
+            flagged = y[s >= self.threshold]
+            positives = int(y.sum())
             out[name] = {
-                "labels": float(len(pairs)),
+                "labels": float(len(s)),
                 "roc_auc": roc_auc(y, s),
                 "average_precision": average_precision(y, s),
-                "precision_at_threshold": sum(flagged) / len(flagged) if flagged else math.nan,
-                "recall_at_threshold": sum(flagged) / positives if positives else math.nan,
+                "precision_at_threshold": float(flagged.mean()) if len(flagged) else math.nan,
+                "recall_at_threshold": float(flagged.sum()) / positives if positives else math.nan,
             }
         return out
 

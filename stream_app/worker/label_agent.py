@@ -67,8 +67,10 @@ class LabelAgent:
                     sends.append(self.dead_letter(event.value, out.error, Source.of(msg), event.key))
                 elif out.kind == "joined":
                     assert out.example is not None
-                    example = replace(out.example, entity=with_suspects(out.example.entity, out.example.is_fraud,
-                                                                        self._card(out.example.entity)))
+                    example = out.example
+                    if example.is_fraud:  # a fraud's card state names its compromise suspects (decoded only then)
+                        example = replace(example, entity=with_suspects(example.entity, True,
+                                                                        self._card(example.entity)))
                     changes.add(s.examples_topic, example.tx_id.encode(), example.to_bytes())
                 elif out.kind == "rekeyed":
                     assert out.label is not None
