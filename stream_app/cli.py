@@ -252,9 +252,9 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
     def show(message: Message) -> bool:
         view = decode(message, pans)
-        if not filters.match(view, pans):
+        if not filters.match(view):
             return False
-        print(json_line(view) if args.json else line(view, pans), flush=True)
+        print(json_line(view) if args.json else line(view), flush=True)
         return True
 
     def ready(partitions: int) -> None:

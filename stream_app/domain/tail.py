@@ -52,6 +52,7 @@ class View:
     record: Any
     text: str | None
     key: str | None
+    original: bytes | None = None  # a dead letter's original bytes, masked; None when not base64
 
     @property
     def fields(self) -> Mapping[str, Any]:
@@ -89,8 +90,19 @@ def _kind(record: Any) -> str:
     return "json"
 
 
+def _masked_original(encoded: Any, pans: PanTokenizer) -> bytes | None:
+    if not isinstance(encoded, str):
+        return None
+    try:
+        return pans.mask(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
 def decode(message: Message, pans: PanTokenizer) -> View:
-    """The message's value parsed as JSON (or kept as text) and its key as text, card numbers masked."""
+    """The message's value parsed as JSON (or kept as text) and its key as text, card numbers masked; a
+    dead letter's original bytes too (the worker masks them, but anyone may write to a topic), written back
+    into ``original_b64``."""
     value = message.value or b""
     try:
         record: Any = pans.mask_json(orjson.loads(value)) if value else None
@@ -98,7 +110,11 @@ def decode(message: Message, pans: PanTokenizer) -> View:
     except orjson.JSONDecodeError:
         record, text = None, _bytes_text(pans.mask(value))
     key = None if message.key is None else _bytes_text(pans.mask(message.key))
-    return View(message, _kind(record), record, text, key)
+    kind = _kind(record)
+    original = _masked_original(record["original_b64"], pans) if kind == "dead-letter" else None
+    if original is not None:
+        record = {**record, "original_b64": base64.b64encode(original).decode()}
+    return View(message, kind, record, text, key, original)
 
 
 def decisions(view: View) -> set[str]:
@@ -116,30 +132,17 @@ def reason_codes(view: View) -> list[str]:
     return [str(r["feature"]) for r in reasons if isinstance(r, dict) and "feature" in r]
 
 
-def dead_letter_original(view: View, pans: PanTokenizer) -> bytes | None:
-    """A dead letter's kept original bytes, card numbers masked again (a record written by anyone else
-    than the worker may carry them); ``None`` when ``original_b64`` is not base64."""
-    encoded = view.fields.get("original_b64")
-    if not isinstance(encoded, str):
-        return None
-    try:
-        return pans.mask(base64.b64decode(encoded, validate=True))
-    except (binascii.Error, ValueError):
-        return None
-
-
-def cards(view: View, pans: PanTokenizer) -> set[str]:
+def cards(view: View) -> set[str]:
     """The card tokens a message is about: its ``card_id``; for a dead letter, the original's card id
     when the original is a JSON object, else its key (producers key transactions by card)."""
     found = {view.fields["card_id"]} if isinstance(view.fields.get("card_id"), str) else set()
     if view.kind == "dead-letter":
-        original = dead_letter_original(view, pans)
         try:
-            parsed = orjson.loads(original) if original else None
+            original = orjson.loads(view.original) if view.original else None
         except orjson.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("card_id"), str):
-            found.add(pans.mask_json(parsed["card_id"]))
+            original = None
+        if isinstance(original, dict) and isinstance(original.get("card_id"), str):
+            found.add(original["card_id"])
         elif view.key is not None:
             found.add(view.key)
     return found
@@ -154,12 +157,12 @@ class Filters:
     cards: frozenset[str] = frozenset()
     reasons: frozenset[str] = frozenset()
 
-    def match(self, view: View, pans: PanTokenizer) -> bool:
+    def match(self, view: View) -> bool:
         if self.decisions and not self.decisions & decisions(view):
             return False
         if self.reasons and not {r.casefold() for r in self.reasons} & {r.casefold() for r in reason_codes(view)}:
             return False
-        return not self.cards or bool(self.cards & cards(view, pans))
+        return not self.cards or bool(self.cards & cards(view))
 
 
 def card_filter(value: str, pans: PanTokenizer) -> str:
@@ -216,65 +219,64 @@ def _decided(fields: Mapping[str, Any]) -> list[str]:
     return [f"{_value(fields.get('decision', '-')):<7}", *_pairs(fields, (("risk_score", "risk"),), ".2f")]
 
 
-def _alert(view: View, pans: PanTokenizer) -> list[str]:
+def _alert(view: View) -> list[str]:
     f = view.fields
     return [*_decided(f), *_ids(f), *_money(f), f"| {_reasons(f)}"]
 
 
-def _score(view: View, pans: PanTokenizer) -> list[str]:
+def _score(view: View) -> list[str]:
     f = view.fields
     timing = f.get("timing")
     latency = _pairs(timing, (("latency_ms", "latency_ms"),)) if isinstance(timing, dict) else []
     return [*_decided(f), *_ids(f), *latency]
 
 
-def _dead_letter(view: View, pans: PanTokenizer) -> list[str]:
+def _dead_letter(view: View) -> list[str]:
     f = view.fields
     source = f.get("source")
     where = (f"{_value(source.get('topic'))}@{_value(source.get('partition'))}:{_value(source.get('offset'))}"
              if isinstance(source, dict) else "?")
-    original = dead_letter_original(view, pans)
-    preview = "(not base64)" if original is None else escape(_bytes_text(original), PREVIEW_CHARS)
+    preview = "(not base64)" if view.original is None else escape(_bytes_text(view.original), PREVIEW_CHARS)
     size = [f"{_value(f['original_size'])} B"] if "original_size" in f else []
     field = _pairs(f, (("field", "field"),)) if f.get("field") is not None else []
     detail = [f"| {_value(f['detail'], limit=PREVIEW_CHARS)}"] if f.get("detail") else []
     return [f"{_value(f['reason']):<18}", f"from {where}", *size, *field, *detail, f"| {preview}"]
 
 
-def _label(view: View, pans: PanTokenizer) -> list[str]:
+def _label(view: View) -> list[str]:
     f = view.fields
     return [f"{_value(f['label']):<7}", *_ids(f), *_pairs(f, (("source", "source"),))]
 
 
-def _example(view: View, pans: PanTokenizer) -> list[str]:
+def _example(view: View) -> list[str]:
     f = view.fields
     scores = f.get("scores")
     return [*_pairs(f, (("label", "label"), ("tx_id", "tx"))),
             *(_pairs(scores, (("onnx", "onnx"), ("river", "river")), ".2f") if isinstance(scores, dict) else [])]
 
 
-def _transaction(view: View, pans: PanTokenizer) -> list[str]:
+def _transaction(view: View) -> list[str]:
     f = view.fields
     return [*_ids(f), *_money(f), *_pairs(f, (("channel", "channel"), ("mcc", "mcc")))]
 
 
-def _json(view: View, pans: PanTokenizer) -> list[str]:
+def _json(view: View) -> list[str]:
     return [escape(json.dumps(view.record, ensure_ascii=False, separators=(",", ":")), PREVIEW_CHARS)]
 
 
-def _raw(view: View, pans: PanTokenizer) -> list[str]:
+def _raw(view: View) -> list[str]:
     return [f"{len(view.message.value or b'')} B", escape(view.text or "", PREVIEW_CHARS)]
 
 
-_BODIES: dict[str, Callable[[View, PanTokenizer], list[str]]] = {
+_BODIES: dict[str, Callable[[View], list[str]]] = {
     "alert": _alert, "score": _score, "dead-letter": _dead_letter, "label": _label, "example": _example,
     "transaction": _transaction, "json": _json, "raw": _raw}
 
 
-def line(view: View, pans: PanTokenizer) -> str:
+def line(view: View) -> str:
     """One readable line: broker time, kind, then what an analyst looks at for that kind."""
     time = _iso(view.message.timestamp_ms) or "-" * 24
-    return " ".join([time, f"{view.kind.upper():<11}", *_BODIES[view.kind](view, pans)])
+    return " ".join([time, f"{view.kind.upper():<11}", *_BODIES[view.kind](view)])
 
 
 def json_line(view: View) -> str:
