@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(tokenized with STREAM_APP_PAN_KEY, never printed; repeatable)")
     tail.add_argument("--reason", action="append", default=[], metavar="CODE",
                       help="only records with this reason code: an alert's reason feature (amount_to_mean_30d) "
-                           "or a dead letter's reason (bad_json); repeatable")
+                           "or a dead letter's reason (invalid_json); repeatable")
     tail.add_argument("--json", action="store_true",
                       help="one JSON object per line: topic, partition, offset, timestamp, key, record")
     tail.add_argument("--max", type=_positive(int), default=None, metavar="N", help="stop after N lines shown")

@@ -32,7 +32,7 @@ SCORE = {"tx_id": "tx-8", "card_id": "card_77", "merchant_id": "m_3", "event_tim
          "source": {"topic": "transactions", "partition": 1, "offset": 5}, "timing": {"latency_ms": 12}}
 
 
-def dead_letter(original: bytes, reason: str = "bad_json", **extra: Any) -> dict[str, Any]:
+def dead_letter(original: bytes, reason: str = "invalid_json", **extra: Any) -> dict[str, Any]:
     return {"reason": reason, "detail": "Unexpected character", "field": None,
             "source": {"topic": "transactions", "partition": 2, "offset": 41}, "key_b64": None, "key_size": None,
             "original_b64": base64.b64encode(original).decode(), "original_size": len(original),
@@ -61,7 +61,7 @@ def test_score_line_has_its_latency_and_no_money() -> None:
 def test_dead_letter_line_shows_reason_source_and_an_escaped_masked_preview() -> None:
     hostile = b'\x1b]0;owned\x07\xe2\x80\xae\xff card ' + VISA.encode()
     out = line(view(dead_letter(hostile)))
-    assert out.startswith("2026-11-30T00:53:20.000Z DEAD-LETTER bad_json           from transactions@2:41 ")
+    assert out.startswith("2026-11-30T00:53:20.000Z DEAD-LETTER invalid_json       from transactions@2:41 ")
     assert "| Unexpected character |" in out
     assert VISA not in out and PANS.token(VISA) in out
     assert out.endswith(f"| \\x1b]0;owned\\x07\\u202e\\xff card {PANS.token(VISA)}")  # ESC, BEL, RTL override, bad UTF-8
@@ -103,7 +103,7 @@ def test_filters_combine_with_and_and_alternatives_with_or() -> None:
     assert not Filters(decisions=frozenset({"decline"})).match(score)
     assert Filters(decisions=frozenset({"review", "approve"})).match(score)
     assert Filters(reasons=frozenset({"COUNTRY_CHANGED"})).match(alert)
-    assert not Filters(reasons=frozenset({"bad_json"})).match(alert)
+    assert not Filters(reasons=frozenset({"invalid_json"})).match(alert)
     both = Filters(decisions=frozenset({"decline"}), cards=frozenset({"card_5e0c"}))
     assert both.match(alert) and not both.match(view({**ALERT, "card_id": "other"}))
     dlq = view(dead_letter(b'{"card_id": "' + VISA.encode() + b'"}', reason="missing_field"))
