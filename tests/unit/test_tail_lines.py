@@ -64,7 +64,7 @@ def test_dead_letter_line_shows_reason_source_and_an_escaped_masked_preview() ->
     assert out.startswith("2026-11-30T00:53:20.000Z DEAD-LETTER invalid_json       from transactions@2:41 ")
     assert "| Unexpected character |" in out
     assert VISA not in out and PANS.token(VISA) in out
-    assert out.endswith(f"| \\x1b]0;owned\\x07\\u202e\\xff card {PANS.token(VISA)}")  # ESC, BEL, RTL override, bad UTF-8
+    assert out.endswith(f"| \\x1b]0;owned\\x07\\u202e\\xff card {PANS.token(VISA)}")  # ESC BEL RLO, bad UTF-8
     assert line(view(dead_letter(b"x", original_b64="%%%"))).endswith("| (not base64)")
 
 
