@@ -27,6 +27,7 @@ from stream_app.domain.pan import PanTokenizer, pan_digits
 
 PREVIEW_CHARS = 80  # of a dead letter's original bytes, or of a record of no known kind
 FIELD_CHARS = 64  # of an id or another single value
+MAX_DEPTH = 64  # nesting of a JSON value shown as JSON
 _MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: format_ts's calendar ends there
 
 
@@ -90,6 +91,19 @@ def _kind(record: Any) -> str:
     return "json"
 
 
+def _shallow(value: Any) -> bool:
+    """``value`` nests at most :data:`MAX_DEPTH` containers: deeper JSON is shown as text, because
+    masking and printing recurse (a few hundred levels of ``[`` would exhaust Python's stack)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
+
+
 def _masked_original(encoded: Any, pans: PanTokenizer) -> bytes | None:
     if not isinstance(encoded, str):
         return None
@@ -105,10 +119,13 @@ def decode(message: Message, pans: PanTokenizer) -> View:
     into ``original_b64``."""
     value = message.value or b""
     try:
-        record: Any = pans.mask_json(orjson.loads(value)) if value else None
-        text = None
+        record: Any = orjson.loads(value) if value else None
     except orjson.JSONDecodeError:
-        record, text = None, _bytes_text(pans.mask(value))
+        record = None
+    if record is None or not _shallow(record):
+        record, text = None, _bytes_text(pans.mask(value)) if value else None
+    else:
+        record, text = pans.mask_json(record), None
     key = None if message.key is None else _bytes_text(pans.mask(message.key))
     kind = _kind(record)
     original = _masked_original(record["original_b64"], pans) if kind == "dead-letter" else None

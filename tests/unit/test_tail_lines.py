@@ -82,6 +82,14 @@ def test_label_example_transaction_json_and_raw_lines() -> None:
     assert decode(message(None), PANS).kind == "raw"  # a tombstone
 
 
+def test_deeply_nested_json_is_shown_as_text_not_a_crash() -> None:
+    for depth in (500, 5000):  # masking and printing recurse: a few hundred levels once exhausted the stack
+        v = decode(message(b"[" * depth + b"1" + b"]" * depth), PANS)
+        assert (v.kind, v.record) == ("raw", None) and line(v).endswith(" B " + "[" * 79 + "…")
+        assert json.loads(json_line(v))["value"].startswith("[[[")
+    assert view([[[1]]]).kind == "json"
+
+
 def test_escape_cuts_long_values() -> None:
     assert escape("a\tb\u2028") == "a\\tb\\u2028"
     assert escape("x" * 100, 10) == "x" * 9 + "…"
