@@ -235,45 +235,12 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
-    import os
-
     from stream_app.devtools.publisher import until_signalled
-    from stream_app.domain.pan import PanTokenizer
-    from stream_app.domain.tail import Filters, Message, card_filter, decode, json_line, line
-    from stream_app.kafka.security import client_kwargs
-    from stream_app.kafka.tail import TailOptions, follow
+    from stream_app.kafka.tail import TailOptions, printer, tail_command
 
-    try:
-        pans = PanTokenizer.from_settings(settings)
-        filters = Filters(frozenset(args.decision), frozenset(card_filter(c, pans) for c in args.card),
-                          frozenset(args.reason))
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
-
-    def show(message: Message) -> bool:
-        view = decode(message, pans)
-        if not filters.match(view):
-            return False
-        print(json_line(view) if args.json else line(view), flush=True)
-        return True
-
-    def ready(partitions: int) -> None:
-        start = "from the beginning" if args.from_beginning else "new messages only"
-        print(f"tailing {args.topic}: {partitions} partitions, {start}; Ctrl-C stops", file=sys.stderr, flush=True)
-
+    show = printer(settings, args.decision, args.card, args.reason, as_json=args.json)
     options = TailOptions(args.from_beginning, args.max, args.seconds, args.exit_at_end)
-    try:
-        report = asyncio.run(until_signalled(lambda stop: follow(
-            settings.bootstrap_servers, args.topic, show, options, stop=stop, on_ready=ready,
-            client_kwargs=client_kwargs(settings))))
-    except BrokenPipeError:  # the reader went away (`| head`): done; stdout must not be flushed again at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (ConnectionError, ValueError) as exc:
-        print(f"stream-app tail: {exc}", file=sys.stderr)
-        return 1
-    print(f"stopped ({report.ended_by}): {report.shown} shown of {report.read} read", file=sys.stderr)
-    return 0
+    return asyncio.run(until_signalled(lambda stop: tail_command(settings, args.topic, show, options, stop)))
 
 
 def _positive(convert: type[int] | type[float]) -> Callable[[str], float]:

@@ -5,22 +5,29 @@ offset. "Only new records" is the high watermark of the first fetch of each part
 ListOffsets answer alone: on the embedded broker (Tansu) ListOffsets(latest) answers the last
 producer batch's base offset + 1 when a batch holds several records (see docs/notes/tansu.md), so the
 consumer starts there and skips what lies below the high watermark the fetch reports. What each
-message becomes on the screen is :mod:`stream_app.domain.tail`'s business; this module only reads.
+message becomes on the screen is :mod:`stream_app.domain.tail`'s business; this module reads, prints
+and says why it stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
+import os
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream_app.domain.tail import Message
+from stream_app.domain.pan import PanTokenizer
+from stream_app.domain.tail import Filters, Message, card_filter, decode, json_line, line
+from stream_app.kafka.security import client_kwargs
+from stream_app.settings import Settings
+from stream_app.startup import StartupError
 
 #: How long the broker may take to answer the first look-ups (metadata, end offsets, first fetch).
 ANSWER_TIMEOUT_S = 10.0
@@ -43,6 +50,48 @@ class TailReport:
     read: int
     shown: int
     ended_by: str  # signal, max, seconds, end
+
+
+def printer(settings: Settings, decisions: Sequence[str], cards: Sequence[str], reasons: Sequence[str], *,
+            as_json: bool) -> Callable[[Message], bool]:
+    """``show(message)``: prints the message's line (or JSON line) when it passes the filters, and says
+    whether it did. A card number in ``cards`` is looked up by its token (:func:`card_filter`); a
+    :class:`StartupError` when that needs the PAN key and it is not set."""
+    try:
+        pans = PanTokenizer.from_settings(settings)
+        filters = Filters(frozenset(decisions), frozenset(card_filter(c, pans) for c in cards), frozenset(reasons))
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+    def show(message: Message) -> bool:
+        view = decode(message, pans)
+        if not filters.match(view):
+            return False
+        print(json_line(view) if as_json else line(view), flush=True)
+        return True
+
+    return show
+
+
+async def tail_command(settings: Settings, topic: str, show: Callable[[Message], bool], options: TailOptions,
+                       stop: asyncio.Event) -> int:
+    """`stream-app tail`: :func:`follow` with a start and an end line on stderr; the exit code."""
+
+    def ready(partitions: int) -> None:
+        start = "from the beginning" if options.from_beginning else "new messages only"
+        print(f"tailing {topic}: {partitions} partitions, {start}; Ctrl-C stops", file=sys.stderr, flush=True)
+
+    try:
+        report = await follow(settings.bootstrap_servers, topic, show, options, stop=stop, on_ready=ready,
+                              client_kwargs=client_kwargs(settings))
+    except BrokenPipeError:  # the reader went away (`| head`): done; stdout must not be flushed again at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ConnectionError, ValueError) as exc:
+        print(f"stream-app tail: {exc}", file=sys.stderr)
+        return 1
+    print(f"stopped ({report.ended_by}): {report.shown} shown of {report.read} read", file=sys.stderr)
+    return 0
 
 
 async def follow(bootstrap: str, topic: str, show: Callable[[Message], bool], options: TailOptions, *,
