@@ -1,4 +1,4 @@
-"""The `stream-app` command: demo, worker, broker, generate, train.
+"""The `stream-app` command: demo, worker, broker, generate, batch, tail, train.
 
 Configuration comes from the environment (docs/reference/settings.md); flags only say what to do this time.
 """
@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from stream_app.kafka.topics import catalogue, create_topics
@@ -234,10 +234,29 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.devtools.publisher import until_signalled
+    from stream_app.kafka.tail import TailOptions, printer, tail_command
+
+    show = printer(settings, args.decision, args.card, args.reason, as_json=args.json)
+    options = TailOptions(args.from_beginning, args.max, args.seconds, args.exit_at_end)
+    return asyncio.run(until_signalled(lambda stop: tail_command(settings, args.topic, show, options, stop)))
+
+
+def _positive(convert: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: ``convert(text)`` > 0."""
+    def parse(text: str) -> float:
+        value = convert(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
 def preflight(args: argparse.Namespace, settings: Settings) -> None:
     """Check what the command needs before it starts, local things first, so that a mistake is one line
     naming the fix (:class:`StartupError`) instead of a traceback, a retry loop or a half-started worker."""
-    needs_kafka = args.command in ("worker", "topics", "generate") or bool(getattr(args, "from_topic", None))
+    needs_kafka = args.command in ("worker", "topics", "generate", "tail") or bool(getattr(args, "from_topic", None))
     if needs_kafka and not settings.bootstrap_servers:
         raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
                            "(or run `stream-app broker` for an embedded one)")
@@ -327,6 +346,34 @@ def build_parser() -> argparse.ArgumentParser:
                           "simulated day every few seconds, so card histories look like days of use "
                           "(default: each transaction's event time is the wall clock when it is sent)")
     gen.set_defaults(func=cmd_generate)
+
+    tail = sub.add_parser(
+        "tail", help="print a topic's messages as they arrive, one readable (or JSON) line each, with filters",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Follow TOPIC (fraud-alerts, scores, transactions.dlq, labels.dlq, any topic) from every "
+                    "partition without joining a consumer group: nothing is committed, the workers are not "
+                    "disturbed. Card numbers are masked and control characters escaped in every line. Filters "
+                    "combine (AND); a filter given several times matches any of its values (OR).",
+        epilog="exit codes: 0 stopped (Ctrl-C, SIGTERM, --max, --seconds, --exit-at-end), 1 broker not "
+               "answering or unknown topic, 2 bad arguments or settings")
+    tail.add_argument("topic", metavar="TOPIC", help="the topic to follow")
+    tail.add_argument("--from-beginning", action="store_true",
+                      help="start at each partition's first message (default: only messages arriving from now on)")
+    tail.add_argument("--decision", action="append", default=[], choices=["approve", "review", "decline"],
+                      help="only records with this decision (scores, alerts; repeatable)")
+    tail.add_argument("--card", action="append", default=[], metavar="TOKEN|PAN",
+                      help="only messages about this card: its token as records show it, or its card number "
+                           "(tokenized with STREAM_APP_PAN_KEY, never printed; repeatable)")
+    tail.add_argument("--reason", action="append", default=[], metavar="CODE",
+                      help="only records with this reason code: an alert's reason feature (amount_to_mean_30d) "
+                           "or a dead letter's reason (invalid_json); repeatable")
+    tail.add_argument("--json", action="store_true",
+                      help="one JSON object per line: topic, partition, offset, timestamp, key, record")
+    tail.add_argument("--max", type=_positive(int), default=None, metavar="N", help="stop after N lines shown")
+    tail.add_argument("--seconds", type=_positive(float), default=None, metavar="S", help="stop after S seconds")
+    tail.add_argument("--exit-at-end", action="store_true",
+                      help="stop once every partition has been read to its end (with --from-beginning: a dump)")
+    tail.set_defaults(func=cmd_tail)
 
     train = sub.add_parser(
         "train", help="train the offline model on generated history (or --data FILE) and export ONNX",
