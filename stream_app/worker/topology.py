@@ -96,6 +96,7 @@ class StreamApp:
             key_serializer="raw",
             value_serializer="raw",
             consumer_auto_offset_reset="earliest",
+            stream_buffer_maxsize=s.stream_buffer_maxsize,
         )
         set_fetch_max_wait(app, s.fetch_max_wait_ms)  # faust hard-codes 1500 ms (see kafka/compat.py)
         return app
