@@ -5,8 +5,10 @@ pass over 50 features), which caps a worker at ~15k labels/s. Here the same sequ
 scaler statistics, then the log-loss gradient, the intercept's step and the optimizer's step, one row after
 the other) run on arrays read from the River objects' learned state and are written back into them, so the
 model stays the River pipeline that predicts, is checkpointed and is inspected as before. Results equal
-``learn_one``'s within float rounding (summation order of the dot product); a unit test checks thousands
-of rows against it. Pipelines of another shape return ``False`` and are taught row by row by the caller.
+``learn_one``'s within float rounding (the dot product's summation order, numpy's square root); a unit test
+checks thousands of rows against it. Every step is per row and element-wise, so the result does not depend on
+how the rows are cut into batches: workers that fetch the examples log in different slices hold bit-identical
+models (also tested). Pipelines of another shape return ``False`` and are taught row by row by the caller.
 """
 
 from __future__ import annotations
@@ -31,20 +33,24 @@ def learn_scaled_logreg(pipeline: compose.Pipeline, names: Sequence[str], rows: 
     counts = np.array([scaler.counts.get(n, 0) for n in names], dtype=np.float64)
     mean = _vector(scaler.means, names)
     var = _vector(scaler.vars, names)
-    # Each row's statistics after it was learned, all rows at once: with d = x - mean before the batch,
-    # S1 and S2 the running sums of d and d², n the running count, the mean is mean + S1/n and the
-    # (population) variance (count*var + S2 - S1²/n)/n: Welford's result, computed in prefix form (as River's
-    # own ``learn_many`` merges a batch) and centred on the old mean so it stays exact to float rounding.
-    d = rows - mean
-    s1 = np.cumsum(d, axis=0)
-    s2 = np.cumsum(d * d, axis=0)
-    n = counts + np.arange(1, len(rows) + 1, dtype=np.float64)[:, None]
-    means = mean + s1 / n
-    variances = np.maximum((counts * var + s2 - s1 * s1 / n) / n, 0.0)
-    std = np.sqrt(variances)
-    scaled = np.divide(rows - means, std, out=np.zeros_like(rows), where=variances != 0)
+    scaled = np.empty_like(rows)
+    diff, tmp, std = np.empty(len(names)), np.empty(len(names)), np.empty(len(names))
+    for x, z in zip(rows, scaled, strict=True):  # StandardScaler.learn_one's Welford update, element by element
+        counts += 1.0
+        np.subtract(x, mean, out=diff)
+        np.divide(diff, counts, out=tmp)
+        mean += tmp
+        np.subtract(x, mean, out=tmp)
+        tmp *= diff
+        tmp -= var
+        tmp /= counts
+        var += tmp
+        np.subtract(x, mean, out=z)  # then transform_one on the new statistics: 0 where the variance is 0
+        np.sqrt(var, out=std)
+        np.divide(z, std, out=z, where=var != 0)
+        z[var == 0] = 0.0
     _learn(model, names, scaled, labels)
-    for name, c, m, v in zip(names, n[-1], means[-1], variances[-1], strict=True):
+    for name, c, m, v in zip(names, counts, mean, var, strict=True):
         scaler.counts[name] = int(c)
         scaler.means[name] = float(m)
         scaler.vars[name] = float(v)

@@ -77,10 +77,9 @@ class Stacker:
 
     def learn_many(self, rows: Sequence[Sequence[float]], scores: Sequence[dict[str, float]],
                    labels: Sequence[bool]) -> None:
-        """``learn_one`` for each example in order, over arrays (``river_batch``)."""
-        if len(rows) < 4:  # fewer go one by one: reading and writing back the state costs about two rows
-            for row, score, label in zip(rows, scores, labels, strict=True):
-                self.learn_one(row, score, label)
+        """``learn_one`` for each example in order, over arrays (``river_batch``; the same bits however the
+        examples are cut into calls)."""
+        if not rows:
             return
         x = self.inputs_many(rows, [s["onnx"] for s in scores], [s["river"] for s in scores])
         if not learn_logreg(self.model, INPUT_NAMES, x, labels):

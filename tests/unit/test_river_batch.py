@@ -105,3 +105,25 @@ def test_apply_many_equals_apply_one_at_a_time() -> None:
     assert many.river.n_learned == one.river.n_learned == 199
     assert many.metrics.snapshot() == one.metrics.snapshot()
     assert _close(many.river.predict_proba_many(rows[:20]), one.river.predict_proba_many(rows[:20]))
+
+
+@settings(max_examples=20, deadline=None)
+@given(cuts_a=st.lists(st.integers(1, 299), max_size=10), cuts_b=st.lists(st.integers(1, 299), max_size=10),
+       seed=st.integers(0, 2**16))
+def test_the_same_rows_cut_differently_give_bit_identical_models(cuts_a: list[int], cuts_b: list[int],
+                                                                 seed: int) -> None:
+    """Workers fetch the examples log in slices of their own: their models must still be equal, bit for bit."""
+    rows, labels = _rows(300, seed)
+    rng = random.Random(seed)
+    scores = [{"onnx": rng.random(), "river": rng.random()} for _ in rows]
+    models = []
+    for cuts in (cuts_a, cuts_b):
+        river, stacker = RiverScorer(), Stacker(10)
+        bounds = [0, *sorted(set(cuts)), 300]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            river.learn_many(rows[a:b], labels[a:b])
+            stacker.learn_many(rows[a:b], scores[a:b], labels[a:b])
+        scaler, lr = river.model.steps.values()
+        models.append((dict(scaler.means), dict(scaler.vars), lr.weights, lr.intercept, dict(lr.optimizer.m),
+                       dict(lr.optimizer.v), stacker.model.weights, stacker.model.intercept))
+    assert models[0] == models[1]
