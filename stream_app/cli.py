@@ -253,10 +253,17 @@ def _positive(convert: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
+def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.offline.rules import run_command
+
+    return run_command(args, settings)
+
+
 def preflight(args: argparse.Namespace, settings: Settings) -> None:
     """Check what the command needs before it starts, local things first, so that a mistake is one line
     naming the fix (:class:`StartupError`) instead of a traceback, a retry loop or a half-started worker."""
-    needs_kafka = args.command in ("worker", "topics", "generate", "tail") or bool(getattr(args, "from_topic", None))
+    needs_kafka = (args.command in ("worker", "topics", "generate", "tail") or bool(getattr(args, "from_topic", None))
+                   or getattr(args, "rules_action", None) == "publish")
     if needs_kafka and not settings.bootstrap_servers:
         raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
                            "(or run `stream-app broker` for an embedded one)")
@@ -426,6 +433,10 @@ exit codes: 0 written, 2 bad arguments or unusable data, 3 refused (the current 
                             "same recipe refitted on all rows whose labels had arrived by the data's end")
     train.add_argument("--output-dir", default=None, help="where to write the model (default: the package)")
     train.set_defaults(func=cmd_train)
+
+    from stream_app.offline.rules import add_parser
+
+    add_parser(sub).set_defaults(func=cmd_rules)
     return parser
 
 
