@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import orjson
@@ -370,7 +370,7 @@ def _parse_rule(i: int, raw: Any, context: Any, lists: Mapping[str, frozenset[st
     tree = _compile(where, raw.get("when"), context, lists, sample, problems)
     if len(problems) > before or tree is None:
         return None
-    return Rule(str(rule_id), str(raw["when"]), action, str(mode), str(reason), expires_ms, tree)
+    return Rule(str(rule_id), str(raw["when"]), cast(Decision, action), str(mode), str(reason), expires_ms, tree)
 
 
 def _compile(where: str, when: Any, context: Any, lists: Mapping[str, frozenset[str]], sample: Batch,

@@ -20,14 +20,15 @@ from stream_app.kafka.topic_reader import TopicRange, read_topic
 RULES_KEY = b"rules"  # one key: compaction keeps the latest rule set
 
 
-def latest(bootstrap: str, topic: str, client_kwargs: Mapping[str, Any] | None = None) -> Published | None:
-    """The last readable rule-set record of ``topic`` (None: the topic holds none)."""
-    for _, value in reversed(read_topic(bootstrap, topic, TopicRange(), client_kwargs=client_kwargs)):
+def history(bootstrap: str, topic: str, client_kwargs: Mapping[str, Any] | None = None) -> list[Published]:
+    """The rule-set records ``topic`` still holds, oldest first (what is not a rule-set record is skipped)."""
+    out = []
+    for _, value in read_topic(bootstrap, topic, TopicRange(), client_kwargs=client_kwargs):
         try:
-            return Published.from_bytes(value)
+            out.append(Published.from_bytes(value))
         except RuleError:
             continue
-    return None
+    return out
 
 
 def publish(bootstrap: str, rules_topic: str, audit_topic: str, published: Published, audit: Mapping[str, Any],

@@ -171,26 +171,20 @@ def labels_of(raw: Any, column: str) -> bool | None:
     return parse_label_value(raw[column])
 
 
-def changes(previous: Mapping[str, Any] | None, new: RuleSet) -> dict[str, Any]:
-    """What a new rule set changes against the previous document: rules added, removed, changed (by id), and
+def changes(previous: RuleSet | None, new: RuleSet) -> dict[str, Any]:
+    """What ``new`` changes against the set serving before: rules added, removed, changed (by id, any field), and
     list entries added and removed (by list) — the "what" of the audit record."""
-    old_rules = {r.get("id"): r for r in (previous or {}).get("rules", []) if isinstance(r, Mapping)}
+    old_rules = {r.id: r.as_dict() for r in previous.rules} if previous else {}
     new_rules = {r.id: r.as_dict() for r in new.rules}
-
-    def same(old: Mapping[str, Any], rule: dict[str, Any]) -> bool:
-        return all(str(old.get(k, rule["id"] if k == "reason" else "enforce" if k == "mode" else None)) == str(v)
-                   for k, v in rule.items() if k != "expires") and ("expires" in old) == ("expires" in rule)
-
-    old_lists = {k: set(v) for k, v in ((previous or {}).get("lists") or {}).items() if isinstance(v, list)}
+    old_lists = previous.lists if previous else {}
     lists = {}
     for name in sorted({*old_lists, *new.lists}):
-        added, removed = new.lists.get(name, frozenset()) - old_lists.get(name, set()), \
-            old_lists.get(name, set()) - new.lists.get(name, frozenset())
-        if added or removed:
-            lists[name] = {"added": sorted(added), "removed": sorted(removed)}
-    return {"rules_added": sorted(set(new_rules) - set(old_rules)),
-            "rules_removed": sorted(str(k) for k in set(old_rules) - set(new_rules)),
-            "rules_changed": sorted(k for k in set(new_rules) & set(old_rules) if not same(old_rules[k], new_rules[k])),
+        before, after = old_lists.get(name, frozenset()), new.lists.get(name, frozenset())
+        if before != after:
+            lists[name] = {"added": sorted(after - before), "removed": sorted(before - after)}
+    return {"rules_added": sorted(new_rules.keys() - old_rules.keys()),
+            "rules_removed": sorted(old_rules.keys() - new_rules.keys()),
+            "rules_changed": sorted(k for k in new_rules.keys() & old_rules.keys() if old_rules[k] != new_rules[k]),
             "lists": lists}
 
 
@@ -207,7 +201,7 @@ def add_parser(sub: Any) -> Any:
     publish.add_argument("--author", default=None, help="who publishes (default: the login name)")
     publish.add_argument("--comment", default="", help="why: kept in the audit trail")
     backtest = actions.add_parser("backtest", help="replay history through the scoring core with FILE's rules and "
-                                                   "report, per rule, the alerts it adds and removes and their precision")
+                                                   "report per rule the alerts it adds and removes, with precision")
     backtest.add_argument("file", metavar="FILE")
     source = backtest.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="HISTORY", help="transactions (.csv/.jsonl/.parquet), labels in a column")
@@ -257,20 +251,23 @@ def _publish(args: Any, settings: Any, rule_set: RuleSet) -> int:
     import getpass
     import time
 
+    from stream_app.domain.entities import FeatureSet
     from stream_app.domain.events import format_ts
     from stream_app.domain.rules import Published, load_document
     from stream_app.kafka import rules_topic
     from stream_app.kafka.security import client_kwargs
 
     kwargs = client_kwargs(settings)
-    previous = rules_topic.latest(settings.bootstrap_servers, settings.rules_topic, kwargs)
+    records = rules_topic.history(settings.bootstrap_servers, settings.rules_topic, kwargs)
+    names = FeatureSet.parse(settings.entities).names
+    serving = next((p for p in reversed(records) if _valid(p, names)), None)  # what workers serve: the baseline
     author = args.author or getpass.getuser()
-    published = Published((previous.version if previous else 0) + 1, load_document(Path(args.file).read_bytes()),
-                          author, int(time.time() * 1000), args.comment)
-    what = changes(previous.document if previous else None, rule_set)
+    published = Published(max((p.version for p in records), default=0) + 1,
+                          load_document(Path(args.file).read_bytes()), author, int(time.time() * 1000), args.comment)
+    what = changes(serving.rule_set(names) if serving else None, rule_set)
     audit = {"version": published.version, "published_by": author, "published_at": format_ts(published.published_at_ms),
              "comment": args.comment, "sha256": rule_set.sha256,
-             "previous_version": previous.version if previous else None, "changes": what,
+             "previous_version": serving.version if serving else None, "changes": what,
              "document": published.document}
     rules_topic.publish(settings.bootstrap_servers, settings.rules_topic, settings.rules_audit_topic, published, audit,
                         kwargs)
@@ -281,6 +278,17 @@ def _publish(args: Any, settings: Any, rule_set: RuleSet) -> int:
     return 0
 
 
+def _valid(published: Any, feature_names: tuple[str, ...]) -> bool:
+    """Whether a published record holds a set the workers would accept (a refused one never served)."""
+    from stream_app.domain.rules import RuleError
+
+    try:
+        published.rule_set(feature_names)
+    except RuleError:
+        return False
+    return True
+
+
 def _backtest(args: Any, settings: Any, rule_set: RuleSet) -> int:
     import os
     import sys
@@ -288,7 +296,16 @@ def _backtest(args: Any, settings: Any, rule_set: RuleSet) -> int:
     from stream_app.devtools.generator import GeneratorConfig, label_delay_ms, simulate
     from stream_app.domain.events import Transaction
     from stream_app.domain.rules import RulesSlot
-    from stream_app.offline.batch import ErrorLog, Position, Progress, event_time_order, load_scorer, read_file, replay
+    from stream_app.offline.batch import (
+        ErrorLog,
+        Position,
+        Progress,
+        RawRow,
+        event_time_order,
+        load_scorer,
+        read_file,
+        replay,
+    )
 
     if args.as_enforced:
         rule_set = rule_set.enforcing_all()
@@ -302,6 +319,7 @@ def _backtest(args: Any, settings: Any, rule_set: RuleSet) -> int:
     errors = ErrorLog(Path(os.devnull))
     labels: dict[str, Label] = {}
     ordered: list[tuple[Transaction, Position]]
+    rows: list[tuple[Position, RawRow]]
     if args.input or args.from_topic:
         if args.input:
             try:
