@@ -281,10 +281,11 @@ class RuleSet:
                 mask = mask & (ts < rule.expires_ms)
             masks.append(mask)
         hit_any = np.logical_or.reduce(masks) if masks else np.zeros(n, dtype=np.bool_)
+        unchanged = {d: RuleOutcome(self.version, d, d, None) for d in ("approve", "review", "decline")}  # shared
         outcomes = []
         for i, model in enumerate(batch.model_decisions):
             if not hit_any[i]:
-                outcomes.append(RuleOutcome(self.version, model, model, None))
+                outcomes.append(unchanged[model])
                 continue
             hits = tuple(Hit(r.id, r.action, r.mode, r.reason) for r, m in zip(self.rules, masks, strict=True) if m[i])
             decision, decided_by = decide(model, hits)
