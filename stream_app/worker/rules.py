@@ -66,6 +66,11 @@ class RulesFollower:
                                     **self.security.client_kwargs())
         await consumer.start()
         try:
+            await consumer.topics()  # a metadata round trip
+            if not consumer.partitions_for_topic(s.rules_topic):
+                log.error("rules.topic_missing", topic=s.rules_topic, effect="no rules until the topic exists",
+                          hint="create the app's topics: stream-app topics")
+                self.caught_up.set()
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             while True:
@@ -73,9 +78,10 @@ class RulesFollower:
                 for message in batches.get(tp, []):
                     self.apply(message.offset, message.value)
                 if not self.caught_up.is_set():
-                    # The fetch high watermark, not end_offsets (wrong on the embedded broker, see shared notes).
+                    # The high watermark of a fetch response (None before the first), not end_offsets: those are
+                    # wrong on the embedded broker (docs/notes/tansu.md).
                     highwater = consumer.highwater(tp)
-                    if highwater is None or await consumer.position(tp) >= highwater:
+                    if highwater is not None and await consumer.position(tp) >= highwater:
                         self.caught_up.set()
                         current = self.scorer.rules.current
                         log.info("rules.ready", version=None if current is None else current.version)

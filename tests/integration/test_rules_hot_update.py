@@ -73,6 +73,7 @@ def test_a_rule_published_while_the_worker_runs_changes_its_decisions(
     before = scores_of(kafka_bootstrap, s, transactions("before", 5, start))
     assert all("rules" not in r for r in before.values())  # no rule set yet: the models decide alone
     assert models(worker)["rules"]["serving"] is None
+    assert '"rules.ready"' in worker.log() and '"rules.not_caught_up"' not in worker.log()
 
     block = tmp_path / "block.yaml"
     block.write_text(BLOCK)
@@ -123,3 +124,15 @@ def test_a_rule_published_while_the_worker_runs_changes_its_decisions(
     assert all(a["published_by"] == "tester" and a["published_at"] for a in audit)
     assert audit[0]["changes"]["rules_added"] == ["merchant-blocklist"]
     assert audit[1]["changes"]["rules_changed"] == ["merchant-blocklist"] and audit[1]["previous_version"] == 1
+
+    # A worker that starts now reads the topic from the beginning before its first batch: its first events are
+    # scored with the set in force (the latest valid one), not without rules.
+    worker.stop()
+    restarted = WorkerProcess(kafka_bootstrap, tmp_path / "restarted", app_env).start()
+    try:
+        restarted.wait_ready()
+        first = scores_of(kafka_bootstrap, s, transactions("restarted", 3, start + 14_400_000))
+        assert all(r["rules"]["version"] == "3" and r["rules"]["hits"][0]["mode"] == "shadow" for r in first.values())
+        assert [c["ok"] for c in models(restarted)["rules"]["changes"]] == [True, False, True]
+    finally:
+        restarted.stop()
