@@ -260,7 +260,7 @@ def _positive(convert: type[int] | type[float]) -> Callable[[str], float]:
 
 
 def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
-    from stream_app.offline.rules import run_command
+    from stream_app.offline.rules_command import run_command
 
     return run_command(args, settings)
 
@@ -441,7 +441,7 @@ exit codes: 0 written, 2 bad arguments or unusable data, 3 refused (the current 
     train.add_argument("--output-dir", default=None, help="where to write the model (default: the package)")
     train.set_defaults(func=cmd_train)
 
-    from stream_app.offline.rules import add_parser
+    from stream_app.offline.rules_command import add_parser
 
     add_parser(sub).set_defaults(func=cmd_rules)
     return parser
