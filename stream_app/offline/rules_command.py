@@ -7,12 +7,14 @@ models or the rule engine.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stream_app.domain.rules import RuleSet
-def add_parser(sub: Any) -> Any:
+    from stream_app.domain.rules import Published, RuleSet
+    from stream_app.settings import Settings
+def add_parser(sub: Any) -> argparse.ArgumentParser:
     """`stream-app rules validate|publish|backtest` (registered by stream_app/cli.py)."""
     rules = sub.add_parser("rules", help="validate, publish or backtest a rule set (YAML or JSON)")
     actions = rules.add_subparsers(dest="rules_action", required=True)
@@ -43,7 +45,7 @@ def add_parser(sub: Any) -> Any:
     return rules
 
 
-def run_command(args: Any, settings: Any) -> int:
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
     import sys
 
     from stream_app.domain.entities import FeatureSet
@@ -71,8 +73,9 @@ def run_command(args: Any, settings: Any) -> int:
     return _backtest(args, settings, rule_set)
 
 
-def _publish(args: Any, settings: Any, rule_set: RuleSet) -> int:
+def _publish(args: argparse.Namespace, settings: Settings, rule_set: RuleSet) -> int:
     import getpass
+    import sys
     import time
 
     from stream_app.domain.entities import FeatureSet
@@ -83,7 +86,11 @@ def _publish(args: Any, settings: Any, rule_set: RuleSet) -> int:
     from stream_app.offline.rules import changes
 
     kwargs = client_kwargs(settings)
-    records = rules_topic.history(settings.bootstrap_servers, settings.rules_topic, kwargs)
+    try:
+        records = rules_topic.history(settings.bootstrap_servers, settings.rules_topic, kwargs)
+    except (ConnectionError, ValueError) as exc:  # e.g. the topic does not exist: `stream-app topics` creates it
+        print(f"stream-app rules publish: {exc}", file=sys.stderr)
+        return 1
     names = FeatureSet.parse(settings.entities).names
     serving = next((p for p in reversed(records) if _valid(p, names)), None)  # what workers serve: the baseline
     author = args.author or getpass.getuser()
@@ -103,7 +110,7 @@ def _publish(args: Any, settings: Any, rule_set: RuleSet) -> int:
     return 0
 
 
-def _valid(published: Any, feature_names: tuple[str, ...]) -> bool:
+def _valid(published: Published, feature_names: tuple[str, ...]) -> bool:
     """Whether a published record holds a set the workers would accept (a refused one never served)."""
     from stream_app.domain.rules import RuleError
 
@@ -114,7 +121,7 @@ def _valid(published: Any, feature_names: tuple[str, ...]) -> bool:
     return True
 
 
-def _backtest(args: Any, settings: Any, rule_set: RuleSet) -> int:
+def _backtest(args: argparse.Namespace, settings: Settings, rule_set: RuleSet) -> int:
     import os
     import sys
 
