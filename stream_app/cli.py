@@ -205,14 +205,20 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
         start_ms = None if args.start_time is None else parse_ts(args.start_time, "--start-time")
         end_ms = None if args.end_time is None else parse_ts(args.end_time, "--end-time")
         loaded = load_scorer(settings, Path(args.checkpoint_dir) if args.checkpoint_dir else None)
+        if args.rules:  # the stream's rule set, as `stream-app rules publish` sent it (RuleError is a ValueError)
+            from stream_app.domain.rules import RulesSlot
+            from stream_app.offline.rules import load_rule_file
+
+            loaded.scorer.rules = RulesSlot(load_rule_file(Path(args.rules), loaded.scorer.features.names))
         pans = PanTokenizer.from_settings(settings)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"stream-app batch: {exc}", file=sys.stderr)
         return 2
     for reason in loaded.refused:
         print(f"checkpoint refused: {reason}", file=sys.stderr)
     versions = " ".join(f"{name}={version}" for name, version in loaded.scorer.versions().items())
-    print(f"models: {versions}; river from {loaded.origin}", flush=True)
+    rules = loaded.scorer.rules.current
+    print(f"models: {versions}; river from {loaded.origin}" + (f"; rules {rules.version}" if rules else ""), flush=True)
     progress = Progress(sys.stderr)
     if rows is None:
         from stream_app.kafka.security import client_kwargs
@@ -253,10 +259,17 @@ def _positive(convert: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
+def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.offline.rules_command import run_command
+
+    return run_command(args, settings)
+
+
 def preflight(args: argparse.Namespace, settings: Settings) -> None:
     """Check what the command needs before it starts, local things first, so that a mistake is one line
     naming the fix (:class:`StartupError`) instead of a traceback, a retry loop or a half-started worker."""
-    needs_kafka = args.command in ("worker", "topics", "generate", "tail") or bool(getattr(args, "from_topic", None))
+    needs_kafka = (args.command in ("worker", "topics", "generate", "tail") or bool(getattr(args, "from_topic", None))
+                   or getattr(args, "rules_action", None) == "publish")
     if needs_kafka and not settings.bootstrap_servers:
         raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
                            "(or run `stream-app broker` for an embedded one)")
@@ -329,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--start-time", metavar="RFC3339", help="first message timestamp read (RFC 3339)")
     batch.add_argument("--end-time", metavar="RFC3339", help="message timestamp where each partition stops (RFC 3339)")
     batch.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="rows per scoring call (default 4096)")
+    batch.add_argument("--rules", metavar="FILE", help="apply this rule set (YAML or JSON, see `stream-app rules`)")
     batch.set_defaults(func=cmd_batch)
 
     gen = sub.add_parser("generate", help="publish synthetic transactions and their labels")
@@ -426,6 +440,10 @@ exit codes: 0 written, 2 bad arguments or unusable data, 3 refused (the current 
                             "same recipe refitted on all rows whose labels had arrived by the data's end")
     train.add_argument("--output-dir", default=None, help="where to write the model (default: the package)")
     train.set_defaults(func=cmd_train)
+
+    from stream_app.offline.rules_command import add_parser
+
+    add_parser(sub).set_defaults(func=cmd_rules)
     return parser
 
 

@@ -58,6 +58,12 @@ class Settings:
     examples_topic: str = field(default="river-examples", metadata=_env(
         "STREAM_APP_EXAMPLES_TOPIC",
         "Joined examples (features at scoring time + label), one partition: the log every worker learns from."))
+    rules_topic: str = field(default="rules", metadata=_env(
+        "STREAM_APP_RULES_TOPIC",
+        "Rule sets (`stream-app rules publish`), compacted, one partition: every worker reads it all and follows it."))
+    rules_audit_topic: str = field(default="rules.audit", metadata=_env(
+        "STREAM_APP_RULES_AUDIT_TOPIC",
+        "Every rule-set change (who, when, what changed), one partition, kept forever (never compacted)."))
     partitions: int = field(default=4, metadata=_env(
         "STREAM_APP_PARTITIONS", "Partitions of the topics the app creates (input, re-key, outputs, labels)."))
     replication_factor: int = field(default=1, metadata=_env(
