@@ -140,13 +140,21 @@ def decisions(view: View) -> set[str]:
 
 
 def reason_codes(view: View) -> list[str]:
-    """An alert's reasons (the features that pushed its risk up) or a dead letter's reason."""
+    """A dead letter's reason; an alert's reasons (the features that pushed its risk up); and for alerts and
+    scores, the id and reason code of every rule that matched (shadow ones included)."""
     if view.kind == "dead-letter":
         return [str(view.fields["reason"])]
     reasons = view.fields.get("reasons")
-    if not isinstance(reasons, list):
-        return []
-    return [str(r["feature"]) for r in reasons if isinstance(r, dict) and "feature" in r]
+    features = [str(r["feature"]) for r in reasons if isinstance(r, dict) and "feature" in r] \
+        if isinstance(reasons, list) else []
+    return features + [str(h[k]) for h in _rule_hits(view.fields) for k in ("id", "reason") if h.get(k)]
+
+
+def _rule_hits(fields: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``rules.hits`` of a score record or alert (records written while a rule set served)."""
+    rules = fields.get("rules")
+    hits = rules.get("hits") if isinstance(rules, dict) else None
+    return [h for h in hits if isinstance(h, dict)] if isinstance(hits, list) else []
 
 
 def cards(view: View) -> set[str]:
@@ -236,16 +244,23 @@ def _decided(fields: Mapping[str, Any]) -> list[str]:
     return [f"{_value(fields.get('decision', '-')):<7}", *_pairs(fields, (("risk_score", "risk"),), ".2f")]
 
 
+def _rules(fields: Mapping[str, Any]) -> list[str]:
+    """``rules=block-merchant:decline,velocity:review(shadow)``: the rules that matched, if any."""
+    hits = [f"{h.get('id')}:{h.get('action')}" + ("(shadow)" if h.get("mode") == "shadow" else "")
+            for h in _rule_hits(fields)]
+    return [f"rules={escape(','.join(hits))}"] if hits else []
+
+
 def _alert(view: View) -> list[str]:
     f = view.fields
-    return [*_decided(f), *_ids(f), *_money(f), f"| {_reasons(f)}"]
+    return [*_decided(f), *_ids(f), *_money(f), *_rules(f), f"| {_reasons(f)}"]
 
 
 def _score(view: View) -> list[str]:
     f = view.fields
     timing = f.get("timing")
     latency = _pairs(timing, (("latency_ms", "latency_ms"),)) if isinstance(timing, dict) else []
-    return [*_decided(f), *_ids(f), *latency]
+    return [*_decided(f), *_ids(f), *_rules(f), *latency]
 
 
 def _dead_letter(view: View) -> list[str]:

@@ -205,3 +205,17 @@ def test_no_card_number_is_ever_printed(pan: str, where: str, base: dict[str, An
     v = decode(message(raw, key), pans)
     for out in (line(v), json_line(v)):
         assert pan not in out.replace("-", "")
+
+
+def test_rule_hits_are_shown_and_filterable_by_rule_id_or_reason_code() -> None:
+    rules = {"version": 3, "model_decision": "approve", "decided_by": "block-m12",
+             "hits": [{"id": "block-m12", "action": "decline", "mode": "enforce", "reason": "blocked_merchant"},
+                      {"id": "velocity", "action": "review", "mode": "shadow", "reason": "card_velocity"}]}
+    alert, score = view({**ALERT, "rules": rules}), view({**SCORE, "rules": rules, "decision": "decline"})
+    assert "rules=block-m12:decline,velocity:review(shadow) | amount_to_mean_30d" in line(alert)
+    assert line(score).endswith("rules=block-m12:decline,velocity:review(shadow) latency_ms=12")
+    for wanted in ("block-m12", "BLOCKED_MERCHANT", "card_velocity"):
+        assert Filters(reasons=frozenset({wanted})).match(alert) and Filters(reasons=frozenset({wanted})).match(score)
+    assert not Filters(reasons=frozenset({"block-m12"})).match(view(SCORE))  # no rule set: no rule hits
+    hostile = view({**SCORE, "rules": {"hits": [{"id": "\x1b[31mx", "action": "decline", "mode": "enforce"}]}})
+    assert "\x1b" not in line(hostile) and "rules=\\x1b[31mx:decline" in line(hostile)
