@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from stream_app.domain.learning import Example, OnlineLearner
 from stream_app.domain.scoring import FraudScorer
 from stream_app.kafka.security import KafkaSecurity
+from stream_app.kafka.topic_reader import log_follower
 from stream_app.models import checkpoint
 from stream_app.settings import Settings
 from stream_app.worker.entities import EntityReplica
@@ -41,9 +42,7 @@ class Learner:
         """Apply the examples log from the checkpoint's offset on (from the start without one)."""
         s = self.settings
         tp = TopicPartition(s.examples_topic, 0)
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
-                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest",
-                                    **self.security.client_kwargs())
+        consumer = log_follower(s, self.security)
         await consumer.start()
         try:
             consumer.assign([tp])

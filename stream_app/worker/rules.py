@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from stream_app.domain.scoring import FraudScorer
 from stream_app.kafka.security import KafkaSecurity
+from stream_app.kafka.topic_reader import log_follower
 from stream_app.settings import Settings
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import now_ms
@@ -61,9 +62,7 @@ class RulesFollower:
     async def run(self) -> None:
         s = self.settings
         tp = TopicPartition(s.rules_topic, 0)
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
-                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest",
-                                    **self.security.client_kwargs())
+        consumer = log_follower(s, self.security)
         await consumer.start()
         try:
             await consumer.topics()  # a metadata round trip
