@@ -35,15 +35,22 @@ class Captured:
     #: label-derived risk; None in entries captured by a worker before entity profiles (format v1).
     entity: dict[str, Any] | None = None
 
-    def to_bytes(self) -> bytes:
+    def fields(self) -> list[Any]:
         """v1: [features, scores, at]; v2 appends the entity dict."""
         fields: list[Any] = [self.features, self.scores, self.captured_at_ms]
-        return kept_json(fields if self.entity is None else [*fields, self.entity])
+        return fields if self.entity is None else [*fields, self.entity]
+
+    def to_bytes(self) -> bytes:
+        return kept_json(self.fields())
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Captured:
+        features, scores, at, *rest = fields
+        return cls(features, scores, at, rest[0] if rest else None)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Captured:
-        features, scores, at, *rest = orjson.loads(raw)
-        return cls(features, scores, at, rest[0] if rest else None)
+        return cls.from_fields(orjson.loads(raw))
 
     @classmethod
     def from_scored(cls, scored: Scored, now_ms: int, keys: dict[str, str] | None = None) -> Captured:
@@ -80,8 +87,37 @@ class ParkedLabel:
                    None if key is None else base64.b64decode(key), at)
 
 
-#: Value kept in the captured table once a label was learned: a second label is a duplicate.
+#: First byte of a captured-table value whose label was learned (a captured vector is a JSON array, ``[``).
+#: The byte alone is the marker kept past the retention (and all that workers before corrections kept):
+#: a later label for that transaction can only be a duplicate.
 LEARNED = b"L"
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A captured vector whose label was learned, with that label: kept until the retention ends, so that a
+    later label with the precedence to correct it (:meth:`stream_app.domain.events.Label.corrects`) teaches
+    the models the corrected verdict on the vector they saw."""
+
+    captured: Captured | None  # None: the bare marker, nothing left to correct
+    is_fraud: bool = False
+    source: str = ""
+
+    def to_bytes(self) -> bytes:
+        if self.captured is None:
+            return LEARNED
+        return LEARNED + kept_json([int(self.is_fraud), self.source, *self.captured.fields()])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Learned:
+        if raw == LEARNED:
+            return cls(None)
+        is_fraud, source, *fields = orjson.loads(raw[1:])
+        return cls(Captured.from_fields(fields), bool(is_fraud), source)
+
+
+def is_learned(raw: bytes) -> bool:
+    return raw[:1] == LEARNED
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 import faust
+import structlog
 
 from stream_app.domain.entities import with_suspects
 from stream_app.domain.events import InvalidEvent, UnknownTransaction
 from stream_app.domain.features import CardState
 from stream_app.domain.ingress import card_of, join_label
-from stream_app.domain.learning import LEARNED, Captured, ParkedLabel
+from stream_app.domain.learning import LEARNED, Captured, Learned, ParkedLabel, is_learned
 from stream_app.domain.records import Source
 from stream_app.kafka.batch_send import BatchedTable, delivered
 from stream_app.kafka.compat import acknowledge, micro_batches, store_dict
@@ -27,6 +28,8 @@ from stream_app.settings import Settings
 from stream_app.worker import delivery
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import Outputs, now_ms
+
+log = structlog.get_logger("stream_app.worker")
 
 
 class LabelAgent:
@@ -65,8 +68,12 @@ class LabelAgent:
                 if out.kind == "dead_lettered":
                     assert out.error is not None
                     sends.append(self.dead_letter(event.value, out.error, Source.of(msg), event.key))
-                elif out.kind == "joined":
-                    assert out.example is not None
+                elif out.example is not None:  # joined, or corrected
+                    if out.kind == "corrected":
+                        assert out.label is not None
+                        log.info("label.corrected", tx_id=out.label.tx_id, card_id=out.label.card_id,
+                                 label="fraud" if out.label.is_fraud else "legit", source=out.label.source,
+                                 analyst=out.label.analyst)
                     example = replace(out.example, entity=with_suspects(out.example.entity, out.example.is_fraud,
                                                                         self._card(out.example.entity)))
                     changes.add(s.examples_topic, example.tx_id.encode(), example.to_bytes())
@@ -106,13 +113,19 @@ class LabelAgent:
             await asyncio.gather(delivered(changes.send()), *sends)
 
     async def expire_captured(self) -> None:
-        """Drop captured vectors (and learned markers) older than the retention: memory stays bounded."""
+        """Drop captured vectors older than the retention, and keep only the one-byte marker of learned ones:
+        memory stays bounded."""
         cutoff = now_ms() - self.settings.feature_retention_s * 1000
         changes = self.outputs.batches()
         captured_table = BatchedTable(self.captured, changes, card_of)
-        expired = [k for k, v in captured_table.items()
-                   if v != LEARNED and Captured.from_bytes(v).captured_at_ms < cutoff]
-        for key in expired:
-            del captured_table[key]
+        for key, value in list(captured_table.items()):
+            if value == LEARNED:
+                continue  # the bare marker stays: a later label is recognised as a duplicate
+            if is_learned(value):  # past the retention a learned verdict can no longer be corrected
+                vector = Learned.from_bytes(value).captured
+                if vector is not None and vector.captured_at_ms < cutoff:
+                    captured_table[key] = LEARNED
+            elif Captured.from_bytes(value).captured_at_ms < cutoff:
+                del captured_table[key]
         await delivered(changes.send())
         self.metrics.captured.set(len(self.captured))
