@@ -219,6 +219,11 @@ def _card_field(obj: dict[str, Any], name: str, pans: PanTokenizer) -> str:
     return _str_field(obj, name, _ID_RE)
 
 
+def is_id(value: Any) -> bool:
+    """Whether ``value`` is an id as events carry them (tx_id, card_id, merchant_id)."""
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
 def _str_field(obj: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     value = obj.get(name)
     if value is None:
@@ -338,7 +343,7 @@ LABEL_SOURCES: Final[frozenset[str]] = frozenset({"chargeback", "analyst", "cust
 #: the later one wins (an analyst revising a verdict).
 LABEL_PRECEDENCE: Final[dict[str, int]] = {"customer": 0, "analyst": 1, "chargeback": 2}
 #: Who gave an analyst verdict: a login or an e-mail address, as the review console sends it.
-_ANALYST_RE = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
+ANALYST_RE = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,5 +375,5 @@ def parse_label(raw: bytes, max_bytes: int = 16384, pans: PanTokenizer = NO_PAN_
     source = _enum_field(obj, "source", LABEL_SOURCES)
     if "label_time" not in obj:
         raise MissingField("missing field label_time", "label_time")
-    analyst = _optional_id(obj, "analyst", _ANALYST_RE, "1 to 64 letters, digits or _.:@-")
+    analyst = _optional_id(obj, "analyst", ANALYST_RE, "1 to 64 letters, digits or _.:@-")
     return Label(tx_id, card_id, LABELS[label], source, parse_ts(obj["label_time"], "label_time"), analyst)

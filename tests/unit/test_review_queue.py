@@ -1,0 +1,86 @@
+"""The review queue without Kafka: claims by one analyst at a time with expiry, verdicts as analyst labels,
+alerts closed by any label for their transaction, card numbers masked, hostile records refused."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from stream_app.domain.events import parse_label
+from stream_app.domain.review import ReviewError, ReviewQueue, check_analyst
+
+ALERT = {"alert_id": "tx-1", "tx_id": "tx-1", "card_id": "card_1", "merchant_id": "m_1", "amount": 912.4,
+         "currency": "EUR", "decision": "decline", "risk_score": 0.97}
+
+
+def score(tx_id: str, card: str = "card_1", merchant: str = "m_1") -> bytes:
+    return orjson.dumps({"tx_id": tx_id, "card_id": card, "merchant_id": merchant, "decision": "approve",
+                         "risk_score": 0.01, "event_time": "2026-01-01T00:00:00Z", "features": {"amount_eur": 12.5}})
+
+
+def test_one_analyst_claims_at_a_time_and_a_claim_expires() -> None:
+    q = ReviewQueue(claim_ms=1000)
+    assert q.add_alert(orjson.dumps(ALERT)) is not None
+    assert q.add_alert(orjson.dumps(ALERT)) is None, "an alert redelivered is not queued twice"
+    assert q.claim("tx-1", "alice", now_ms=0).expires_ms == 1000
+    with pytest.raises(ReviewError) as taken:
+        q.claim("tx-1", "bob", now_ms=500)
+    assert taken.value.status == 409 and "alice" in taken.value.detail
+    with pytest.raises(ReviewError):
+        q.verdict("tx-1", "bob", True, now_ms=500)
+    assert q.claim("tx-1", "alice", now_ms=900).expires_ms == 1900, "the holder renews"
+    assert q.expire(now_ms=1899) == [] and q.expire(now_ms=1900) == ["tx-1"]
+    assert q.claim("tx-1", "bob", now_ms=2000).analyst == "bob", "released by expiry"
+    with pytest.raises(ReviewError):
+        q.release("tx-1", "alice")
+    q.release("tx-1", "bob")
+    assert q.view("tx-1")["claim"] is None
+    with pytest.raises(ReviewError) as unknown:
+        q.claim("tx-404", "bob", now_ms=0)
+    assert unknown.value.status == 404
+
+
+def test_a_verdict_is_an_analyst_label_and_any_label_closes_the_alert() -> None:
+    q = ReviewQueue()
+    q.add_alert(orjson.dumps(ALERT))
+    q.claim("tx-1", "alice@bank.example", now_ms=10)
+    label = q.verdict("tx-1", "alice@bank.example", True, now_ms=20)
+    parsed = parse_label(label.to_bytes())
+    assert (parsed.tx_id, parsed.card_id, parsed.is_fraud, parsed.source, parsed.analyst) == (
+        "tx-1", "card_1", True, "analyst", "alice@bank.example")
+    assert "tx-1" in q.alerts, "open until the label is seen"
+    assert q.add_label(parsed) == "tx-1" and not q.alerts and not q.claims
+    assert q.add_alert(orjson.dumps(ALERT)) is None, "an alert read after its label stays closed"
+
+
+def test_recent_transactions_of_the_card_newest_first_without_the_alerted_one() -> None:
+    q = ReviewQueue()
+    for i in range(12):
+        q.add_score(score(f"tx-{i}"))
+    q.add_score(score("tx-other", card="card_2"))
+    q.add_alert(orjson.dumps({**ALERT, "alert_id": "tx-11", "tx_id": "tx-11"}))
+    recent = q.view("tx-11")["recent"]
+    assert [t["tx_id"] for t in recent] == [f"tx-{i}" for i in range(10, 3, -1)]
+    assert recent[0]["amount_eur"] == 12.5 and recent[0]["merchant_id"] == "m_1"
+
+
+def test_hostile_records_are_kept_as_data_refused_when_their_ids_are_not_ids() -> None:
+    """A merchant id full of markup is kept as it is (the page renders it as text); a card number anywhere is
+    masked before anything is kept; an alert without valid ids, or not a JSON object, is refused."""
+    q = ReviewQueue()
+    hostile = "<img src=x onerror=alert(1)>"
+    view = q.add_alert(orjson.dumps({**ALERT, "merchant_id": hostile, "note": "4111 1111 1111 1111"}))
+    assert view is not None and view["alert"]["merchant_id"] == hostile
+    assert view["alert"]["note"] == "************1111"
+    assert q.add_alert(orjson.dumps({**ALERT, "alert_id": "<b>", "tx_id": "<b>"})) is None
+    assert q.add_alert(orjson.dumps({**ALERT, "alert_id": "tx-9"})) is None, "alert_id must equal tx_id"
+    assert q.add_alert(orjson.dumps({**ALERT, "alert_id": "4111111111111111", "tx_id": "4111111111111111"})) is None
+    assert q.add_alert(b"[1]") is None and q.add_alert(b"{no") is None and q.add_alert(None) is None
+    q.add_score(b"{no")
+    assert not q.recent
+
+
+@pytest.mark.parametrize("analyst", ["", "a b", "<script>", "x" * 65, None, 3])
+def test_analyst_names_are_checked(analyst: object) -> None:
+    with pytest.raises(ReviewError):
+        check_analyst(analyst)
