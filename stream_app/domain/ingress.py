@@ -32,7 +32,7 @@ from typing import Literal
 from stream_app.domain.entities import EntityTable, model_row
 from stream_app.domain.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
 from stream_app.domain.features import CardState, featurize, load_once
-from stream_app.domain.learning import Captured, Example, Learned, ParkedLabel, is_learned
+from stream_app.domain.learning import Captured, Example, Learned, ParkedLabel, read_captured
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.partitioner import kafka_partition
 
@@ -170,14 +170,15 @@ def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int
         return LabelOutcome("dead_lettered", label=label, error=Misrouted.at(source[1], partitions))
     tx_key = capture_key(label.card_id, label.tx_id)
     stored = captured.get(tx_key)
-    if stored is not None and is_learned(stored):
-        learned = Learned.from_bytes(stored)
+    vector = None if stored is None else read_captured(stored)
+    if isinstance(vector, Learned):
+        learned = vector
         if learned.captured is None or learned.is_fraud == label.is_fraud:
             return LabelOutcome("duplicate", label=label)
         if not label.corrects(learned.source, learned.is_fraud):
             return LabelOutcome("overruled", label=label)
         return LabelOutcome("corrected", label=label, example=learn_label(tx_key, label, learned.captured, captured))
-    if stored is None:
+    if vector is None:
         waiting = parked.get(tx_key)
         if waiting is not None:  # its transaction not scored yet: the label with precedence waits instead
             first = parse_label(ParkedLabel.from_bytes(waiting).raw, pans=pans)
@@ -188,8 +189,7 @@ def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int
         value = pans.clean(raw or b"", label.to_bytes)  # parked bytes go to a changelog topic
         parked[tx_key] = ParkedLabel(value, *source, None if key is None else pans.mask(key), now_ms).to_bytes()
         return LabelOutcome("parked", label=label)
-    return LabelOutcome("joined", label=label, example=learn_label(tx_key, label, Captured.from_bytes(stored),
-                                                                   captured))
+    return LabelOutcome("joined", label=label, example=learn_label(tx_key, label, vector, captured))
 
 
 def capture(key: bytes, vector: Captured, captured: MutableMapping[bytes, bytes], parked: MutableMapping[bytes, bytes],
@@ -197,7 +197,7 @@ def capture(key: bytes, vector: Captured, captured: MutableMapping[bytes, bytes]
     """A scored transaction's vector waits in ``captured`` for its label; a label that came first (parked)
     is joined now and its example returned."""
     stored = captured.get(key)
-    if stored is not None and is_learned(stored):
+    if stored is not None and isinstance(read_captured(stored), Learned):
         return None  # its label was learned already (a repaired redelivery scores again)
     waiting = parked.get(key)
     if waiting is None:

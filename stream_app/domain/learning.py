@@ -87,9 +87,8 @@ class ParkedLabel:
                    None if key is None else base64.b64decode(key), at)
 
 
-#: First byte of a captured-table value whose label was learned (a captured vector is a JSON array, ``[``).
-#: The byte alone is the marker kept past the retention (and all that workers before corrections kept):
-#: a later label for that transaction can only be a duplicate.
+#: The captured-table value left once a label was learned and the retention passed (and all that workers before
+#: corrections kept): a later label for that transaction can only be a duplicate.
 LEARNED = b"L"
 
 
@@ -97,7 +96,11 @@ LEARNED = b"L"
 class Learned:
     """A captured vector whose label was learned, with that label: kept until the retention ends, so that a
     later label with the precedence to correct it (:meth:`stream_app.domain.events.Label.corrects`) teaches
-    the models the corrected verdict on the vector they saw."""
+    the models the corrected verdict on the vector they saw.
+
+    Stored as the capture's fields, the entity slot filled, and the verdict appended ([..., entity, [label,
+    source]]): a worker of an earlier version reads it as a capture (it would learn a second label again,
+    as it did before corrections), never as an unreadable value."""
 
     captured: Captured | None  # None: the bare marker, nothing left to correct
     is_fraud: bool = False
@@ -106,18 +109,20 @@ class Learned:
     def to_bytes(self) -> bytes:
         if self.captured is None:
             return LEARNED
-        return LEARNED + kept_json([int(self.is_fraud), self.source, *self.captured.fields()])
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Learned:
-        if raw == LEARNED:
-            return cls(None)
-        is_fraud, source, *fields = orjson.loads(raw[1:])
-        return cls(Captured.from_fields(fields), bool(is_fraud), source)
+        fields = self.captured.fields()
+        return kept_json([*fields, *([None] * (4 - len(fields))), [int(self.is_fraud), self.source]])
 
 
-def is_learned(raw: bytes) -> bool:
-    return raw[:1] == LEARNED
+def read_captured(raw: bytes) -> Captured | Learned:
+    """A captured-table value: the vector waiting for its label, or the learned verdict (with the vector, or
+    the bare marker)."""
+    if raw == LEARNED:
+        return Learned(None)
+    fields = orjson.loads(raw)
+    captured = Captured.from_fields(fields[:4])
+    if len(fields) < 5:
+        return captured
+    return Learned(captured, bool(fields[4][0]), str(fields[4][1]))
 
 
 @dataclass(frozen=True, slots=True)

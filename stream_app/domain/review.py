@@ -113,10 +113,12 @@ class ReviewQueue:
         return label.tx_id
 
     def view(self, alert_id: str) -> dict[str, Any]:
-        """An alert with its claim and its card's recent transactions (newest first, itself excluded)."""
+        """An alert with its claim and its card's recent transactions (by event time, newest first; itself
+        excluded). Score records are keyed by tx_id, so a card's arrive from several partitions out of order."""
         alert = self.alerts[alert_id]
         claim = self.claims.get(alert_id)
-        recent = [t for t in reversed(self.recent.get(alert["card_id"], ())) if t["tx_id"] != alert["tx_id"]]
+        recent = sorted((t for t in self.recent.get(alert["card_id"], ()) if t["tx_id"] != alert["tx_id"]),
+                        key=lambda t: str(t["event_time"]), reverse=True)
         return {"alert": alert, "recent": recent,
                 "claim": None if claim is None else {"analyst": claim.analyst, "expires_ms": claim.expires_ms}}
 

@@ -20,7 +20,7 @@ from stream_app.domain.entities import with_suspects
 from stream_app.domain.events import InvalidEvent, UnknownTransaction
 from stream_app.domain.features import CardState
 from stream_app.domain.ingress import card_of, join_label
-from stream_app.domain.learning import LEARNED, Captured, Learned, ParkedLabel, is_learned
+from stream_app.domain.learning import LEARNED, Learned, ParkedLabel, read_captured
 from stream_app.domain.records import Source
 from stream_app.kafka.batch_send import BatchedTable, delivered
 from stream_app.kafka.compat import acknowledge, micro_batches, store_dict
@@ -119,13 +119,13 @@ class LabelAgent:
         changes = self.outputs.batches()
         captured_table = BatchedTable(self.captured, changes, card_of)
         for key, value in list(captured_table.items()):
-            if value == LEARNED:
+            entry = read_captured(value)
+            vector = entry.captured if isinstance(entry, Learned) else entry
+            if vector is None or vector.captured_at_ms >= cutoff:
                 continue  # the bare marker stays: a later label is recognised as a duplicate
-            if is_learned(value):  # past the retention a learned verdict can no longer be corrected
-                vector = Learned.from_bytes(value).captured
-                if vector is not None and vector.captured_at_ms < cutoff:
-                    captured_table[key] = LEARNED
-            elif Captured.from_bytes(value).captured_at_ms < cutoff:
+            if isinstance(entry, Learned):  # past the retention a learned verdict can no longer be corrected
+                captured_table[key] = LEARNED
+            else:
                 del captured_table[key]
         await delivered(changes.send())
         self.metrics.captured.set(len(self.captured))

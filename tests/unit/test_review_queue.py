@@ -13,9 +13,10 @@ ALERT = {"alert_id": "tx-1", "tx_id": "tx-1", "card_id": "card_1", "merchant_id"
          "currency": "EUR", "decision": "decline", "risk_score": 0.97}
 
 
-def score(tx_id: str, card: str = "card_1", merchant: str = "m_1") -> bytes:
-    return orjson.dumps({"tx_id": tx_id, "card_id": card, "merchant_id": merchant, "decision": "approve",
-                         "risk_score": 0.01, "event_time": "2026-01-01T00:00:00Z", "features": {"amount_eur": 12.5}})
+def score(tx_id: str, card: str = "card_1", minute: int = 0) -> bytes:
+    return orjson.dumps({"tx_id": tx_id, "card_id": card, "merchant_id": "m_1", "decision": "approve",
+                         "risk_score": 0.01, "event_time": f"2026-01-01T00:{minute:02d}:00Z",
+                         "features": {"amount_eur": 12.5}})
 
 
 def test_one_analyst_claims_at_a_time_and_a_claim_expires() -> None:
@@ -53,10 +54,10 @@ def test_a_verdict_is_an_analyst_label_and_any_label_closes_the_alert() -> None:
     assert q.add_alert(orjson.dumps(ALERT)) is None, "an alert read after its label stays closed"
 
 
-def test_recent_transactions_of_the_card_newest_first_without_the_alerted_one() -> None:
+def test_recent_transactions_of_the_card_newest_first_by_event_time_without_the_alerted_one() -> None:
     q = ReviewQueue()
-    for i in range(12):
-        q.add_score(score(f"tx-{i}"))
+    for i in (*range(8), 9, 8, 10, 11):  # 8 and 9 arrive out of order (from two partitions)
+        q.add_score(score(f"tx-{i}", minute=i))
     q.add_score(score("tx-other", card="card_2"))
     q.add_alert(orjson.dumps({**ALERT, "alert_id": "tx-11", "tx_id": "tx-11"}))
     recent = q.view("tx-11")["recent"]
