@@ -57,6 +57,7 @@ class Console:
         self.subscribers: set[asyncio.Queue[bytes]] = set()
         self.producer: AIOKafkaProducer | None = None
         self.caught_up = False
+        self.failed: str | None = None  # why following the topics stopped (then /ready answers 503)
 
     def push(self, kind: str, **body: Any) -> None:
         frame = b"data: " + orjson.dumps({"type": kind, **body}) + b"\n\n"
@@ -101,6 +102,13 @@ class Console:
                     log.info("console.caught_up", open_alerts=len(self.queue.alerts))
         finally:
             await consumer.stop()
+
+    def stopped_following(self, task: asyncio.Task[None]) -> None:
+        """The queue no longer follows the topics (the broker went away, a topic is missing): say so, and
+        answer /ready 503, so that a supervisor restarts the console."""
+        if not task.cancelled() and task.exception() is not None:
+            self.failed = repr(task.exception())
+            log.error("console.follow_failed", error=self.failed)
 
     async def expire_claims(self) -> None:
         while True:
@@ -164,7 +172,9 @@ def create_app(settings: Settings, claim_s: float = 300.0) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def ready(request: web.Request) -> web.Response:
-        return web.json_response({"ready": console.caught_up}, status=200 if console.caught_up else 503)
+        ok = console.caught_up and console.failed is None
+        return web.json_response({"ready": ok, "caught_up": console.caught_up, "failed": console.failed},
+                                 status=200 if ok else 503)
 
     async def events(request: web.Request) -> web.StreamResponse:
         """Server-Sent Events: the open queue first, then every change."""
@@ -225,6 +235,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     console.producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", **client_kwargs(s))
     await console.producer.start()
     tasks = [asyncio.create_task(console.follow()), asyncio.create_task(console.expire_claims())]
+    tasks[0].add_done_callback(console.stopped_following)
     log.info("console.started", alerts_topic=s.alerts_topic, labels_topic=s.labels_topic)
     yield
     for task in tasks:

@@ -4,7 +4,8 @@ chromium-driver (`.ci/run` installs both; nothing is downloaded).
 A worker and `stream-app console` run on the session's broker with a bearer token. The page is opened before
 any traffic, so the alerts it shows were pushed; an analyst claims one, a second analyst is refused the claim,
 the first confirms fraud, and the worker's label join learns the analyst label (`stream_app_labels_total
-{outcome="joined"}` grows). A hostile alert (markup as merchant id) is rendered as text.
+{outcome="joined"}` grows). A hostile alert (markup as merchant id) is rendered as text. A chargeback after an
+analyst's legit is a correction, learned again.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def _ready(port: int) -> bool:
         return False
 
 
+def read_labels(s: Settings, at_least: int) -> list[dict[str, Any]]:
+    return asyncio.run(read_until(s.bootstrap_servers, [s.labels_topic], PARTITIONS,
+                                  lambda o: len(o.of(s.labels_topic)) >= at_least, 30)).of(s.labels_topic)
+
+
 def joined(port: int) -> float:
     return scrape(port).get(("stream_app_labels_total", (("outcome", "joined"),)), 0.0)
 
@@ -173,12 +179,28 @@ def test_an_analyst_confirms_a_pushed_alert_and_the_worker_learns_the_label(
             lambda d: not d.find_elements(By.CSS_SELECTOR, f'article[data-alert-id="{alert_id}"]'))
 
         wait_for("the worker joins the analyst label", lambda: joined(worker.web_port) > before)
-        labels = asyncio.run(read_until(kafka_bootstrap, [s.labels_topic], PARTITIONS,
-                                        lambda o: bool(o.of(s.labels_topic)), 30)).of(s.labels_topic)
+        labels = read_labels(s, 1)
         assert [(x["tx_id"], x["label"], x["source"], x["analyst"]) for x in labels] == [
             (alert_id, "fraud", "analyst", "alice@bank.example")]
         examples = asyncio.run(read_until(kafka_bootstrap, [s.examples_topic], 1,
                                           lambda o: bool(o.of(s.examples_topic)), 30)).of(s.examples_topic)
         assert [(x["tx_id"], x["label"], x["source"]) for x in examples] == [(alert_id, 1, "analyst")]
+
+        # A correction: bob clears another alert as legit, then the issuer's chargeback says fraud.
+        other = next(a.get_attribute("data-alert-id") for a in browser.find_elements(By.CSS_SELECTOR, "article.alert")
+                     if a.get_attribute("data-alert-id") not in {"tx-hostile", alert_id})
+        assert call(console, f"/api/alerts/{other}/claim", {"analyst": "bob"})[0] == 200
+        assert call(console, f"/api/alerts/{other}/verdict", {"analyst": "bob", "verdict": "legit"})[0] == 200
+        card_id = next(x for x in read_labels(s, 2) if x["tx_id"] == other)["card_id"]
+        chargeback = {"tx_id": other, "card_id": card_id, "label": "fraud", "source": "chargeback",
+                      "label_time": "2026-02-01T00:00:00Z"}
+        asyncio.run(produce(kafka_bootstrap, s.labels_topic, [(card_id.encode(), orjson.dumps(chargeback))]))
+        wait_for("the chargeback corrects the analyst", lambda: scrape(worker.web_port).get(
+            ("stream_app_labels_total", (("outcome", "corrected"),)), 0.0) == 1)
+        examples = asyncio.run(read_until(kafka_bootstrap, [s.examples_topic], 1,
+                                          lambda o: len(o.of(s.examples_topic)) >= 3, 30)).of(s.examples_topic)
+        assert [(x["tx_id"], x["label"], x["source"]) for x in examples[1:]] == [
+            (other, 0, "analyst"), (other, 1, "chargeback")]
+        assert not browser.find_elements(By.CSS_SELECTOR, f'article[data-alert-id="{other}"]'), "closed on the page"
     finally:
         worker.stop()
