@@ -27,6 +27,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stream_app.domain.events import InvalidEvent, parse_label
 from stream_app.domain.review import ReviewError, ReviewQueue, check_analyst
@@ -42,6 +43,7 @@ STATIC = {"/review": ("index.html", "text/html"), "/review/app.js": ("app.js", "
           "/review/app.css": ("app.css", "text/css")}
 PUBLIC = PROBES | frozenset(STATIC) | {"/"}
 KEEPALIVE_S = 15.0
+MAX_PENDING_FRAMES = 10_000  # updates queued for one page before it is dropped (it reconnects)
 
 
 def now_ms() -> int:
@@ -60,9 +62,14 @@ class Console:
         self.failed: str | None = None  # why following the topics stopped (then /ready answers 503)
 
     def push(self, kind: str, **body: Any) -> None:
+        """To every page; a page that does not read its updates is dropped (its stream ends, it reconnects
+        and starts again from a snapshot)."""
         frame = b"data: " + orjson.dumps({"type": kind, **body}) + b"\n\n"
-        for subscriber in self.subscribers:
-            subscriber.put_nowait(frame)
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber.put_nowait(frame)
+            except asyncio.QueueFull:
+                self.subscribers.discard(subscriber)
 
     def on_record(self, topic: str, value: bytes | None) -> None:
         s = self.settings
@@ -90,14 +97,22 @@ class Console:
         await consumer.start()
         try:
             await consumer.topics()
-            consumer.assign([TopicPartition(t, p) for t in topics
-                             for p in sorted(consumer.partitions_for_topic(t) or ())])
+            missing = [t for t in topics if not consumer.partitions_for_topic(t)]
+            if missing:
+                raise LookupError(f"topics missing: {', '.join(missing)} (create them: stream-app topics)")
+            tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            consumer.assign(tps)
+            next_offset = dict.fromkeys(tps, 0)
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
                 for tp in sorted(batches, key=lambda tp: topics.index(tp.topic)):
                     for message in batches[tp]:
                         self.on_record(tp.topic, message.value)
-                if not batches and not self.caught_up:
+                    next_offset[tp] = batches[tp][-1].offset + 1
+                # caught up: every partition read to the high watermark of its last fetch (never ListOffsets,
+                # wrong on Tansu), or nothing more came
+                if not self.caught_up and (not batches or all(
+                        (high := consumer.highwater(tp)) is not None and next_offset[tp] >= high for tp in tps)):
                     self.caught_up = True
                     log.info("console.caught_up", open_alerts=len(self.queue.alerts))
         finally:
@@ -121,7 +136,12 @@ class Console:
         """The verdict as a label on ``labels``, keyed by its card (the partition the workers' join reads)."""
         label = self.queue.verdict(alert_id, analyst, is_fraud, now_ms())
         assert self.producer is not None
-        await self.producer.send_and_wait(self.settings.labels_topic, label.to_bytes(), key=label.card_id.encode())
+        try:
+            await self.producer.send_and_wait(self.settings.labels_topic, label.to_bytes(),
+                                              key=label.card_id.encode())
+        except KafkaError as exc:
+            log.error("console.verdict_failed", alert_id=alert_id, error=repr(exc))
+            raise ReviewError(503, "publish_failed", "the label was not confirmed by the broker: try again") from None
         log.info("console.verdict", alert_id=alert_id, card_id=label.card_id, analyst=analyst,
                  label="fraud" if is_fraud else "legit")
         if self.queue.add_label(label) is not None:  # also read back from the topic: closing twice is a no-op
@@ -180,19 +200,19 @@ def create_app(settings: Settings, claim_s: float = 300.0) -> web.Application:
         """Server-Sent Events: the open queue first, then every change."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        subscriber: asyncio.Queue[bytes] = asyncio.Queue()
-        await response.write(b"data: " + orjson.dumps({"type": "snapshot", "views": console.queue.snapshot(),
-                                                       "claim_s": claim_s}) + b"\n\n")
-        console.subscribers.add(subscriber)
+        subscriber: asyncio.Queue[bytes] = asyncio.Queue(maxsize=MAX_PENDING_FRAMES)
+        console.subscribers.add(subscriber)  # before the snapshot: no update falls between the two
         try:
-            while True:
+            await response.write(b"data: " + orjson.dumps({"type": "snapshot", "views": console.queue.snapshot(),
+                                                           "claim_s": claim_s}) + b"\n\n")
+            while subscriber in console.subscribers:
                 try:
                     frame = await asyncio.wait_for(subscriber.get(), KEEPALIVE_S)
                 except TimeoutError:
                     frame = b": keepalive\n\n"
                 await response.write(frame)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the page went away
         finally:
             console.subscribers.discard(subscriber)
         return response

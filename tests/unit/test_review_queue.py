@@ -85,3 +85,30 @@ def test_hostile_records_are_kept_as_data_refused_when_their_ids_are_not_ids() -
 def test_analyst_names_are_checked(analyst: object) -> None:
     with pytest.raises(ReviewError):
         check_analyst(analyst)
+
+
+def test_the_console_pushes_queue_changes_and_drops_a_page_that_does_not_read() -> None:
+    """Records read from the topics become frames for every page; a page whose frames pile up is dropped (it
+    reconnects and gets a snapshot) rather than holding the console's memory."""
+    import asyncio
+
+    from stream_app.console.server import Console
+    from stream_app.settings import Settings
+
+    s = Settings()
+    console = Console(s, claim_s=60)
+    page: asyncio.Queue[bytes] = asyncio.Queue(maxsize=2)
+    console.subscribers.add(page)
+    console.on_record(s.scores_topic, score("tx-0"))
+    console.on_record(s.alerts_topic, orjson.dumps(ALERT))
+    console.on_record(s.labels_topic, b"{not a label")
+    frame = orjson.loads(page.get_nowait().removeprefix(b"data: "))
+    assert frame["type"] == "alert" and frame["view"]["recent"][0]["tx_id"] == "tx-0" and page.empty()
+    label = {"tx_id": "tx-1", "card_id": "card_1", "label": "legit", "source": "chargeback",
+             "label_time": "2026-01-02T00:00:00Z"}
+    console.on_record(s.labels_topic, orjson.dumps(label))
+    closed = orjson.loads(page.get_nowait().removeprefix(b"data: "))
+    assert closed == {"type": "closed", "alert_id": "tx-1", "label": "legit", "source": "chargeback", "analyst": None}
+    for i in range(3):
+        console.push("released", alert_id=f"a{i}")
+    assert page not in console.subscribers
