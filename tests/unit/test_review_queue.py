@@ -78,7 +78,10 @@ def test_hostile_records_are_kept_as_data_refused_when_their_ids_are_not_ids() -
     assert q.add_alert(orjson.dumps({**ALERT, "alert_id": "4111111111111111", "tx_id": "4111111111111111"})) is None
     assert q.add_alert(b"[1]") is None and q.add_alert(b"{no") is None and q.add_alert(None) is None
     q.add_score(b"{no")
+    q.add_score(score("tx-5", card="4111111111111111"))
     assert not q.recent
+    q.add_score(orjson.dumps({**orjson.loads(score("tx-6")), "merchant_id": "4111-1111-1111-1111"}))
+    assert q.recent["card_1"][0]["merchant_id"] == "************1111"
 
 
 @pytest.mark.parametrize("analyst", ["", "a b", "<script>", "x" * 65, None, 3])
