@@ -107,7 +107,11 @@ class Console:
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
                 for tp in sorted(batches, key=lambda tp: topics.index(tp.topic)):
                     for message in batches[tp]:
-                        self.on_record(tp.topic, message.value)
+                        try:
+                            self.on_record(tp.topic, message.value)
+                        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # bad records are data
+                            log.warning("console.record_unreadable", topic=tp.topic, partition=tp.partition,
+                                        offset=message.offset, error=repr(exc))
                     next_offset[tp] = batches[tp][-1].offset + 1
                 # caught up: every partition read to the high watermark of its last fetch (never ListOffsets,
                 # wrong on Tansu), or nothing more came

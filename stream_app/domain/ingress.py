@@ -145,7 +145,7 @@ def learn_label(key: bytes, label: Label, captured: Captured, table: MutableMapp
     the same tx_id is a duplicate, or a correction when it overrules the verdict."""
     table[key] = Learned(captured, label.is_fraud, label.source).to_bytes()
     return Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source, label.label_ts_ms,
-                   captured.entity)
+                   captured.entity, label.analyst)
 
 
 def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int], now_ms: int, *,

@@ -136,11 +136,16 @@ class Example:
     #: The transaction's card, event time, entity ids and (for a fraud) compromise suspects, for the entity
     #: table (:class:`stream_app.domain.entities.LabelArrival`); None from captures without them.
     entity: dict[str, Any] | None = None
+    analyst: str | None = None  # who gave an analyst verdict: the examples log says who taught the models
 
     def to_bytes(self) -> bytes:
         d = {"tx_id": self.tx_id, "features": self.features, "label": int(self.is_fraud), "scores": self.scores,
              "source": self.source, "label_ts_ms": self.label_ts_ms}
-        return orjson.dumps(d if self.entity is None else {**d, "entity": self.entity})
+        if self.entity is not None:
+            d["entity"] = self.entity
+        if self.analyst is not None:
+            d["analyst"] = self.analyst
+        return orjson.dumps(d)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Example:
@@ -155,7 +160,9 @@ class Example:
         entity = d.get("entity")
         if entity is not None and not isinstance(entity, dict):
             raise TypeError("entity must be an object")
-        return cls(d["tx_id"], features, bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"], entity)
+        analyst = d.get("analyst")
+        return cls(d["tx_id"], features, bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"], entity,
+                   None if analyst is None else str(analyst))
 
 
 class PrequentialMetrics:

@@ -184,7 +184,8 @@ def test_an_analyst_confirms_a_pushed_alert_and_the_worker_learns_the_label(
             (alert_id, "fraud", "analyst", "alice@bank.example")]
         examples = asyncio.run(read_until(kafka_bootstrap, [s.examples_topic], 1,
                                           lambda o: bool(o.of(s.examples_topic)), 30)).of(s.examples_topic)
-        assert [(x["tx_id"], x["label"], x["source"]) for x in examples] == [(alert_id, 1, "analyst")]
+        assert [(x["tx_id"], x["label"], x["source"], x["analyst"]) for x in examples] == [
+            (alert_id, 1, "analyst", "alice@bank.example")]
 
         # A correction: bob clears another alert as legit, then the issuer's chargeback says fraud.
         other = next(a.get_attribute("data-alert-id") for a in browser.find_elements(By.CSS_SELECTOR, "article.alert")

@@ -252,7 +252,8 @@ def test_a_later_label_with_precedence_corrects_the_learned_verdict() -> None:
     key = capture_key("card_1", "tx-1")
     capture(key, vector, captured, parked, pans)
     first = label("legit", "analyst", analyst="alice@bank.example")
-    assert first.kind == "joined" and not first.example.is_fraud and first.label.analyst == "alice@bank.example"
+    assert first.kind == "joined" and not first.example.is_fraud and first.example.analyst == "alice@bank.example"
+    assert Example.from_bytes(first.example.to_bytes()) == first.example, "the examples log says who taught it"
     assert label("legit", "chargeback").kind == "duplicate"
     assert label("fraud", "customer").kind == "overruled"
     corrected = label("fraud", "chargeback")
