@@ -42,13 +42,19 @@ def cli_help() -> str:
     from stream_app.cli import build_parser
 
     os.environ["COLUMNS"] = "110"  # argparse wraps to the terminal width: fix it so the page is stable
-    parser = build_parser()
-    # argparse has no public way to list a parser's subcommands
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    parts = ["## stream-app", "", "```text", parser.format_help().rstrip(), "```"]
-    for name, command in sub.choices.items():
-        parts += ["", f"## stream-app {name}", "", "```text", command.format_help().rstrip(), "```"]
-    return "\n".join(parts)
+    parts: list[str] = []
+
+    def page(prog: str, parser: argparse.ArgumentParser) -> None:
+        """This parser's help, then each subcommand's (`stream-app rules validate` too)."""
+        parts.extend(["", f"## {prog}", "", "```text", parser.format_help().rstrip(), "```"])
+        # argparse has no public way to list a parser's subcommands
+        for action in parser._actions:  # noqa: SLF001
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for name, command in action.choices.items():
+                    page(f"{prog} {name}", command)
+
+    page("stream-app", build_parser())
+    return "\n".join(parts[1:])
 
 
 def _type(prop: dict[str, Any]) -> str:

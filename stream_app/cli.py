@@ -1,4 +1,4 @@
-"""The `stream-app` command: demo, worker, broker, generate, train.
+"""The `stream-app` command: demo, worker, broker, generate, batch, tail, train.
 
 Configuration comes from the environment (docs/reference/settings.md); flags only say what to do this time.
 """
@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from stream_app.kafka.topics import catalogue, create_topics
@@ -214,14 +214,20 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
         start_ms = None if args.start_time is None else parse_ts(args.start_time, "--start-time")
         end_ms = None if args.end_time is None else parse_ts(args.end_time, "--end-time")
         loaded = load_scorer(settings, Path(args.checkpoint_dir) if args.checkpoint_dir else None)
+        if args.rules:  # the stream's rule set, as `stream-app rules publish` sent it (RuleError is a ValueError)
+            from stream_app.domain.rules import RulesSlot
+            from stream_app.offline.rules import load_rule_file
+
+            loaded.scorer.rules = RulesSlot(load_rule_file(Path(args.rules), loaded.scorer.features.names))
         pans = PanTokenizer.from_settings(settings)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"stream-app batch: {exc}", file=sys.stderr)
         return 2
     for reason in loaded.refused:
         print(f"checkpoint refused: {reason}", file=sys.stderr)
     versions = " ".join(f"{name}={version}" for name, version in loaded.scorer.versions().items())
-    print(f"models: {versions}; river from {loaded.origin}", flush=True)
+    rules = loaded.scorer.rules.current
+    print(f"models: {versions}; river from {loaded.origin}" + (f"; rules {rules.version}" if rules else ""), flush=True)
     progress = Progress(sys.stderr)
     if rows is None:
         from stream_app.kafka.security import client_kwargs
@@ -243,10 +249,36 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.devtools.publisher import until_signalled
+    from stream_app.kafka.tail import TailOptions, printer, tail_command
+
+    show = printer(settings, args.decision, args.card, args.reason, as_json=args.json)
+    options = TailOptions(args.from_beginning, args.max, args.seconds, args.exit_at_end)
+    return asyncio.run(until_signalled(lambda stop: tail_command(settings, args.topic, show, options, stop)))
+
+
+def _positive(convert: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: ``convert(text)`` > 0."""
+    def parse(text: str) -> float:
+        value = convert(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.offline.rules_command import run_command
+
+    return run_command(args, settings)
+
+
 def preflight(args: argparse.Namespace, settings: Settings) -> None:
     """Check what the command needs before it starts, local things first, so that a mistake is one line
     naming the fix (:class:`StartupError`) instead of a traceback, a retry loop or a half-started worker."""
-    needs_kafka = args.command in ("worker", "topics", "generate", "console") or bool(getattr(args, "from_topic", None))
+    needs_kafka = (args.command in ("worker", "topics", "generate", "tail", "console")
+                   or bool(getattr(args, "from_topic", None)) or getattr(args, "rules_action", None) == "publish")
     if needs_kafka and not settings.bootstrap_servers:
         raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
                            "(or run `stream-app broker` for an embedded one)")
@@ -329,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--start-time", metavar="RFC3339", help="first message timestamp read (RFC 3339)")
     batch.add_argument("--end-time", metavar="RFC3339", help="message timestamp where each partition stops (RFC 3339)")
     batch.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="rows per scoring call (default 4096)")
+    batch.add_argument("--rules", metavar="FILE", help="apply this rule set (YAML or JSON, see `stream-app rules`)")
     batch.set_defaults(func=cmd_batch)
 
     gen = sub.add_parser("generate", help="publish synthetic transactions and their labels")
@@ -346,6 +379,34 @@ def build_parser() -> argparse.ArgumentParser:
                           "simulated day every few seconds, so card histories look like days of use "
                           "(default: each transaction's event time is the wall clock when it is sent)")
     gen.set_defaults(func=cmd_generate)
+
+    tail = sub.add_parser(
+        "tail", help="print a topic's messages as they arrive, one readable (or JSON) line each, with filters",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Follow TOPIC (fraud-alerts, scores, transactions.dlq, labels.dlq, any topic) from every "
+                    "partition without joining a consumer group: nothing is committed, the workers are not "
+                    "disturbed. Card numbers are masked and control characters escaped in every line. Filters "
+                    "combine (AND); a filter given several times matches any of its values (OR).",
+        epilog="exit codes: 0 stopped (Ctrl-C, SIGTERM, --max, --seconds, --exit-at-end), 1 broker not "
+               "answering or unknown topic, 2 bad arguments or settings")
+    tail.add_argument("topic", metavar="TOPIC", help="the topic to follow")
+    tail.add_argument("--from-beginning", action="store_true",
+                      help="start at each partition's first message (default: only messages arriving from now on)")
+    tail.add_argument("--decision", action="append", default=[], choices=["approve", "review", "decline"],
+                      help="only records with this decision (scores, alerts; repeatable)")
+    tail.add_argument("--card", action="append", default=[], metavar="TOKEN|PAN",
+                      help="only messages about this card: its token as records show it, or its card number "
+                           "(tokenized with STREAM_APP_PAN_KEY, never printed; repeatable)")
+    tail.add_argument("--reason", action="append", default=[], metavar="CODE",
+                      help="only records with this reason code: an alert's reason feature (amount_to_mean_30d) "
+                           "or a dead letter's reason (invalid_json); repeatable")
+    tail.add_argument("--json", action="store_true",
+                      help="one JSON object per line: topic, partition, offset, timestamp, key, record")
+    tail.add_argument("--max", type=_positive(int), default=None, metavar="N", help="stop after N lines shown")
+    tail.add_argument("--seconds", type=_positive(float), default=None, metavar="S", help="stop after S seconds")
+    tail.add_argument("--exit-at-end", action="store_true",
+                      help="stop once every partition has been read to its end (with --from-beginning: a dump)")
+    tail.set_defaults(func=cmd_tail)
 
     train = sub.add_parser(
         "train", help="train the offline model on generated history (or --data FILE) and export ONNX",
@@ -398,6 +459,10 @@ exit codes: 0 written, 2 bad arguments or unusable data, 3 refused (the current 
                             "same recipe refitted on all rows whose labels had arrived by the data's end")
     train.add_argument("--output-dir", default=None, help="where to write the model (default: the package)")
     train.set_defaults(func=cmd_train)
+
+    from stream_app.offline.rules_command import add_parser
+
+    add_parser(sub).set_defaults(func=cmd_rules)
     return parser
 
 

@@ -58,6 +58,12 @@ class Settings:
     examples_topic: str = field(default="river-examples", metadata=_env(
         "STREAM_APP_EXAMPLES_TOPIC",
         "Joined examples (features at scoring time + label), one partition: the log every worker learns from."))
+    rules_topic: str = field(default="rules", metadata=_env(
+        "STREAM_APP_RULES_TOPIC",
+        "Rule sets (`stream-app rules publish`), compacted, one partition: every worker reads it all and follows it."))
+    rules_audit_topic: str = field(default="rules.audit", metadata=_env(
+        "STREAM_APP_RULES_AUDIT_TOPIC",
+        "Every rule-set change (who, when, what changed), one partition, kept forever (never compacted)."))
     partitions: int = field(default=4, metadata=_env(
         "STREAM_APP_PARTITIONS", "Partitions of the topics the app creates (input, re-key, outputs, labels)."))
     replication_factor: int = field(default=1, metadata=_env(
@@ -91,6 +97,10 @@ class Settings:
     max_in_flight_batches: int = field(default=4, metadata=_env(
         "STREAM_APP_MAX_IN_FLIGHT_BATCHES",
         "Micro-batches scored while earlier ones still wait for the broker's acks (1: one at a time)."))
+    stream_buffer_maxsize: int = field(default=32768, metadata=_env(
+        "STREAM_APP_STREAM_BUFFER_MAXSIZE",
+        "Events fetched and waiting for the agents (faust's stream buffer; its default 4096 held the consumer path at "
+        "~13k events/s here, 32768 at ~35k: docs/notes/measurements.md). About 0.5 KB an event."))
     fetch_max_wait_ms: int = field(default=10, metadata=_env(
         "STREAM_APP_FETCH_MAX_WAIT_MS", "Longest time the broker may hold the worker's fetch when no data is there."))
     review_threshold: float = field(default=0.3, metadata=_env(
@@ -183,8 +193,10 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.review_threshold <= self.decline_threshold <= 1:
             raise ValueError("need 0 <= review_threshold <= decline_threshold <= 1")
-        if self.partitions < 1 or self.batch_size < 1 or self.max_in_flight_batches < 1 or self.batch_slice < 1:
-            raise ValueError("partitions, batch_size, batch_slice and max_in_flight_batches must be >= 1")
+        if self.partitions < 1 or self.batch_size < 1 or self.max_in_flight_batches < 1 or self.batch_slice < 1 \
+                or self.stream_buffer_maxsize < 1:
+            raise ValueError(
+                "partitions, batch_size, batch_slice, max_in_flight_batches and stream_buffer_maxsize must be >= 1")
         if self.combiner not in {"weighted", "stacked"}:
             raise ValueError("combiner must be weighted or stacked")
         if not 0 <= self.river_max_weight <= 1:

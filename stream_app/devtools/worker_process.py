@@ -33,6 +33,8 @@ def topic_env(prefix: str, partitions: int) -> dict[str, str]:
         "STREAM_APP_LABELS_REKEYED_TOPIC": f"{prefix}.labels.by-card",
         "STREAM_APP_LABELS_DLQ_TOPIC": f"{prefix}.labels.dlq",
         "STREAM_APP_EXAMPLES_TOPIC": f"{prefix}.river-examples",
+        "STREAM_APP_RULES_TOPIC": f"{prefix}.rules",
+        "STREAM_APP_RULES_AUDIT_TOPIC": f"{prefix}.rules.audit",
     }
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from stream_app.domain.events import kept_json
@@ -92,6 +94,9 @@ class ParkedLabel:
 LEARNED = b"L"
 
 
+_NUMBERS = frozenset({int, float})  # the types orjson decodes numbers to (not bool: true/false are not features)
+
+
 @dataclass(frozen=True, slots=True)
 class Learned:
     """A captured vector whose label was learned, with that label: kept until the retention ends, so that a
@@ -151,11 +156,11 @@ class Example:
     def from_bytes(cls, raw: bytes) -> Example:
         """Raises ValueError (or KeyError/TypeError) for a record a model must not learn from: the
         examples log is a topic anyone with write access can append to, and a null or infinite
-        feature would break the online model's weights."""
+        feature would break the online model's weights (a vector whose sum overflows is refused too)."""
         d = orjson.loads(raw)
         features = d["features"]
-        if not isinstance(features, list) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in features):
+        if not isinstance(features, list) or not set(map(type, features)) <= _NUMBERS or not math.isfinite(
+                sum(features)):  # checked as a whole: one pass in C instead of four checks a feature in Python
             raise ValueError("features must be finite numbers")
         entity = d.get("entity")
         if entity is not None and not isinstance(entity, dict):
@@ -187,20 +192,21 @@ class PrequentialMetrics:
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
+        labels = np.fromiter(self.labels, dtype=bool, count=len(self.labels))
         for name, column in self.scores.items():
-            pairs = [(y, s) for y, s in zip(self.labels, column, strict=True) if not math.isnan(s)]
-            if not pairs:
+            scores = np.fromiter(column, dtype=np.float64, count=len(column))
+            known = ~np.isnan(scores)
+            if not known.any():
                 continue
-            y = [p[0] for p in pairs]
-            s = [p[1] for p in pairs]
-            flagged = [yy for yy, ss in pairs if ss >= self.threshold]
-            positives = sum(y)
+            y, s = labels[known], scores[known]
+            flagged = y[s >= self.threshold]
+            positives = int(y.sum())
             out[name] = {
-                "labels": float(len(pairs)),
+                "labels": float(len(s)),
                 "roc_auc": roc_auc(y, s),
                 "average_precision": average_precision(y, s),
-                "precision_at_threshold": sum(flagged) / len(flagged) if flagged else math.nan,
-                "recall_at_threshold": sum(flagged) / positives if positives else math.nan,
+                "precision_at_threshold": float(flagged.mean()) if len(flagged) else math.nan,
+                "recall_at_threshold": float(flagged.sum()) / positives if positives else math.nan,
             }
         return out
 
@@ -218,15 +224,26 @@ class OnlineLearner:
         self.other_feature_set = 0  # examples whose vector is not of this code's feature set (not learned)
 
     def apply(self, example: Example, offset: int) -> None:
-        if offset <= self.offset:
-            return  # already applied (replay after a checkpoint restore)
-        self.metrics.update(example.is_fraud, example.scores)
-        if len(example.features) != len(self.river.names):
-            # Captured under another feature set (before an upgrade widened the vector): its scores still
-            # count for quality, but its vector means other features, so it teaches nothing.
-            self.other_feature_set += 1
-        elif self.learning:
-            self.river.learn_one(example.features, example.is_fraud)
-            if self.stacker is not None:
-                self.stacker.learn_one(example.features, example.scores, example.is_fraud)
-        self.offset = offset
+        self.apply_many([(example, offset)])
+
+    def apply_many(self, items: Sequence[tuple[Example, int]]) -> None:
+        """Examples with their log offsets, in log order: the same as one ``apply`` each, with the models
+        taught a batch at a time (each model sees the rows in order, so the result is the same)."""
+        rows: list[list[float]] = []
+        learned: list[Example] = []
+        for example, offset in items:
+            if offset <= self.offset:
+                continue  # already applied (replay after a checkpoint restore)
+            self.metrics.update(example.is_fraud, example.scores)
+            if len(example.features) != len(self.river.names):
+                # Captured under another feature set (before an upgrade widened the vector): its scores still
+                # count for quality, but its vector means other features, so it teaches nothing.
+                self.other_feature_set += 1
+            elif self.learning:
+                rows.append(example.features)
+                learned.append(example)
+            self.offset = offset
+        labels = [e.is_fraud for e in learned]
+        self.river.learn_many(rows, labels)
+        if self.stacker is not None:
+            self.stacker.learn_many(rows, [e.scores for e in learned], labels)

@@ -134,6 +134,8 @@ def _mask_text(value: str, replace: Callable[[str], str]) -> str:
 def _mask_json(value: Any, replace: Callable[[str], str]) -> Any:
     if isinstance(value, str):
         return _mask_text(value, replace)
+    if isinstance(value, int) and not isinstance(value, bool) and is_pan_digits(str(abs(value))):
+        return replace(str(abs(value)))  # a card number written as a JSON number
     if isinstance(value, dict):
         return {_mask_text(k, replace): _mask_json(v, replace) for k, v in value.items()}
     if isinstance(value, list):
@@ -186,6 +188,11 @@ class PanTokenizer:
         number, else ``canonical()`` — the parsed event re-encoded, its card id a token — so that no
         card number travels on in a shadowed duplicate key or an extra field."""
         return raw if self.mask(raw) == raw else canonical()
+
+    def mask_json(self, value: Any) -> Any:
+        """A decoded JSON value with every card number in its strings, keys and integers replaced (what
+        ``stream-app tail`` shows); floats are left alone, so a long fraction is never taken for one."""
+        return _mask_json(value, self._replacement)
 
     def mask(self, data: bytes) -> bytes:
         """``data`` with every card number replaced by its token (by a masked form without a key).

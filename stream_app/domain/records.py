@@ -43,6 +43,12 @@ def model_scores(s: Scored) -> dict[str, float]:
     return scores
 
 
+def rules_field(s: Scored) -> dict[str, Any]:
+    """``{"rules": ...}`` when a rule set was serving: its version, the model's decision, the rule that set the
+    decision and every rule that matched (shadow ones included); nothing without a rule set."""
+    return {} if s.rules is None else {"rules": s.rules.as_dict()}
+
+
 def decision_record(s: Scored) -> dict[str, Any]:
     """What every door answers about a scored transaction (stream, HTTP, batch)."""
     tx = s.tx
@@ -57,6 +63,7 @@ def decision_record(s: Scored) -> dict[str, Any]:
         "model_versions": s.versions,
         "policy": s.policy,
         "features": dict(zip(s.names, s.features, strict=True)),
+        **rules_field(s),
     }
 
 
@@ -96,6 +103,7 @@ def alert_record(s: Scored, reasons: ReasonModel, alerted_at_ms: int) -> dict[st
         "scores": model_scores(s),
         "model_versions": s.versions,
         "reasons": reasons.top_reasons(s.features),
+        **rules_field(s),
         "alerted_at": format_ts(alerted_at_ms),
     }
 

@@ -66,6 +66,19 @@ def _build() -> dict[str, dict[str, Any]]:
                                                           "text": {"type": "string", "description":
                                                                    "e.g. merchant fraud share 7d = 0.4"}},
                          "required": ["feature", "value", "push", "text"], "additionalProperties": False}}
+    decisions = ["approve", "review", "decline"]
+    rules = {"type": "object", "description": "Only while a rule set serves (`stream-app rules publish`): what it did.",
+             "properties": {
+                 "version": {"type": "string", "description": "The rule set's version."},
+                 "model_decision": {"enum": decisions, "description": "The models' decision, before the rules."},
+                 "decided_by": {"type": ["string", "null"], "description": "The id of the rule that set `decision`; "
+                                "null when the models' decision stands."},
+                 "hits": {"type": "array", "description": "Every rule that matched, shadow rules included.",
+                          "items": {"type": "object", "properties": {
+                              "id": {"type": "string"}, "action": {"enum": ["decline", "approve", "review"]},
+                              "mode": {"enum": ["enforce", "shadow"]}, "reason": {"type": "string"}},
+                              "required": ["id", "action", "mode", "reason"], "additionalProperties": False}}},
+             "required": ["version", "model_decision", "decided_by", "hits"], "additionalProperties": False}
     tx_fields = ["tx_id", "card_id", "merchant_id", "amount", "currency", "timestamp", "country", "channel", "mcc"]
     return {
         "transaction": _schema("transaction", "Transaction",
@@ -112,13 +125,13 @@ def _build() -> dict[str, dict[str, Any]]:
                                         "entity name -> keyed digest of its id (device, IP, e-mail hash), never "
                                         "the id itself."},
             "event_time": {**_TS, "description": "The transaction's event time."},
-            "decision": {"enum": ["approve", "review", "decline"],
+            "decision": {"enum": decisions,
                          "description": "approve below the review threshold, review at or above it, decline at or "
-                                        "above the decline threshold."},
+                                        "above the decline threshold; a rule can change it (`rules`)."},
             "risk_score": {**probability, "description": "Combined risk."},
             "scores": scores, "model_versions": versions,
             "policy": {"enum": ["weighted", "stacked"], "description": "The combination that produced risk_score."},
-            "features": features, "source": source,
+            "features": features, "rules": rules, "source": source,
             "timing": {"type": "object",
                        "description": "source_timestamp_ms: the input message's timestamp; scored_at_ms: when the "
                                       "decision was made; latency_ms: their difference.",
@@ -135,7 +148,7 @@ def _build() -> dict[str, dict[str, Any]]:
             "amount": {"type": "number"}, "currency": {"type": "string"}, "country": {"type": "string"},
             "event_time": _TS, "decision": {"enum": ["review", "decline"]},
             "risk_score": probability, "scores": scores, "model_versions": versions, "reasons": reasons,
-            "alerted_at": _TS,
+            "rules": rules, "alerted_at": _TS,
         }, ["alert_id", "tx_id", "card_id", "merchant_id", "amount", "currency", "country", "event_time", "decision",
             "risk_score", "scores", "model_versions", "reasons", "alerted_at"]),
         "dead_letter": _schema("dead_letter", "Dead-letter record", "An input message that could not be processed, "

@@ -15,6 +15,7 @@ import numpy as np
 from stream_app.domain.decision import Decision, Policy, ReasonModel
 from stream_app.domain.entities import MODEL_FEATURES, FeatureSet
 from stream_app.domain.events import Transaction
+from stream_app.domain.rules import Batch, RuleOutcome, RulesSlot
 from stream_app.models.onnx_model import OnnxScorer, load_configured
 from stream_app.models.registry import ModelSlot
 from stream_app.models.river_model import RiverScorer
@@ -34,6 +35,7 @@ class Scored:
     policy: str = "weighted"
     challenger_score: float | None = None
     names: tuple[str, ...] = MODEL_FEATURES  # of ``features`` (the served model's feature set)
+    rules: RuleOutcome | None = None  # what the rule set serving did (None: no rule set loaded)
 
     @property
     def is_alert(self) -> bool:
@@ -41,15 +43,18 @@ class Scored:
 
 
 class FraudScorer:
-    """Champion ONNX + River decide (fixed or stacked combination); a challenger only scores."""
+    """Champion ONNX + River decide (fixed or stacked combination), then the rule set serving has its say
+    (:mod:`stream_app.domain.rules`); a challenger only scores."""
 
     def __init__(self, onnx: ModelSlot | OnnxScorer, river: RiverScorer, policy: Policy,
-                 stacker: Stacker | None = None, challenger: ModelSlot | None = None) -> None:
+                 stacker: Stacker | None = None, challenger: ModelSlot | None = None,
+                 rules: RulesSlot | None = None) -> None:
         self.slot = onnx if isinstance(onnx, ModelSlot) else ModelSlot(onnx)
         self.river = river
         self.policy = policy
         self.stacker = stacker
         self.challenger = challenger
+        self.rules = rules or RulesSlot()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FraudScorer:
@@ -120,8 +125,12 @@ class FraudScorer:
         else:
             pairs = zip(onnx_scores, river_scores, strict=True)
             risks, policy = [self.policy.combine(o, r, labels) for o, r in pairs], "weighted"
-        decide = self.policy.decide
+        decisions = [self.policy.decide(risk) for risk in risks]
         names = onnx.features.names
-        return [Scored(tx, row, o, r, risk, decide(risk), versions, policy, c, names)
-                for tx, row, o, r, risk, c in zip(txs, rows, onnx_scores, river_scores, risks, challenger_scores,
-                                                  strict=True)]
+        rule_set = self.rules.current  # read once, like the model: a new set applies from the next batch
+        outcomes: Sequence[RuleOutcome | None] = (
+            rule_set.evaluate(Batch(txs, matrix, names, risks, onnx_scores, river_scores, decisions))
+            if rule_set is not None and txs else [None] * len(txs))
+        return [Scored(tx, row, o, r, risk, d if out is None else out.decision, versions, policy, c, names, out)
+                for tx, row, o, r, risk, d, c, out in zip(txs, rows, onnx_scores, river_scores, risks, decisions,
+                                                          challenger_scores, outcomes, strict=True)]

@@ -1,4 +1,5 @@
-"""Read a bounded range of a topic, for batch rescoring: raw messages with their position.
+"""Read a bounded range of a topic, for batch rescoring: raw messages with their position; and the consumer
+that follows a whole log (``log_follower``).
 
 Bounds are applied by reading and filtering, never with ``offsets_for_times``, ``end_offsets`` or
 ``seek_to_end``: on the embedded broker (Tansu) ListOffsets answers wrong ends when producer batches
@@ -13,12 +14,24 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_app.domain.records import Source
+
+if TYPE_CHECKING:
+    from stream_app.kafka.security import KafkaSecurity
+    from stream_app.settings import Settings
+
+
+def log_follower(settings: Settings, security: KafkaSecurity) -> AIOKafkaConsumer:
+    """A consumer for a log every worker reads whole and follows (the examples log, the score records, the rules):
+    no group, no committed offsets (the caller assigns and seeks), the earliest offset when none is asked for."""
+    return AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                            fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 50), auto_offset_reset="earliest",
+                            **security.client_kwargs())
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,8 @@ class TopicSpec:
 
 def catalogue(settings: Settings) -> list[TopicSpec]:
     """The topics the app creates (the one list of them): input, re-keyed, outputs, labels, dead letters,
-    and the examples log. faust creates its changelog topics itself (``topic_allow_declare``)."""
+    the examples log, and the rule sets with their audit trail. faust creates its changelog topics itself
+    (``topic_allow_declare``)."""
     week = {"retention.ms": str(7 * 86400 * 1000)}
     s = settings
     names = (s.transactions_topic, s.rekeyed_topic, s.dlq_topic, s.scores_topic, s.alerts_topic, s.labels_topic,
@@ -41,7 +42,12 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
     # The examples log has one partition: one order of examples, hence one model on every worker.
     examples = TopicSpec(s.examples_topic, 1, s.replication_factor,
                          config={"retention.ms": str(s.feature_retention_s * 1000)})
-    return [*(TopicSpec(n, s.partitions, s.replication_factor, config=week) for n in names), examples]
+    # Rule sets: one partition (one order of versions), compacted (the latest set is kept); compaction deletes
+    # earlier versions, so every change is also written to the audit topic, which is never compacted nor expired.
+    rules = TopicSpec(s.rules_topic, 1, s.replication_factor, config={"cleanup.policy": "compact"})
+    audit = TopicSpec(s.rules_audit_topic, 1, s.replication_factor,
+                      config={"cleanup.policy": "delete", "retention.ms": "-1"})
+    return [*(TopicSpec(n, s.partitions, s.replication_factor, config=week) for n in names), examples, rules, audit]
 
 
 def create_topics(settings: Settings) -> None:

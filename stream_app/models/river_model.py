@@ -8,6 +8,7 @@ import numpy as np
 from river import compose, linear_model, optim, preprocessing
 
 from stream_app.domain.entities import MODEL_FEATURES
+from stream_app.models.river_batch import learn_scaled_logreg
 
 
 def default_pipeline() -> compose.Pipeline:
@@ -61,6 +62,17 @@ class RiverScorer:
     def learn_one(self, features: Sequence[float], is_fraud: bool) -> None:
         self.model.learn_one(self.as_dict(features), bool(is_fraud))
         self.n_learned += 1
+
+    def learn_many(self, rows: Sequence[Sequence[float]], labels: Sequence[bool]) -> None:
+        """``learn_one`` for each row in order; over arrays (``river_batch``) when the pipeline is the default's
+        shape, about 3x cheaper a row, and the same bits however the rows are cut into calls (so a single row
+        goes this way too: workers that fetched the log in other slices must hold the same model)."""
+        if not rows:
+            return
+        if not learn_scaled_logreg(self.model, self.names, np.asarray(rows, dtype=np.float64), labels):
+            for row, label in zip(rows, labels, strict=True):
+                self.model.learn_one(self.as_dict(row), bool(label))
+        self.n_learned += len(rows)
 
 
 def _vector(values: Mapping[str, float], names: Sequence[str]) -> np.ndarray:

@@ -32,6 +32,7 @@ from stream_app.domain.entities import EntityTable, LabelArrival, Observation, p
 from stream_app.domain.events import InvalidEvent, Transaction, parse_ts
 from stream_app.domain.learning import Example
 from stream_app.kafka.security import KafkaSecurity
+from stream_app.kafka.topic_reader import log_follower
 from stream_app.settings import Settings
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import now_ms
@@ -122,9 +123,7 @@ class EntityReplica:
     async def run(self) -> None:
         """Follow every partition of the scores topic from the checkpoint's offsets (the start without one)."""
         s = self.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
-                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest",
-                                    **self.security.client_kwargs())
+        consumer = log_follower(s, self.security)
         await consumer.start()
         try:
             partitions = await _partitions(consumer, s.scores_topic)

@@ -126,6 +126,8 @@ class Health:
                       "examples_offset": self.learner.offset, "learning": self.learner.learning},
             "combiner": "stacked" if self.scorer.stacker is not None else "weighted",
             "quality": self.learner.metrics.snapshot(),
+            "rules": {"serving": None if self.scorer.rules.current is None else self.scorer.rules.current.summary(),
+                      "changes": [c.as_dict() for c in self.scorer.rules.history]},
         }
         if self.scorer.challenger is not None:
             info["challenger"] = {k: v for k, v in self.scorer.challenger.current.card.items()

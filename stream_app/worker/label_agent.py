@@ -69,13 +69,15 @@ class LabelAgent:
                     assert out.error is not None
                     sends.append(self.dead_letter(event.value, out.error, Source.of(msg), event.key))
                 elif out.example is not None:  # joined, or corrected
+                    example = out.example
                     if out.kind == "corrected":
                         assert out.label is not None
                         log.info("label.corrected", tx_id=out.label.tx_id, card_id=out.label.card_id,
                                  label="fraud" if out.label.is_fraud else "legit", source=out.label.source,
                                  analyst=out.label.analyst)
-                    example = replace(out.example, entity=with_suspects(out.example.entity, out.example.is_fraud,
-                                                                        self._card(out.example.entity)))
+                    if example.is_fraud:  # a fraud's card state names its compromise suspects (decoded only then)
+                        example = replace(example, entity=with_suspects(example.entity, True,
+                                                                        self._card(example.entity)))
                     changes.add(s.examples_topic, example.tx_id.encode(), example.to_bytes())
                 elif out.kind == "rekeyed":
                     assert out.label is not None

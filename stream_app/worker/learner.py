@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from stream_app.domain.learning import Example, OnlineLearner
 from stream_app.domain.scoring import FraudScorer
 from stream_app.kafka.security import KafkaSecurity
+from stream_app.kafka.topic_reader import log_follower
 from stream_app.models import checkpoint
 from stream_app.settings import Settings
 from stream_app.worker.entities import EntityReplica
@@ -41,9 +42,7 @@ class Learner:
         """Apply the examples log from the checkpoint's offset on (from the start without one)."""
         s = self.settings
         tp = TopicPartition(s.examples_topic, 0)
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
-                                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 50), auto_offset_reset="earliest",
-                                    **self.security.client_kwargs())
+        consumer = log_follower(s, self.security)
         await consumer.start()
         try:
             consumer.assign([tp])
@@ -53,25 +52,35 @@ class Learner:
                 await consumer.seek_to_beginning(tp)
             while True:
                 batches = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
-                for i, message in enumerate(batches.get(tp, [])):
-                    if i and not i % s.batch_slice:  # learning is synchronous: let HTTP and scoring in between
+                messages = batches.get(tp, [])
+                for start in range(0, len(messages), s.batch_slice):
+                    if start:  # learning is synchronous: let HTTP and scoring in between
                         await asyncio.sleep(0)
-                    try:
-                        example = Example.from_bytes(message.value)
-                    except (ValueError, KeyError, TypeError):  # orjson's decode error is a ValueError
-                        log.warning("learner.unreadable_example", offset=message.offset)
-                        continue
-                    if message.offset > self.learner.offset:  # not in the checkpoint restored
-                        self.entities.learn(example)
-                    skipped = self.learner.other_feature_set
-                    self.learner.apply(example, message.offset)
-                    if self.learner.other_feature_set > skipped and skipped % 1000 == 0:
-                        log.warning("learner.other_feature_set", offset=message.offset, width=len(example.features),
-                                    examples=self.learner.other_feature_set)
-                    self.metrics.examples_applied.inc()
-                    self.metrics.label_lag.set(max(0.0, (now_ms() - message.timestamp) / 1000))
+                    self.apply(messages[start:start + s.batch_slice])
         finally:
             await consumer.stop()
+
+    def apply(self, messages: list[ConsumerRecord]) -> None:  # type: ignore[type-arg]
+        """One slice of the examples log: the entity replica learns each new example, the models the slice."""
+        examples: list[tuple[Example, int]] = []
+        for message in messages:
+            try:
+                example = Example.from_bytes(message.value)
+            except (ValueError, KeyError, TypeError):  # orjson's decode error is a ValueError
+                log.warning("learner.unreadable_example", offset=message.offset)
+                continue
+            if message.offset > self.learner.offset:  # not in the checkpoint restored
+                self.entities.learn(example)
+            examples.append((example, message.offset))
+        skipped = self.learner.other_feature_set
+        self.learner.apply_many(examples)
+        now_skipped = self.learner.other_feature_set
+        if now_skipped > skipped and (skipped == 0 or now_skipped // 1000 > skipped // 1000):  # first, every 1000th
+            log.warning("learner.other_feature_set", offset=messages[-1].offset, examples=now_skipped,
+                        model_width=len(self.learner.river.names))
+        self.metrics.examples_applied.inc(len(examples))
+        if messages:
+            self.metrics.label_lag.set(max(0.0, (now_ms() - messages[-1].timestamp) / 1000))
 
     def restore_checkpoint(self) -> None:
         ckpt, refused = checkpoint.latest(self.checkpoint_dir, self.checkpoint_key)

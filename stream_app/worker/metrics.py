@@ -73,6 +73,12 @@ class Metrics:
                                 "replica applying it, last record.", registry=r)
         self.entity_profiles = Gauge("stream_app_entity_profiles", "Entity profiles held by the replica.",
                                      registry=r)
+        self.rules_updates = Counter("stream_app_rules_updates", "Rule sets read from the rules topic, by outcome "
+                                     "(applied, refused: the set serving before stays).", ["outcome"], registry=r)
+        self.rules_version = Gauge("stream_app_rules_version", "Version of the rule set serving (0: none yet).",
+                                   registry=r)
+        self.rule_hits = Counter("stream_app_rule_hits", "Transactions a rule matched, by rule id and mode "
+                                 "(enforce, shadow).", ["rule", "mode"], registry=r)
         self.ready = Gauge("stream_app_ready", "1 while the worker is ready (GET /ready answers 200), else 0.",
                            registry=r)
 

@@ -72,6 +72,9 @@ class Outputs:
             batches.add(s.scores_topic, item.tx.tx_id.encode(), self.score_bytes(item, source, now))
             if item.is_alert:
                 self.add_alert(item, batches, now)
+            if item.rules is not None:
+                for hit in item.rules.hits:
+                    m.rule_hits.labels(hit.rule_id, hit.mode).inc()
         m.scored.inc(len(scored))
         observe_many(m.latency.labels("message_timestamp"), [max(0.0, (now - x.timestamp_ms) / 1000) for x in sources])
         observe_many(m.latency.labels("event_time"), [max(0.0, (now - x.tx.ts_ms) / 1000) for x in scored])

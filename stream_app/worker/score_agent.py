@@ -50,7 +50,8 @@ class ScoreAgent:
 
     def __init__(self, settings: Settings, metrics: Metrics, scorer: FraudScorer, ingress: Ingress,
                  outputs: Outputs, tables: dict[str, Any], security: KafkaSecurity, entities: EntityReplica,
-                 fail: Callable[[BaseException, str], None]) -> None:
+                 fail: Callable[[BaseException, str], None],
+                 before_first_batch: Callable[[], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.scorer = scorer
@@ -60,6 +61,7 @@ class ScoreAgent:
         self.security = security
         self.entities = entities
         self.fail = fail
+        self.before_first_batch = before_first_batch  # the rule set read to its end (worker/rules.py)
         self.ledger = delivery.Ledger(now_ms=now_ms)
         self.positions: dict[tuple[str, int], int] = {}  # last offset read per input partition (lag gauge)
         self.drift = drift_monitor(scorer, settings)
@@ -76,6 +78,8 @@ class ScoreAgent:
         s = self.settings
         await self.outputs.fetch_metadata(*(t.changelog_topic.get_topic_name()
                                             for t in (self.cards, self.captured, self.parked)))
+        if self.before_first_batch is not None:
+            await self.before_first_batch()
         in_flight: deque[asyncio.Future[None]] = deque()
         async for events in micro_batches(stream, s.batch_size, s.batch_window_ms / 1000):
             seq = self.ledger.open()

@@ -28,6 +28,7 @@ from stream_app.worker.label_agent import LabelAgent
 from stream_app.worker.learner import Learner
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import Outputs
+from stream_app.worker.rules import RulesFollower
 from stream_app.worker.score_agent import ScoreAgent
 
 log = structlog.get_logger("stream_app.worker")
@@ -56,8 +57,9 @@ class StreamApp:
         self.app = self._faust_app()
         self.tables = self._tables()
         self.outputs = Outputs(self.app, settings, self.metrics, self.pans, self.scorer, self.entities.table)
+        self.rules = RulesFollower(settings, self.metrics, self.scorer, self.kafka_security)
         self.scoring = ScoreAgent(settings, self.metrics, self.scorer, self.ingress, self.outputs, self.tables,
-                                  self.kafka_security, self.entities, self._fail)
+                                  self.kafka_security, self.entities, self._fail, self.rules.wait_caught_up)
         self.labels = LabelAgent(settings, self.metrics, self.outputs, self.tables, self._fail)
         self.health = Health(self.app, settings, self.metrics, self.scorer, self.learner, self.kafka_security,
                              self.scoring)
@@ -96,6 +98,7 @@ class StreamApp:
             key_serializer="raw",
             value_serializer="raw",
             consumer_auto_offset_reset="earliest",
+            stream_buffer_maxsize=s.stream_buffer_maxsize,
         )
         set_fetch_max_wait(app, s.fetch_max_wait_ms)  # faust hard-codes 1500 ms (see kafka/compat.py)
         return app
@@ -126,6 +129,7 @@ class StreamApp:
         app.timer(3600.0)(health.writes(self.labels.expire_captured))
         app.task(self.learning.run)
         app.task(self.entities.run)
+        app.task(self.rules.run)
         app.timer(600.0)(self.entities.expire)
         app.timer(s.checkpoint_interval_s)(self.learning.save_checkpoint)
         if health.watcher is not None:

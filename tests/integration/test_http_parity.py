@@ -57,6 +57,23 @@ def test_stream_http_and_batch_agree(kafka_bootstrap: str, app_env: dict[str, st
     s = Settings.from_env({**app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
     items = list(simulate(GeneratorConfig(seed=91, n_customers=150, fraud_rate=0.03), days=2))
     history, probes = items[: int(len(items) * 0.8)], items[int(len(items) * 0.8):]
+    # A rule set serving on the worker and given to batch: the rules, too, answer the same at every door.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""
+lists: {{blocked: [{probes[0].tx.merchant_id}]}}
+rules:
+  - {{id: blocked, when: merchant_id in blocked, action: decline}}
+  - {{id: big, when: amount_eur > 60 and count_1d >= 1, action: review}}
+  - {{id: ecom, when: channel == 'ecom', action: decline, mode: shadow}}
+""")
+    published = subprocess.run([sys.executable, "-m", "stream_app.cli", "rules", "publish", str(rules)],
+                               capture_output=True, text=True, timeout=120,
+                               env={**os.environ, **app_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    assert published.returncode == 0, published.stderr[-2000:]
+    deadline = time.monotonic() + 60
+    while (call(worker, "/models")[1]["rules"]["serving"] or {}).get("version") != "1":
+        assert time.monotonic() < deadline, "rule set not applied"
+        time.sleep(0.2)
 
     def scored(ids: set[str]) -> dict[str, dict[str, Any]]:
         out = asyncio.run(read_until(kafka_bootstrap, [s.scores_topic], PARTITIONS,
@@ -88,7 +105,8 @@ def test_stream_http_and_batch_agree(kafka_bootstrap: str, app_env: dict[str, st
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     env["STREAM_APP_DATA_DIR"] = str(tmp_path / "batch-data")
     proc = subprocess.run([sys.executable, "-m", "stream_app.cli", "batch", "--input", str(batch_in),
-                           "--output", str(batch_out)], capture_output=True, text=True, timeout=300, env=env)
+                           "--output", str(batch_out), "--rules", str(rules)], capture_output=True, text=True,
+                          timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     by_batch = {r["tx_id"]: r for r in map(orjson.loads, batch_out.read_bytes().splitlines())}
 
@@ -101,3 +119,6 @@ def test_stream_http_and_batch_agree(kafka_bootstrap: str, app_env: dict[str, st
             assert other["scores"]["river"] == pytest.approx(stream["scores"]["river"], abs=1e-6), (door, tx_id)
             assert other["risk_score"] == pytest.approx(stream["risk_score"], abs=1e-6), (door, tx_id)
             assert other["decision"] == stream["decision"], (door, tx_id)
+            assert {**other["rules"], "version": "-"} == {**stream["rules"], "version": "-"}, (door, tx_id)
+    assert any(r["rules"]["decided_by"] for r in by_stream.values())
+    assert any(h["mode"] == "shadow" for r in by_stream.values() for h in r["rules"]["hits"])

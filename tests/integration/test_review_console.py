@@ -140,7 +140,10 @@ def test_an_analyst_confirms_a_pushed_alert_and_the_worker_learns_the_label(
         hostile = {"alert_id": "tx-hostile", "tx_id": "tx-hostile", "card_id": "card_hostile", "merchant_id": HOSTILE,
                    "amount": 1.0, "currency": "EUR", "country": "<b>FR</b>", "decision": "review", "risk_score": 0.5,
                    "scores": {"onnx": 0.5, "river": 0.5}, "model_versions": {"onnx": "x", "river": "y"},
-                   "reasons": [{"feature": "amount_eur", "value": 1, "push": 1, "text": "<script>bad()</script>"}]}
+                   "reasons": [{"feature": "amount_eur", "value": 1, "push": 1, "text": "<script>bad()</script>"}],
+                   "rules": {"version": "v1", "model_decision": "approve", "decided_by": "<i>r1</i>",
+                             "hits": [{"id": "<i>r1</i>", "action": "review", "mode": "enforce",
+                                       "reason": '<svg onload="window.__xss=2">'}]}}
         asyncio.run(produce(kafka_bootstrap, s.alerts_topic, [(b"card_hostile", orjson.dumps(hostile))]))
 
         def pushed_fraud() -> Any:
@@ -154,7 +157,8 @@ def test_an_analyst_confirms_a_pushed_alert_and_the_worker_learns_the_label(
         bad = browser.find_element(By.CSS_SELECTOR, 'article[data-alert-id="tx-hostile"]')
         assert bad.find_element(By.CSS_SELECTOR, ".merchant").text == HOSTILE, "markup shown as text"
         assert "<script>bad()</script>" in bad.text
-        assert not browser.find_elements(By.CSS_SELECTOR, "#queue img, #queue script, #queue b")
+        assert "decided by rule <i>r1</i>" in bad.text and '<svg onload="window.__xss=2">' in bad.text
+        assert not browser.find_elements(By.CSS_SELECTOR, "#queue img, #queue script, #queue b, #queue i, #queue svg")
         assert browser.execute_script("return window.__xss === undefined")
 
         def article() -> Any:

@@ -18,12 +18,16 @@ def test_ruff() -> None:
     assert out.returncode == 0, f"ruff check found problems:\n{out.stdout}{out.stderr}"
 
 
-def test_noqa_slf001_only_in_compat() -> None:
-    """Private access of framework internals is fenced in stream_app/kafka/compat.py (tests may touch privates)."""
+#: where each framework's internals may be touched: one module per framework
+FENCES = {"stream_app/kafka/compat.py": "faust", "stream_app/models/river_batch.py": "River (a model's weights)"}
+
+
+def test_noqa_slf001_only_in_the_fences() -> None:
+    """Private access of framework internals is fenced, one module per framework (tests may touch privates)."""
     offenders = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "stream_app").rglob("*.py"))
-                 if path.name != "compat.py" or path.parent.name != "kafka"
+                 if str(path.relative_to(ROOT)) not in FENCES
                  for n, line in enumerate(path.read_text().splitlines(), 1) if "SLF001" in line]
-    assert not offenders, f"`noqa: SLF001` outside stream_app/kafka/compat.py: {offenders}"
+    assert not offenders, f"`noqa: SLF001` outside {sorted(FENCES)}: {offenders}"
 
 
 def test_mypy() -> None:

@@ -49,6 +49,15 @@ function render(view) {
   const reasons = Array.isArray(a.reasons) ? a.reasons : [];
   card.append(el("h3", {}, "Reasons"),
     el("ul", { class: "reasons" }, ...reasons.map((r) => el("li", {}, r && r.text != null ? r.text : JSON.stringify(r)))));
+  const rules = a.rules && typeof a.rules === "object" ? a.rules : null;
+  if (rules) {
+    const hits = Array.isArray(rules.hits) ? rules.hits : [];
+    card.append(el("h3", {}, "Rules (set " + String(rules.version) + ")"),
+      el("p", { class: "rules" }, rules.decided_by ? "decided by rule " + String(rules.decided_by) +
+        " (the models said " + String(rules.model_decision) + ")" : "the models' decision stands"),
+      hits.length ? table(["rule", "action", "mode", "reason"], hits.map((h) => [h.id, h.action, h.mode, h.reason]))
+        : el("p", { class: "claim" }, "no rule matched"));
+  }
   card.append(el("h3", {}, "Card's recent transactions"),
     view.recent.length ? table(["time", "merchant", "EUR", "decision", "risk"], view.recent.map((t) =>
       [t.event_time, t.merchant_id, fmt(t.amount_eur, 2), t.decision, fmt(t.risk_score, 3)]))
