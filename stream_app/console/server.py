@@ -26,12 +26,13 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_app.domain.events import InvalidEvent, parse_label
 from stream_app.domain.review import ReviewError, ReviewQueue, check_analyst
-from stream_app.kafka.security import client_kwargs
+from stream_app.kafka.security import client_kwargs, kafka_security
+from stream_app.kafka.topic_reader import log_follower
 from stream_app.settings import Settings
 from stream_app.worker.http import PROBES, BearerAuth
 
@@ -92,8 +93,7 @@ class Console:
         """Every partition of the three topics from the start (no consumer group: nothing committed)."""
         s = self.settings
         topics = (s.scores_topic, s.alerts_topic, s.labels_topic)  # scores first: alerts find their card's history
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=100, **client_kwargs(s))
+        consumer = log_follower(s, kafka_security(s))
         await consumer.start()
         try:
             await consumer.topics()
