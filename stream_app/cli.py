@@ -87,6 +87,15 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.console.server import run
+    from stream_app.worker.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    print(f"review page: http://{args.host}:{args.port}/review", flush=True)
+    return run(settings, args.host, args.port, args.claim_seconds)
+
+
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from stream_app.devtools.broker import EmbeddedBroker
 
@@ -268,8 +277,8 @@ def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
 def preflight(args: argparse.Namespace, settings: Settings) -> None:
     """Check what the command needs before it starts, local things first, so that a mistake is one line
     naming the fix (:class:`StartupError`) instead of a traceback, a retry loop or a half-started worker."""
-    needs_kafka = (args.command in ("worker", "topics", "generate", "tail") or bool(getattr(args, "from_topic", None))
-                   or getattr(args, "rules_action", None) == "publish")
+    needs_kafka = (args.command in ("worker", "topics", "generate", "tail", "console")
+                   or bool(getattr(args, "from_topic", None)) or getattr(args, "rules_action", None) == "publish")
     if needs_kafka and not settings.bootstrap_servers:
         raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
                            "(or run `stream-app broker` for an embedded one)")
@@ -280,6 +289,8 @@ def preflight(args: argparse.Namespace, settings: Settings) -> None:
 
         for port in web_ports(settings, args.processes):
             check_web_port(settings.web_host, port)
+    if args.command == "console":
+        check_web_port(args.host, args.port)
     if args.command in ("worker", "batch", "demo"):  # the model files load (the demo's worker child loads them)
         from stream_app.domain.scoring import FraudScorer
 
@@ -324,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="create the app's topics on KAFKA_BOOTSTRAP_SERVERS (idempotent) and exit")
     topics.set_defaults(func=cmd_topics)
+
+    console = sub.add_parser("console", help="the alert review page: a live queue of alerts, claims, verdicts that "
+                                             "become labels")
+    console.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    console.add_argument("--port", type=int, default=6070, help="port of the page (default 6070)")
+    console.add_argument("--claim-seconds", type=float, default=300.0,
+                         help="a claim not renewed or decided within this time is released (default 300)")
+    console.set_defaults(func=cmd_console)
 
     broker = sub.add_parser("broker", help="run the embedded broker alone and print its address")
     broker.add_argument("--no-wait", dest="wait", action="store_false", help="start, print, stop (a smoke check)")

@@ -167,8 +167,9 @@ class Mutator:
         rng = self.rng
         tx_id, card_id = (rng.choice(scored) if scored and rng.random() < 0.7
                           else (f"tx-x{rng.randrange(10**6)}", self.card()))
-        return {"tx_id": tx_id, "card_id": card_id, "label": rng.choice(["fraud", "legit"]),
-                "source": rng.choice(["chargeback", "analyst", "customer"]),
+        verdict = random.Random(tx_id)  # one verdict per transaction: corrections are tested on their own
+        return {"tx_id": tx_id, "card_id": card_id, "label": verdict.choice(["fraud", "legit"]),
+                "source": verdict.choice(["chargeback", "analyst", "customer"]),
                 "label_time": format_ts(T0 + rng.randrange(10**9))}
 
     # -- mutations: each takes a valid object and returns bytes --------------------------------------

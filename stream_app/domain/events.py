@@ -219,6 +219,11 @@ def _card_field(obj: dict[str, Any], name: str, pans: PanTokenizer) -> str:
     return _str_field(obj, name, _ID_RE)
 
 
+def is_id(value: Any) -> bool:
+    """Whether ``value`` is an id as events carry them (tx_id, card_id, merchant_id)."""
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
 def _str_field(obj: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     value = obj.get(name)
     if value is None:
@@ -333,6 +338,12 @@ def parse_transaction(raw: bytes, max_bytes: int = 16384, pans: PanTokenizer = N
 
 LABELS: Final[dict[str, bool]] = {"fraud": True, "legit": False}
 LABEL_SOURCES: Final[frozenset[str]] = frozenset({"chargeback", "analyst", "customer"})
+#: A later label for a labelled transaction corrects it when its source ranks at least as high as the learned
+#: label's: the issuer's chargeback is final, an analyst's verdict beats a customer's claim, and between equals
+#: the later one wins (an analyst revising a verdict).
+LABEL_PRECEDENCE: Final[dict[str, int]] = {"customer": 0, "analyst": 1, "chargeback": 2}
+#: Who gave an analyst verdict: a login or an e-mail address, as the review console sends it.
+ANALYST_RE = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,12 +353,17 @@ class Label:
     is_fraud: bool
     source: str
     label_ts_ms: int
+    analyst: str | None = None  # who gave an analyst verdict
 
     def to_bytes(self) -> bytes:
         """The label as the labels topic carries it (what is parked when its card id was tokenized)."""
-        return orjson.dumps({"tx_id": self.tx_id, "card_id": self.card_id,
-                             "label": "fraud" if self.is_fraud else "legit", "source": self.source,
-                             "label_time": format_ts(self.label_ts_ms)})
+        d = {"tx_id": self.tx_id, "card_id": self.card_id, "label": "fraud" if self.is_fraud else "legit",
+             "source": self.source, "label_time": format_ts(self.label_ts_ms)}
+        return orjson.dumps(d if self.analyst is None else {**d, "analyst": self.analyst})
+
+    def corrects(self, source: str, is_fraud: bool) -> bool:
+        """Whether this label, arriving after one of ``source`` saying ``is_fraud``, replaces it."""
+        return is_fraud != self.is_fraud and LABEL_PRECEDENCE[self.source] >= LABEL_PRECEDENCE.get(source, 0)
 
 
 def parse_label(raw: bytes, max_bytes: int = 16384, pans: PanTokenizer = NO_PAN_KEY) -> Label:
@@ -359,4 +375,5 @@ def parse_label(raw: bytes, max_bytes: int = 16384, pans: PanTokenizer = NO_PAN_
     source = _enum_field(obj, "source", LABEL_SOURCES)
     if "label_time" not in obj:
         raise MissingField("missing field label_time", "label_time")
-    return Label(tx_id, card_id, LABELS[label], source, parse_ts(obj["label_time"], "label_time"))
+    analyst = _optional_id(obj, "analyst", ANALYST_RE, "1 to 64 letters, digits or _.:@-")
+    return Label(tx_id, card_id, LABELS[label], source, parse_ts(obj["label_time"], "label_time"), analyst)

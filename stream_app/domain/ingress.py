@@ -32,12 +32,14 @@ from typing import Literal
 from stream_app.domain.entities import EntityTable, model_row
 from stream_app.domain.events import DuplicateEvent, InvalidEvent, Label, Transaction, parse_label, parse_transaction
 from stream_app.domain.features import CardState, featurize, load_once
-from stream_app.domain.learning import LEARNED, Captured, Example, ParkedLabel
+from stream_app.domain.learning import Captured, Example, Learned, ParkedLabel, read_captured
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.partitioner import kafka_partition
 
 TxKind = Literal["scored", "rekeyed", "dead_lettered", "duplicate"]
-LabelKind = Literal["joined", "parked", "rekeyed", "duplicate", "dead_lettered"]
+#: joined: learned; corrected: a later label that overrules the learned verdict, learned again; overruled: a later
+#: contradicting label of lower precedence, ignored; duplicate: the same verdict again (or past the retention).
+LabelKind = Literal["joined", "corrected", "overruled", "parked", "rekeyed", "duplicate", "dead_lettered"]
 SEPARATOR = b"\x1f"  # in no card id or tx_id (both are [A-Za-z0-9_.:-] ids or card tokens)
 
 
@@ -134,16 +136,16 @@ class LabelOutcome:
     kind: LabelKind
     label: Label | None = None
     error: InvalidEvent | None = None  # dead_lettered: why
-    example: Example | None = None  # joined: what to append to the examples log
+    example: Example | None = None  # joined, corrected: what to append to the examples log
     forward: bytes | None = None  # rekeyed: the value to publish keyed by card (card numbers tokenized)
 
 
 def learn_label(key: bytes, label: Label, captured: Captured, table: MutableMapping[bytes, bytes]) -> Example:
-    """The joined example; the captured vector is replaced by the learned marker (a later label for
-    the same tx_id is a duplicate)."""
-    table[key] = LEARNED
+    """The joined example; the captured vector is kept with the learned verdict, so that a later label for
+    the same tx_id is a duplicate, or a correction when it overrules the verdict."""
+    table[key] = Learned(captured, label.is_fraud, label.source).to_bytes()
     return Example(label.tx_id, captured.features, label.is_fraud, captured.scores, label.source, label.label_ts_ms,
-                   captured.entity)
+                   captured.entity, label.analyst)
 
 
 def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int], now_ms: int, *,
@@ -168,21 +170,34 @@ def join_label(raw: bytes | None, key: bytes | None, source: tuple[str, int, int
         return LabelOutcome("dead_lettered", label=label, error=Misrouted.at(source[1], partitions))
     tx_key = capture_key(label.card_id, label.tx_id)
     stored = captured.get(tx_key)
-    if stored == LEARNED or (stored is None and tx_key in parked):
-        return LabelOutcome("duplicate", label=label)
-    if stored is None:
+    vector = None if stored is None else read_captured(stored)
+    if isinstance(vector, Learned):
+        learned = vector
+        if learned.captured is None or learned.is_fraud == label.is_fraud:
+            return LabelOutcome("duplicate", label=label)
+        if not label.corrects(learned.source, learned.is_fraud):
+            return LabelOutcome("overruled", label=label)
+        return LabelOutcome("corrected", label=label, example=learn_label(tx_key, label, learned.captured, captured))
+    if vector is None:
+        waiting = parked.get(tx_key)
+        if waiting is not None:  # its transaction not scored yet: the label with precedence waits instead
+            first = parse_label(ParkedLabel.from_bytes(waiting).raw, pans=pans)
+            if first.is_fraud == label.is_fraud:
+                return LabelOutcome("duplicate", label=label)
+            if not label.corrects(first.source, first.is_fraud):
+                return LabelOutcome("overruled", label=label)
         value = pans.clean(raw or b"", label.to_bytes)  # parked bytes go to a changelog topic
         parked[tx_key] = ParkedLabel(value, *source, None if key is None else pans.mask(key), now_ms).to_bytes()
         return LabelOutcome("parked", label=label)
-    return LabelOutcome("joined", label=label, example=learn_label(tx_key, label, Captured.from_bytes(stored),
-                                                                   captured))
+    return LabelOutcome("joined", label=label, example=learn_label(tx_key, label, vector, captured))
 
 
 def capture(key: bytes, vector: Captured, captured: MutableMapping[bytes, bytes], parked: MutableMapping[bytes, bytes],
             pans: PanTokenizer) -> Example | None:
     """A scored transaction's vector waits in ``captured`` for its label; a label that came first (parked)
     is joined now and its example returned."""
-    if captured.get(key) == LEARNED:
+    stored = captured.get(key)
+    if stored is not None and isinstance(read_captured(stored), Learned):
         return None  # its label was learned already (a repaired redelivery scores again)
     waiting = parked.get(key)
     if waiting is None:

@@ -37,15 +37,22 @@ class Captured:
     #: label-derived risk; None in entries captured by a worker before entity profiles (format v1).
     entity: dict[str, Any] | None = None
 
-    def to_bytes(self) -> bytes:
+    def fields(self) -> list[Any]:
         """v1: [features, scores, at]; v2 appends the entity dict."""
         fields: list[Any] = [self.features, self.scores, self.captured_at_ms]
-        return kept_json(fields if self.entity is None else [*fields, self.entity])
+        return fields if self.entity is None else [*fields, self.entity]
+
+    def to_bytes(self) -> bytes:
+        return kept_json(self.fields())
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Captured:
+        features, scores, at, *rest = fields
+        return cls(features, scores, at, rest[0] if rest else None)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Captured:
-        features, scores, at, *rest = orjson.loads(raw)
-        return cls(features, scores, at, rest[0] if rest else None)
+        return cls.from_fields(orjson.loads(raw))
 
     @classmethod
     def from_scored(cls, scored: Scored, now_ms: int, keys: dict[str, str] | None = None) -> Captured:
@@ -82,11 +89,45 @@ class ParkedLabel:
                    None if key is None else base64.b64decode(key), at)
 
 
-#: Value kept in the captured table once a label was learned: a second label is a duplicate.
+#: The captured-table value left once a label was learned and the retention passed (and all that workers before
+#: corrections kept): a later label for that transaction can only be a duplicate.
 LEARNED = b"L"
 
 
 _NUMBERS = frozenset({int, float})  # the types orjson decodes numbers to (not bool: true/false are not features)
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A captured vector whose label was learned, with that label: kept until the retention ends, so that a
+    later label with the precedence to correct it (:meth:`stream_app.domain.events.Label.corrects`) teaches
+    the models the corrected verdict on the vector they saw.
+
+    Stored as the capture's fields, the entity slot filled, and the verdict appended ([..., entity, [label,
+    source]]): a worker of an earlier version reads it as a capture (it would learn a second label again,
+    as it did before corrections), never as an unreadable value."""
+
+    captured: Captured | None  # None: the bare marker, nothing left to correct
+    is_fraud: bool = False
+    source: str = ""
+
+    def to_bytes(self) -> bytes:
+        if self.captured is None:
+            return LEARNED
+        fields = self.captured.fields()
+        return kept_json([*fields, *([None] * (4 - len(fields))), [int(self.is_fraud), self.source]])
+
+
+def read_captured(raw: bytes) -> Captured | Learned:
+    """A captured-table value: the vector waiting for its label, or the learned verdict (with the vector, or
+    the bare marker)."""
+    if raw == LEARNED:
+        return Learned(None)
+    fields = orjson.loads(raw)
+    captured = Captured.from_fields(fields[:4])
+    if len(fields) < 5:
+        return captured
+    return Learned(captured, bool(fields[4][0]), str(fields[4][1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +141,16 @@ class Example:
     #: The transaction's card, event time, entity ids and (for a fraud) compromise suspects, for the entity
     #: table (:class:`stream_app.domain.entities.LabelArrival`); None from captures without them.
     entity: dict[str, Any] | None = None
+    analyst: str | None = None  # who gave an analyst verdict: the examples log says who taught the models
 
     def to_bytes(self) -> bytes:
         d = {"tx_id": self.tx_id, "features": self.features, "label": int(self.is_fraud), "scores": self.scores,
              "source": self.source, "label_ts_ms": self.label_ts_ms}
-        return orjson.dumps(d if self.entity is None else {**d, "entity": self.entity})
+        if self.entity is not None:
+            d["entity"] = self.entity
+        if self.analyst is not None:
+            d["analyst"] = self.analyst
+        return orjson.dumps(d)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Example:
@@ -119,7 +165,9 @@ class Example:
         entity = d.get("entity")
         if entity is not None and not isinstance(entity, dict):
             raise TypeError("entity must be an object")
-        return cls(d["tx_id"], features, bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"], entity)
+        analyst = d.get("analyst")
+        return cls(d["tx_id"], features, bool(d["label"]), d["scores"], d["source"], d["label_ts_ms"], entity,
+                   None if analyst is None else str(analyst))
 
 
 class PrequentialMetrics:

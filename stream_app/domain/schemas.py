@@ -113,6 +113,8 @@ def _build() -> dict[str, dict[str, Any]]:
             "label": {"enum": sorted(LABELS), "description": "Verdict."},
             "source": {"enum": sorted(LABEL_SOURCES), "description": "Who gave the verdict."},
             "label_time": {**_TS, "description": "When the verdict was given."},
+            "analyst": {"type": "string", "pattern": "^[A-Za-z0-9_.:@\\-]{1,64}$",
+                        "description": "Who gave the verdict (analyst labels from the review console)."},
         }, ["tx_id", "card_id", "label", "source", "label_time"]),
         "score": _schema("score", "Score",
                          "One decision per valid transaction, published to `scores`, keyed by tx_id.", {

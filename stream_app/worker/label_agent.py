@@ -14,12 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 import faust
+import structlog
 
 from stream_app.domain.entities import with_suspects
 from stream_app.domain.events import InvalidEvent, UnknownTransaction
 from stream_app.domain.features import CardState
 from stream_app.domain.ingress import card_of, join_label
-from stream_app.domain.learning import LEARNED, Captured, ParkedLabel
+from stream_app.domain.learning import LEARNED, Learned, ParkedLabel, read_captured
 from stream_app.domain.records import Source
 from stream_app.kafka.batch_send import BatchedTable, delivered
 from stream_app.kafka.compat import acknowledge, micro_batches, store_dict
@@ -27,6 +28,8 @@ from stream_app.settings import Settings
 from stream_app.worker import delivery
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import Outputs, now_ms
+
+log = structlog.get_logger("stream_app.worker")
 
 
 class LabelAgent:
@@ -65,9 +68,13 @@ class LabelAgent:
                 if out.kind == "dead_lettered":
                     assert out.error is not None
                     sends.append(self.dead_letter(event.value, out.error, Source.of(msg), event.key))
-                elif out.kind == "joined":
-                    assert out.example is not None
+                elif out.example is not None:  # joined, or corrected
                     example = out.example
+                    if out.kind == "corrected":
+                        assert out.label is not None
+                        log.info("label.corrected", tx_id=out.label.tx_id, card_id=out.label.card_id,
+                                 label="fraud" if out.label.is_fraud else "legit", source=out.label.source,
+                                 analyst=out.label.analyst)
                     if example.is_fraud:  # a fraud's card state names its compromise suspects (decoded only then)
                         example = replace(example, entity=with_suspects(example.entity, True,
                                                                         self._card(example.entity)))
@@ -108,13 +115,19 @@ class LabelAgent:
             await asyncio.gather(delivered(changes.send()), *sends)
 
     async def expire_captured(self) -> None:
-        """Drop captured vectors (and learned markers) older than the retention: memory stays bounded."""
+        """Drop captured vectors older than the retention, and keep only the one-byte marker of learned ones:
+        memory stays bounded."""
         cutoff = now_ms() - self.settings.feature_retention_s * 1000
         changes = self.outputs.batches()
         captured_table = BatchedTable(self.captured, changes, card_of)
-        expired = [k for k, v in captured_table.items()
-                   if v != LEARNED and Captured.from_bytes(v).captured_at_ms < cutoff]
-        for key in expired:
-            del captured_table[key]
+        for key, value in list(captured_table.items()):
+            entry = read_captured(value)
+            vector = entry.captured if isinstance(entry, Learned) else entry
+            if vector is None or vector.captured_at_ms >= cutoff:
+                continue  # the bare marker stays: a later label is recognised as a duplicate
+            if isinstance(entry, Learned):  # past the retention a learned verdict can no longer be corrected
+                captured_table[key] = LEARNED
+            else:
+                del captured_table[key]
         await delivered(changes.send())
         self.metrics.captured.set(len(self.captured))

@@ -17,7 +17,7 @@ from stream_app.devtools import fuzz
 from stream_app.domain.events import NO_PAN_KEY, parse_label
 from stream_app.domain.features import FEATURE_NAMES
 from stream_app.domain.ingress import Ingress, capture_key, join_label
-from stream_app.domain.learning import Captured
+from stream_app.domain.learning import Captured, Learned, read_captured
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.records import Source, dead_letter_record
 from stream_app.domain.schemas import DLQ_REASONS
@@ -98,9 +98,10 @@ def test_label_join_accounts_for_every_input(raw: bytes | None, was_scored: bool
                    captured=captured, parked=parked)
     out = join_label(raw, b"k", ("labels", 0, 1), 2, max_bytes=fuzz.MAX_BYTES, pans=PANS, captured=captured,
                      parked=parked)
-    assert out.kind in {"joined", "parked", "duplicate", "dead_lettered"}
+    assert out.kind in {"joined", "parked", "duplicate", "overruled", "dead_lettered"}  # corrected: after a join only
     if out.kind == "joined":
-        assert out.example is not None and captured[capture_key(out.label.card_id, out.label.tx_id)] == b"L"
+        assert out.example is not None and isinstance(
+            read_captured(captured[capture_key(out.label.card_id, out.label.tx_id)]), Learned)
     if out.kind == "parked":
         assert capture_key(out.label.card_id, out.label.tx_id) in parked
     _account(raw, b"k", out, PANS)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES, EntityTable, featurize_model
 from stream_app.domain.events import InvalidEvent, parse_label
-from stream_app.domain.learning import Captured, Example, OnlineLearner, PrequentialMetrics
+from stream_app.domain.learning import Captured, Example, Learned, OnlineLearner, PrequentialMetrics, read_captured
 from stream_app.domain.records import Source, score_record
 from stream_app.domain.scoring import Scored
 from stream_app.models import checkpoint
@@ -206,7 +206,8 @@ def test_label_join_in_the_cards_partition_whichever_comes_first() -> None:
     assert joined.kind == "joined" and joined.example.features == vector.features
     assert joined.example.entity == ENTITY, "the entity ids travel with the example"
     assert label("tx-1").kind == "duplicate"
-    assert capture(key, vector, captured, parked, pans) is None and captured[key] == b"L", "learned stays learned"
+    assert capture(key, vector, captured, parked, pans) is None and isinstance(read_captured(captured[key]), Learned), \
+        "learned stays learned"
 
     assert label("tx-2").kind == "parked" and capture_key("card_1", "tx-2") in parked
     late = capture(capture_key("card_1", "tx-2"), vector, captured, parked, pans)
@@ -225,3 +226,57 @@ def test_an_example_with_a_feature_that_is_not_a_finite_number_is_unreadable(fea
     assert Example.from_bytes(good).features == [1.0, 2.0]
     with pytest.raises(ValueError):
         Example.from_bytes(good.replace(b"[1.0,2.0]", features))
+
+
+def test_a_later_label_with_precedence_corrects_the_learned_verdict() -> None:
+    """An analyst says legit, the chargeback says fraud: the chargeback is learned again on the captured vector
+    (outcome corrected); a customer's claim cannot overrule the analyst (overruled); the same verdict again is a
+    duplicate; an analyst may revise another analyst's verdict. Past the retention only the marker is left,
+    and a later label is a duplicate. A parked label is replaced, before its transaction is scored, by one
+    that would correct it."""
+    from stream_app.domain.ingress import capture, capture_key, join_label
+    from stream_app.domain.learning import LEARNED
+    from stream_app.domain.pan import PanTokenizer
+
+    pans = PanTokenizer()
+    vector = Captured([1.0] * N_MODEL_FEATURES, {"onnx": 0.9, "river": 0.1, "risk": 0.8}, 5, ENTITY)
+    captured: dict[bytes, bytes] = {}
+    parked: dict[bytes, bytes] = {}
+
+    def label(verdict: str, source: str, tx_id: str = "tx-1", analyst: str | None = None):  # type: ignore[no-untyped-def]
+        body = {**LABEL, "tx_id": tx_id, "label": verdict, "source": source}
+        return join_label(orjson.dumps(body if analyst is None else {**body, "analyst": analyst}), b"card_1",
+                          ("labels", 0, 1), 10, max_bytes=4096, pans=pans, captured=captured, parked=parked,
+                          input_topic="labels")
+
+    key = capture_key("card_1", "tx-1")
+    capture(key, vector, captured, parked, pans)
+    first = label("legit", "analyst", analyst="alice@bank.example")
+    assert first.kind == "joined" and not first.example.is_fraud and first.example.analyst == "alice@bank.example"
+    assert Example.from_bytes(first.example.to_bytes()) == first.example, "the examples log says who taught it"
+    assert label("legit", "chargeback").kind == "duplicate"
+    assert label("fraud", "customer").kind == "overruled"
+    corrected = label("fraud", "chargeback")
+    assert corrected.kind == "corrected" and corrected.example.is_fraud and corrected.example.source == "chargeback"
+    assert corrected.example.features == vector.features and corrected.example.entity == ENTITY
+    assert label("legit", "analyst").kind == "overruled", "an analyst does not overrule the chargeback"
+    assert read_captured(captured[key]) == Learned(vector, True, "chargeback")
+    assert Captured.from_bytes(captured[key]) == vector, "a worker before corrections reads it as a capture"
+
+    captured[key] = LEARNED  # what the retention sweep leaves
+    assert label("legit", "chargeback").kind == "duplicate"
+
+    assert label("fraud", "analyst", tx_id="tx-2", analyst="bob").kind == "parked"
+    assert label("fraud", "chargeback", tx_id="tx-2").kind == "duplicate"
+    assert label("legit", "customer", tx_id="tx-2").kind == "overruled"
+    assert label("legit", "analyst", tx_id="tx-2", analyst="carol").kind == "parked", "a revision waits instead"
+    late = capture(capture_key("card_1", "tx-2"), vector, captured, parked, pans)
+    assert late is not None and not late.is_fraud and late.source == "analyst"
+
+
+def test_analyst_identity_is_validated() -> None:
+    good = parse_label(orjson.dumps({**LABEL, "source": "analyst", "analyst": "a.b@x-y.example"}))
+    assert good.analyst == "a.b@x-y.example" and b'"analyst":"a.b@x-y.example"' in good.to_bytes()
+    assert parse_label(orjson.dumps(LABEL)).analyst is None
+    with pytest.raises(InvalidEvent):
+        parse_label(orjson.dumps({**LABEL, "analyst": "<b>x</b>"}))
