@@ -13,7 +13,9 @@ Phase 1, throughput: N events are pre-loaded into the contender's input topic; e
 from the output records' timestamps (first to last), so process start-up is not counted.
 Phase 2, latency: the same continuation of the stream is published open-loop at a fixed rate
 (5k/s, or half of stream_app's phase-1 maximum if lower) and each event's latency is measured from
-its scheduled send time to its output record being consumed here.
+its scheduled send time to its output record being consumed here; "prod" columns: from the scheduled send
+to the output record's timestamp (when the contender's producer took it: what is left is the wait for the
+broker to take and serve it).
 CPU µs per event: CPU time of the contender's processes (children included) from its first output to its
 last of phase 1, per event (the broker's CPU is not in it); the second CPU column is the same over phase 2
 (events at the fixed rate: smaller micro-batches, and cards with the history of phase 1).
@@ -184,6 +186,8 @@ class Figures:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     max_ms: float = float("nan")
+    p50_produced_ms: float = float("nan")  # to the output record's timestamp: when the producer took it
+    p99_produced_ms: float = float("nan")
     peak_rss_mb: float = float("nan")
     cpu_us_per_event: float = float("nan")
     cpu_us_per_event_at_rate: float = float("nan")  # phase 2: small batches, cards with more history
@@ -216,6 +220,8 @@ class OutputReader:
                                          fetch_max_wait_ms=5, enable_auto_commit=False)
         self.timestamps: list[int] = []
         self.arrived: dict[str, float] = {}
+        self.produced: dict[str, float] = {}  # tx_id -> its output record's timestamp, on the monotonic clock
+        self.wall_offset = time.time() - time.monotonic()
 
     async def __aenter__(self) -> OutputReader:
         await self.consumer.start()
@@ -236,7 +242,9 @@ class OutputReader:
         for messages in batches.values():
             for m in messages:
                 self.timestamps.append(m.timestamp)
-                self.arrived.setdefault(orjson.loads(m.value)["tx_id"], now)
+                tx_id = orjson.loads(m.value)["tx_id"]
+                self.arrived.setdefault(tx_id, now)
+                self.produced.setdefault(tx_id, m.timestamp / 1000 - self.wall_offset)
 
 
 async def open_loop(bootstrap: str, topic: str, events: list[tuple[bytes, bytes, str]], rate: float,
@@ -409,6 +417,9 @@ async def measure(contender: Contender, phase1: list[tuple[bytes, bytes, str]],
             figures.latency_sent, figures.latency_received = len(scheduled), len(latencies)
             figures.p50_ms, figures.p99_ms = percentile(latencies, 0.5), percentile(latencies, 0.99)
             figures.max_ms = max(latencies, default=float("nan"))
+            produced = [(reader.produced[t] - due) * 1000 for t, due in scheduled.items() if t in reader.produced]
+            figures.p50_produced_ms = percentile(produced, 0.5)
+            figures.p99_produced_ms = percentile(produced, 0.99)
     finally:
         figures.peak_rss_mb = contender.stop()
     return figures
@@ -459,10 +470,11 @@ def main() -> None:
 
 def report(results: dict[str, Figures], json_path: Path | None) -> None:
     print(f"\n{'contender':<14} {'events/s':>10} {'CPU µs/ev':>9} {'rate':>7} {'CPU µs/ev':>9} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'max ms':>8} {'recv':>11} {'peak RSS MB':>11}")
+          f"{'p99 ms':>8} {'max ms':>8} {'p50 prod':>8} {'p99 prod':>8} {'recv':>11} {'peak RSS MB':>11}")
     for f in results.values():
         print(f"{f.contender:<14} {f.eps:>10,.0f} {f.cpu_us_per_event:>9.0f} {f.latency_rate:>7,.0f} "
               f"{f.cpu_us_per_event_at_rate:>9.0f} {f.p50_ms:>8.1f} {f.p99_ms:>8.1f} {f.max_ms:>8.1f} "
+              f"{f.p50_produced_ms:>8.1f} {f.p99_produced_ms:>8.1f} "
               f"{f.latency_received:>5}/{f.latency_sent:<5} {f.peak_rss_mb:>11.0f}")
     eps = {k: v.eps for k, v in results.items()}
     ours = eps.get("stream_app", float("nan"))
