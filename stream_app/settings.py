@@ -94,11 +94,9 @@ class Settings:
         "STREAM_APP_BATCH_SLICE",
         "Events of a micro-batch worked on between two yields to the event loop (~0.1 ms an event), and "
         "records the learner and the entity replica apply between two: bounds how long POST /score waits."))
-    max_in_flight_batches: int = field(default=16, metadata=_env(
+    max_in_flight_batches: int = field(default=4, metadata=_env(
         "STREAM_APP_MAX_IN_FLIGHT_BATCHES",
-        "Micro-batches scored while earlier ones still wait for the broker's acks (1: one at a time). Under a "
-        "steady rate batches are small and each waits two broker round trips: 16 instead of 4 halved the p99 "
-        "at half the maximum rate here (docs/notes/measurements.md)."))
+        "Micro-batches scored while earlier ones still wait for the broker's acks (1: one at a time)."))
     stream_buffer_maxsize: int = field(default=32768, metadata=_env(
         "STREAM_APP_STREAM_BUFFER_MAXSIZE",
         "Events fetched and waiting for the agents (faust's stream buffer; its default 4096 held the consumer path at "
