@@ -97,10 +97,11 @@ class Settings:
     max_in_flight_batches: int = field(default=4, metadata=_env(
         "STREAM_APP_MAX_IN_FLIGHT_BATCHES",
         "Micro-batches scored while earlier ones still wait for the broker's acks (1: one at a time)."))
-    stream_buffer_maxsize: int = field(default=32768, metadata=_env(
+    stream_buffer_maxsize: int = field(default=4096, metadata=_env(
         "STREAM_APP_STREAM_BUFFER_MAXSIZE",
-        "Events fetched and waiting for the agents (faust's stream buffer; its default 4096 held the consumer path at "
-        "~13k events/s here, 32768 at ~35k: docs/notes/measurements.md). About 0.5 KB an event."))
+        "Events fetched and waiting for the agents (faust's stream buffer). 32768 doubles what the consumer path "
+        "alone moves (the runtime floor: ~11k -> ~21k events/s here) but, while the scoring core is the bottleneck, "
+        "made the demo's p99 latency twice as long (docs/notes/measurements.md). About 0.5 KB an event."))
     fetch_max_wait_ms: int = field(default=10, metadata=_env(
         "STREAM_APP_FETCH_MAX_WAIT_MS", "Longest time the broker may hold the worker's fetch when no data is there."))
     review_threshold: float = field(default=0.3, metadata=_env(
