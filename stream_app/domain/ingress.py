@@ -11,7 +11,8 @@ one outcome kind:
   ``rekeyed`` (valid, but not keyed by its card or not in its card's partition: forwarded),
   ``duplicate`` or ``dead_lettered``.
 
-A card's state lives in one partition, :func:`card_partition` (Kafka's default partitioner, murmur2):
+A card's state lives in one partition, :func:`card_partition` (Kafka's default partitioner, murmur2, as
+the worker's producer uses it for the card tables' changelogs and the re-key topics):
 the card tables' changelogs are written there, and the worker that owns that partition number owns the
 card. Producers built on librdkafka (CRC-32) or sarama (FNV-1a) put a card's events elsewhere, and a
 mix of producers splits them over several partitions; so an input message is re-keyed (through the
@@ -26,7 +27,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Literal
 
 from stream_app.domain.entities import EntityTable, model_row
@@ -34,7 +34,7 @@ from stream_app.domain.events import DuplicateEvent, InvalidEvent, Label, Transa
 from stream_app.domain.features import CardState, featurize, load_once
 from stream_app.domain.learning import Captured, Example, Learned, ParkedLabel, read_captured
 from stream_app.domain.pan import PanTokenizer
-from stream_app.domain.partitioner import kafka_partition
+from stream_app.domain.partitioner import card_partition
 
 TxKind = Literal["scored", "rekeyed", "dead_lettered", "duplicate"]
 #: joined: learned; corrected: a later label that overrules the learned verdict, learned again; overruled: a later
@@ -51,13 +51,6 @@ def capture_key(card_id: str, tx_id: str) -> bytes:
 def card_of(key: bytes) -> bytes:
     """The card part of a :func:`capture_key`: the tables partition by it, like the card's transactions."""
     return key.rpartition(SEPARATOR)[0]
-
-
-@lru_cache(maxsize=1 << 15)  # murmur2 is pure Python (~9 µs a key); a card's next events hit the cache
-def card_partition(card_key: bytes, partitions: int) -> int:
-    """The partition of a card's state and events: Kafka's default partitioner (Java client, aiokafka,
-    kafkajs), the one the worker's producer uses for the card tables' changelogs and the re-key topics."""
-    return kafka_partition(card_key, partitions)
 
 
 def in_card_partition(card_key: bytes, partition: int | None, partitions: int | None) -> bool:

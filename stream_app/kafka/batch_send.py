@@ -30,16 +30,18 @@ class PartitionBatches:
         self._partitions = partitions if partitions is not None else {}
         self.records = 0
 
-    def add(self, topic: str, key: bytes, value: bytes | None, partition_key: bytes | None = None) -> None:
+    def add(self, topic: str, key: bytes, value: bytes | None, partition_key: bytes | None = None, *,
+            card: bool = False) -> None:
         """Queue a record, in the partition of ``partition_key`` (default: its key); the topic's partitions
-        must be known (``partitions``, see `ensure_metadata`)."""
+        must be known (``partitions``, see `ensure_metadata`). ``card``: that key is a card's, whose
+        partition is cached (it comes back with the card's next events)."""
         known = self._partitions.get(topic)
         if known is None:
             found = self.producer.client.cluster.partitions_for_topic(topic)
             if not found:
                 raise LookupError(f"partitions of {topic} unknown: call ensure_metadata first")
             known = self._partitions[topic] = sorted(found)
-        partition = partition_for(self.producer, key if partition_key is None else partition_key, known)
+        partition = partition_for(self.producer, key if partition_key is None else partition_key, known, card=card)
         builder = self._open.get((topic, partition))
         if builder is None:
             builder = self._open[(topic, partition)] = self.producer.create_batch()
@@ -63,8 +65,9 @@ class BatchedTable(MutableMapping[bytes, bytes]):
     A write changes the table's store at once (reads see it) and adds its changelog record (a
     tombstone for a delete) to ``batches``, partitioned by the producer's partitioner like faust's
     ``use_partitioner=True`` (over ``partition_key(key)`` when given: a composite key partitioned by one
-    part); the caller sends the batches and awaits them before acknowledging the input, which is also
-    what makes "state before outputs" a plain ordering of two awaits."""
+    part; the worker's tables are all partitioned by card, so that partition is cached); the caller sends
+    the batches and awaits them before acknowledging the input, which is also what makes "state before
+    outputs" a plain ordering of two awaits."""
 
     def __init__(self, table: Any, batches: PartitionBatches,
                  partition_key: Callable[[bytes], bytes] | None = None) -> None:
@@ -78,11 +81,11 @@ class BatchedTable(MutableMapping[bytes, bytes]):
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.store[key] = value
-        self.batches.add(self.topic, key, value, self.partition_key(key) if self.partition_key else None)
+        self.batches.add(self.topic, key, value, self.partition_key(key) if self.partition_key else None, card=True)
 
     def __delitem__(self, key: bytes) -> None:
         del self.store[key]
-        self.batches.add(self.topic, key, None, self.partition_key(key) if self.partition_key else None)
+        self.batches.add(self.topic, key, None, self.partition_key(key) if self.partition_key else None, card=True)
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.store)

@@ -81,7 +81,7 @@ class LabelAgent:
                     changes.add(s.examples_topic, example.tx_id.encode(), example.to_bytes())
                 elif out.kind == "rekeyed":
                     assert out.label is not None
-                    changes.add(s.labels_rekeyed_topic, out.label.card_id.encode(), out.forward or b"")
+                    changes.add(s.labels_rekeyed_topic, out.label.card_id.encode(), out.forward or b"", card=True)
                 if out.kind != "dead_lettered":
                     self.metrics.labels.labels(out.kind).inc()
             sends.append(delivered(changes.send()))

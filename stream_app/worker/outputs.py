@@ -86,7 +86,7 @@ class Outputs:
 
     def add_alert(self, item: Scored, batches: PartitionBatches, now: int) -> None:
         alert = alert_record(item, self.scorer.reasons, now)
-        batches.add(self.settings.alerts_topic, item.tx.card_id.encode(), orjson.dumps(alert))
+        batches.add(self.settings.alerts_topic, item.tx.card_id.encode(), orjson.dumps(alert), card=True)
         self.metrics.alerts.labels(item.decision).inc()
         log.debug("alert.raised", tx_id=item.tx.tx_id, card_id=item.tx.card_id, decision=item.decision,
                   risk=round(item.risk, 4))

@@ -152,7 +152,7 @@ class ScoreAgent:
                 assert out.tx is not None
                 # With the card states: handed to the producer in input order (the outputs of a later batch
                 # may be sent before an earlier one's), so a card's re-keyed events stay in order.
-                state.add(s.rekeyed_topic, out.tx.card_id.encode(), out.forward or b"")
+                state.add(s.rekeyed_topic, out.tx.card_id.encode(), out.forward or b"", card=True)
                 m.rekeyed.inc()
             elif out.kind == "duplicate":
                 assert out.tx is not None

@@ -195,13 +195,22 @@ def test_partition_for_is_the_producers_choice() -> None:
 
 
 async def _partition_for_is_the_producers_choice() -> None:
-    """Touch 8: the producer's partitioner is Kafka's murmur2 one, called with (key, all, available)."""
+    """Touch 8: the producer's partitioner is Kafka's murmur2 one, called with (key, all, available); the
+    shortcut for it (cached for card keys) chooses what it chooses, and another partitioner is called."""
     producer = AIOKafkaProducer(bootstrap_servers="localhost:1")
-    keys = [f"card-{i}".encode() for i in range(200)]
-    assert [compat.partition_for(producer, k, [0, 1, 2, 3, 4]) for k in keys] == [kafka_partition(k, 5) for k in keys]
+    keys = [f"card-{i}".encode() for i in range(200)] + [bytes(range(n)) for n in range(9)]
+    own = [producer._partitioner(k, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]) for k in keys]
+    assert [compat.partition_for(producer, k, [0, 1, 2, 3, 4]) for k in keys] == own
+    assert [compat.partition_for(producer, k, [0, 1, 2, 3, 4], card=True) for k in keys] == own
+    assert own == [kafka_partition(k, 5) for k in keys]
+    some = [3, 7, 9]
+    assert [compat.partition_for(producer, k, some) for k in keys] == [some[kafka_partition(k, 3)] for k in keys]
+    await producer.stop()
+    custom = AIOKafkaProducer(bootstrap_servers="localhost:1", partitioner=lambda key, every, available: every[-1])
+    assert {compat.partition_for(custom, k, [0, 1, 2], card=True) for k in keys} == {2}
+    await custom.stop()
     assert inspect.iscoroutinefunction(producer.client._wait_on_metadata)  # touch 9
     assert list(inspect.signature(producer.client._wait_on_metadata).parameters) == ["topic"]
-    await producer.stop()
 
 
 def test_store_dict_is_the_memory_stores_dict() -> None:
