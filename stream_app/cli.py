@@ -25,6 +25,7 @@ EXIT_WRITE_FAILED = 70
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from stream_app.kafka.compat import Worker
+    from stream_app.worker import collector
     from stream_app.worker.logs import configure_logging, json_stdlib_logging
     from stream_app.worker.shutdown import StopDeadline
     from stream_app.worker.topology import create_app
@@ -36,7 +37,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from stream_app.worker.supervisor import run_processes
 
         return run_processes(settings, args.processes, ["--faust-log-level", args.faust_log_level])
+    collector.set_thresholds(settings.gc_threshold_values())
     stream_app = create_app(settings)
+    collector.PauseTimer(stream_app.metrics.gc_pause).install()
     deadline = StopDeadline(settings.shutdown_timeout_s, lambda: EXIT_WRITE_FAILED if stream_app.failure else 0)
 
     class _Worker(Worker):
@@ -60,8 +63,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             await super().on_startup_finished()
             import structlog
 
+            frozen = collector.freeze_startup()  # what start-up built lives as long as the process
             structlog.get_logger("stream_app.worker").info(
-                "worker.ready", onnx_version=stream_app.scorer.onnx.version,
+                "worker.ready", onnx_version=stream_app.scorer.onnx.version, gc_frozen_objects=frozen,
                 web=f"{settings.web_host}:{settings.web_port}", kafka=stream_app.kafka_security.describe(),
                 http_auth=bool(settings.http_token or settings.http_token_file))
 

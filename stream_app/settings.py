@@ -102,6 +102,10 @@ class Settings:
         "Events fetched and waiting for the agents (faust's stream buffer). 32768 doubles what the consumer path "
         "alone moves (the runtime floor: ~11k -> ~21k events/s here) but, while the scoring core is the bottleneck, "
         "made the demo's p99 latency twice as long (docs/notes/measurements.md). About 0.5 KB an event."))
+    gc_thresholds: str = field(default="10000,50,100", metadata=_env(
+        "STREAM_APP_GC_THRESHOLDS",
+        "Python's garbage collector thresholds for the worker, `gen0,gen1,gen2` (`python`: CPython's 700,10,10). "
+        "With CPython's, a 60k-event backlog cost 31 full collections of ~150 ms each (worker/collector.py)."))
     fetch_max_wait_ms: int = field(default=10, metadata=_env(
         "STREAM_APP_FETCH_MAX_WAIT_MS", "Longest time the broker may hold the worker's fetch when no data is there."))
     review_threshold: float = field(default=0.3, metadata=_env(
@@ -191,6 +195,9 @@ class Settings:
             values[f.name] = _coerce(f.name, f.type, raw)
         return replace(cls(**values), **overrides)
 
+    def gc_threshold_values(self) -> tuple[int, int, int] | None:
+        return parse_gc_thresholds(self.gc_thresholds)
+
     def __post_init__(self) -> None:
         if not 0 <= self.review_threshold <= self.decline_threshold <= 1:
             raise ValueError("need 0 <= review_threshold <= decline_threshold <= 1")
@@ -198,6 +205,7 @@ class Settings:
                 or self.stream_buffer_maxsize < 1:
             raise ValueError(
                 "partitions, batch_size, batch_slice, max_in_flight_batches and stream_buffer_maxsize must be >= 1")
+        self.gc_threshold_values()  # refuses a malformed value at start, not when the worker applies it
         if self.combiner not in {"weighted", "stacked"}:
             raise ValueError("combiner must be weighted or stacked")
         if not 0 <= self.river_max_weight <= 1:
@@ -263,6 +271,18 @@ def _check_kafka_security(s: Settings) -> None:
         raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME")
     if bool(s.kafka_sasl_password) == bool(s.kafka_sasl_password_file):
         raise ValueError("SASL needs exactly one of KAFKA_SASL_PASSWORD and KAFKA_SASL_PASSWORD_FILE")
+
+
+def parse_gc_thresholds(text: str) -> tuple[int, int, int] | None:
+    """``"gen0,gen1,gen2"`` as ``gc.set_threshold`` takes them; ``"python"``: None (CPython's own)."""
+    if text.strip() == "python":
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or int(parts[0]) < 1:
+        raise ValueError(f"STREAM_APP_GC_THRESHOLDS must be 'gen0,gen1,gen2' (integers, gen0 >= 1) or 'python', "
+                         f"not {text!r}")
+    first, second, third = (int(p) for p in parts)
+    return first, second, third
 
 
 def _coerce(name: str, type_name: Any, raw: str) -> Any:

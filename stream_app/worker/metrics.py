@@ -16,6 +16,7 @@ from stream_app.kafka.compat import histogram_observe_many
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+GC_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 STAGES = ("decode", "features", "onnx", "river", "produce")
 
 
@@ -61,6 +62,9 @@ class Metrics:
         self.cards = Gauge("stream_app_card_states", "Per-card states held by this worker.", registry=r)
         self.card_state_bytes = Histogram("stream_app_card_state_bytes", "Size of a card's stored state.",
                                           buckets=(128, 256, 512, 1024, 2048, 4096, 8192), registry=r)
+        self.gc_pause = Histogram("stream_app_gc_pause_seconds", "Pauses of Python's garbage collector (the event "
+                                  "loop stops meanwhile), by generation.", ["generation"], buckets=GC_PAUSE_BUCKETS,
+                                  registry=r)
         self.captured = Gauge("stream_app_captured_features", "Feature vectors waiting for their label.",
                               registry=r)
         self.drift_psi = Gauge("stream_app_drift_psi", "Population stability index against the training data.",

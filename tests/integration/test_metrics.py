@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import orjson
 from outputs import PARTITIONS, produce, read_until, scrape
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
@@ -53,3 +54,8 @@ def test_metrics_count_what_was_sent(kafka_bootstrap: str, app_env: dict[str, st
     assert lags and all(v == 0 for v in lags)  # caught up
     assert m[("stream_app_card_states", ())] > 0
     assert any(name == "stream_app_model_info" for name, _ in m)
+    # The collector set for a worker (stream_app/worker/collector.py): start-up frozen, pauses observed.
+    assert m[("stream_app_gc_pause_seconds_count", (("generation", "2"),))] >= 1  # the collection before freezing
+    assert m[("stream_app_gc_pause_seconds_count", (("generation", "0"),))] >= 1
+    ready = next(line for line in worker.log().splitlines() if '"worker.ready"' in line)
+    assert orjson.loads(ready)["gc_frozen_objects"] > 10_000  # modules, models
