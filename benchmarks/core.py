@@ -4,7 +4,8 @@ event between the bytes fetched and the records handed to the producer.
 Generated events (raw JSON, as a payment system sends them) are scored in micro-batches of ``--batch``
 through the worker's own parts: the ingress (parse, validate, card state, card and entity features), the
 local entity fold, the card states encoded as stored, both models, the score and alert records, and the
-captured vector of the label join. Card states live in a dict of stored bytes, as in the worker's table.
+captured vector of the label join. Card states live in a dict of stored bytes, as in the worker's table, and
+the garbage collector is set as the worker sets it (``STREAM_APP_GC_THRESHOLDS``, start-up frozen).
 
 ``--against DIR`` runs this same script on another checkout of the project (e.g. a ``git worktree`` of the
 commit before a change) interleaved with this one, ``--runs`` times each, and reports the medians side by
@@ -42,6 +43,7 @@ def measure(n_events: int, batch: int) -> dict[str, float]:
     from stream_app.domain.records import Source, alert_record, score_record
     from stream_app.domain.scoring import FraudScorer
     from stream_app.settings import Settings
+    from stream_app.worker.collector import freeze_startup, set_thresholds
     from stream_app.worker.delivery import decode_card, encode_card
 
     settings = Settings.from_env({})
@@ -55,6 +57,8 @@ def measure(n_events: int, batch: int) -> dict[str, float]:
         raise SystemExit(f"the generator made {len(raws)} events, fewer than 2 x --events")
     stored: dict[bytes, bytes] = {}
     spent: dict[str, float] = defaultdict(float)
+    set_thresholds(settings.gc_threshold_values())  # the worker's garbage collector settings (worker/collector.py)
+    freeze_startup()
 
     def load(card_id: str) -> Any:
         value = stored.get(card_id.encode())

@@ -142,8 +142,10 @@ def run_runtime_floor(bootstrap: str, src: str, dst: str) -> None:
     from stream_app.kafka.batch_send import PartitionBatches, delivered, ensure_metadata
     from stream_app.kafka.compat import acknowledge, micro_batches, raw_producer, set_fetch_max_wait
     from stream_app.kafka.transport import broker_url
+    from stream_app.worker import collector
 
     s = Settings.from_env(bootstrap_servers=bootstrap)  # STREAM_APP_BATCH_SIZE etc. as the worker reads them
+    collector.set_thresholds(s.gc_threshold_values())  # the worker's garbage collector settings
     app = faust.App(f"bench-floor-{src}", broker=broker_url(bootstrap, fetch_verified_offsets=True),
                     key_serializer="raw", value_serializer="raw", topic_partitions=PARTITIONS, producer_acks=-1,
                     broker_session_timeout=6, web_bind="127.0.0.1", web_port=free_port(),
@@ -156,6 +158,7 @@ def run_runtime_floor(bootstrap: str, src: str, dst: str) -> None:
     async def forward(stream: Any) -> None:
         producer = raw_producer(app)
         partitions = await ensure_metadata(producer, dst)
+        collector.freeze_startup()  # as the worker does once it is ready
         in_flight: list[Any] = []
         async for events in micro_batches(stream, s.batch_size, s.batch_window_ms / 1000):
             batches = PartitionBatches(producer, partitions)
