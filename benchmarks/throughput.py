@@ -12,7 +12,8 @@ Each contender runs as its own process against the embedded broker (or --bootstr
 Phase 1, throughput: N events are pre-loaded into the contender's input topic; events/s is taken
 from the output records' timestamps (first to last), so process start-up is not counted.
 Phase 2, latency: the same continuation of the stream is published open-loop at a fixed rate
-(5k/s, or half of stream_app's phase-1 maximum if lower) and each event's latency is measured from
+(5k/s, or half of stream_app's phase-1 maximum if lower; ``--rate``: this rate, so that runs of two checkouts
+are compared at the same load) and each event's latency is measured from
 its scheduled send time to its output record being consumed here; "prod" columns: from the scheduled send
 to the output record's timestamp (when the contender's producer took it: what is left is the wait for the
 broker to take and serve it).
@@ -432,6 +433,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=50_000, help="events in the throughput phase")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, help="events/s of the latency phase (default: half stream_app's "
+                        "phase-1 maximum, at most 5k/s)")
     parser.add_argument("--only", default="a,b,c,d", help="contenders to run, e.g. a,d")
     parser.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
     parser.add_argument("--json", type=Path, help="write all figures here")
@@ -450,6 +453,8 @@ def main() -> None:
         return
     if args.bootstrap and args.bootstrap.rsplit(":", 1)[0] not in {"127.0.0.1", "localhost", "[::1]"}:
         parser.error("--bootstrap must be a loopback address: this benchmark floods the broker")
+    if args.rate is not None and not 0 < args.rate <= 5000:
+        parser.error("--rate must be in (0, 5000]: the latency phase's events are made for 5k/s")
     names = [CONTENDERS[c] for c in ["d", *[x for x in "abcef" if x in args.only]] if c in args.only]
     events = make_events(args.n + int(5000 * args.latency_seconds), seed=11)
     phase1, phase2 = events[: args.n], events[args.n:]
@@ -458,7 +463,7 @@ def main() -> None:
         broker = None if args.bootstrap else EmbeddedBroker().start()
         bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
         try:
-            rate = None
+            rate = args.rate
             for name in names:
                 print(f"{name}: {args.n} events ...", file=sys.stderr, flush=True)
                 contender = Contender(name, bootstrap, Path(tmp))
