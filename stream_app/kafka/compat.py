@@ -267,7 +267,10 @@ class Transport(faust_aiokafka.Transport):
 def partition_for(producer: AIOKafkaProducer, key: bytes, partitions: list[int], *, card: bool = False) -> int:
     """The partition ``producer.send`` would choose for ``key`` among a topic's ``partitions`` (all
     counted as available, as faust's ``use_partitioner=True``). With aiokafka's default partitioner this is
-    the domain's equal murmur2 at half the cost, cached for ``card`` keys (they come back)."""
+    the domain's equal murmur2 at half the cost, cached for ``card`` keys (they come back); a topic of one
+    partition (the examples log) needs no hash."""
+    if len(partitions) == 1:
+        return partitions[0]
     partitioner = producer._partitioner  # noqa: SLF001 - touch 8
     if isinstance(partitioner, DefaultPartitioner):
         return partitions[(card_partition if card else kafka_partition)(key, len(partitions))]

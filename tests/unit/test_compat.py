@@ -206,6 +206,7 @@ async def _partition_for_is_the_producers_choice() -> None:
     some = [3, 7, 9]
     assert [compat.partition_for(producer, k, some) for k in keys] == [some[kafka_partition(k, 3)] for k in keys]
     await producer.stop()
+    assert {compat.partition_for(producer, k, [5]) for k in keys} == {5}  # one partition: no hash
     custom = AIOKafkaProducer(bootstrap_servers="localhost:1", partitioner=lambda key, every, available: every[-1])
     assert {compat.partition_for(custom, k, [0, 1, 2], card=True) for k in keys} == {2}
     await custom.stop()
