@@ -108,6 +108,11 @@ class Settings:
         "With CPython's, a 60k-event backlog cost 31 full collections of ~150 ms each (worker/collector.py)."))
     fetch_max_wait_ms: int = field(default=10, metadata=_env(
         "STREAM_APP_FETCH_MAX_WAIT_MS", "Longest time the broker may hold the worker's fetch when no data is there."))
+    producer_batch_bytes: int = field(default=1_000_000, metadata=_env(
+        "STREAM_APP_PRODUCER_BATCH_BYTES",
+        "Largest producer batch: a micro-batch's records for one partition fit one batch, so one produce request "
+        "carries a micro-batch (faust's 16 KiB cut a batch of 500 labels into ~70 batches, sent one per partition "
+        "per request: ~15 round trips). At most the broker's message.max.bytes (Apache Kafka's default: 1 MiB)."))
     review_threshold: float = field(default=0.3, metadata=_env(
         "STREAM_APP_REVIEW_THRESHOLD", "Combined risk at or above this: decision `review` and an alert."))
     decline_threshold: float = field(default=0.8, metadata=_env(
@@ -202,9 +207,9 @@ class Settings:
         if not 0 <= self.review_threshold <= self.decline_threshold <= 1:
             raise ValueError("need 0 <= review_threshold <= decline_threshold <= 1")
         if self.partitions < 1 or self.batch_size < 1 or self.max_in_flight_batches < 1 or self.batch_slice < 1 \
-                or self.stream_buffer_maxsize < 1:
-            raise ValueError(
-                "partitions, batch_size, batch_slice, max_in_flight_batches and stream_buffer_maxsize must be >= 1")
+                or self.stream_buffer_maxsize < 1 or self.producer_batch_bytes < 1:
+            raise ValueError("partitions, batch_size, batch_slice, max_in_flight_batches, stream_buffer_maxsize and "
+                             "producer_batch_bytes must be >= 1")
         self.gc_threshold_values()  # refuses a malformed value at start, not when the worker applies it
         if self.combiner not in {"weighted", "stacked"}:
             raise ValueError("combiner must be weighted or stacked")

@@ -94,6 +94,7 @@ class StreamApp:
             web_graph_enabled=False,
             web_stats_enabled=False,
             producer_acks=-1,
+            producer_max_batch_size=s.producer_batch_bytes,
             producer_request_timeout=s.delivery_timeout_s,
             key_serializer="raw",
             value_serializer="raw",
