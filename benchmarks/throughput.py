@@ -151,7 +151,7 @@ def run_runtime_floor(bootstrap: str, src: str, dst: str) -> None:
                     key_serializer="raw", value_serializer="raw", topic_partitions=PARTITIONS, producer_acks=-1,
                     broker_session_timeout=6, web_bind="127.0.0.1", web_port=free_port(),
                     datadir=tempfile.mkdtemp(prefix="bench-floor-"), consumer_auto_offset_reset="earliest",
-                    stream_buffer_maxsize=s.stream_buffer_maxsize)
+                    stream_buffer_maxsize=s.stream_buffer_maxsize, producer_max_batch_size=s.producer_batch_bytes)
     set_fetch_max_wait(app, s.fetch_max_wait_ms)
     source = app.topic(src, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
