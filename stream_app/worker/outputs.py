@@ -129,7 +129,8 @@ def failure_hint(exc: BaseException) -> str:
     if "AuthorizationFailed" in names:
         return "grant the worker's principal Write (and Describe) on the output and dead-letter topics"
     if too_large(exc):
-        return "raise the topic's max.message.bytes or lower STREAM_APP_DLQ_ORIGINAL_MAX_BYTES"
+        return ("raise the topic's max.message.bytes, or lower STREAM_APP_PRODUCER_BATCH_BYTES (batches of records) "
+                "or STREAM_APP_DLQ_ORIGINAL_MAX_BYTES (a dead letter's copy of its message)")
     if "KafkaTimeoutError" in names or "RequestTimedOut" in names:
         return "the broker did not confirm within STREAM_APP_DELIVERY_TIMEOUT_S: check that it is reachable"
     return "see the error; the worker's input is read again after the restart"
