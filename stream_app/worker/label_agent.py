@@ -26,6 +26,7 @@ from stream_app.kafka.batch_send import BatchedTable, delivered
 from stream_app.kafka.compat import acknowledge, micro_batches, store_dict
 from stream_app.settings import Settings
 from stream_app.worker import delivery
+from stream_app.worker.in_flight import InFlight
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import Outputs, now_ms
 
@@ -50,10 +51,13 @@ class LabelAgent:
             self.fail(exc, "label-join")
 
     async def run(self, stream: faust.StreamT[bytes]) -> None:
-        """Join each label with its captured vector; a label for a tx_id not captured (yet) is parked."""
+        """Join each label with its captured vector; a label for a tx_id not captured (yet) is parked. Batches are
+        pipelined up to ``max_in_flight_batches``, as the score agent's: joins read the tables at once, so a batch
+        sees what the batches before it joined, confirmed or not."""
         s = self.settings
         await self.outputs.fetch_metadata(*(t.changelog_topic.get_topic_name()
                                             for t in (self.cards, self.captured, self.parked)))
+        in_flight = InFlight(s.max_in_flight_batches, lambda exc: self.fail(exc, "label-join"))
         async for events in micro_batches(stream, s.batch_size, s.batch_window_ms / 1000):
             changes = self.outputs.batches()
             captured_table = BatchedTable(self.captured, changes, card_of)
@@ -85,8 +89,16 @@ class LabelAgent:
                 if out.kind != "dead_lettered":
                     self.metrics.labels.labels(out.kind).inc()
             sends.append(delivered(changes.send()))
-            await asyncio.gather(*sends)
-            await acknowledge(stream, events)  # only now: an interrupted batch stays unacknowledged
+            await in_flight.add(self.confirm(stream, events, sends))  # the next batch is joined meanwhile
+        await in_flight.drain()  # shutting down: let the batches taken so far be confirmed and acknowledged
+
+    @staticmethod
+    async def confirm(stream: faust.StreamT[bytes], events: list[faust.EventT[bytes]],
+                      sends: list[Awaitable[Any]]) -> None:
+        """The batch's records acknowledged by the broker, then its input (an interrupted batch stays
+        unacknowledged and is redelivered)."""
+        await asyncio.gather(*sends)
+        await acknowledge(stream, events)
 
     def _card(self, entity: dict[str, Any] | None) -> CardState | None:
         """The labelled transaction's card state (for its compromise suspects), when it has one here."""

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import faust
 import orjson
@@ -39,6 +38,7 @@ from stream_app.kafka.witness import written_since
 from stream_app.settings import Settings
 from stream_app.worker import delivery
 from stream_app.worker.entities import EntityReplica
+from stream_app.worker.in_flight import InFlight
 from stream_app.worker.metrics import Metrics, observe_many
 from stream_app.worker.outputs import Outputs, now_ms
 
@@ -80,27 +80,18 @@ class ScoreAgent:
                                             for t in (self.cards, self.captured, self.parked)))
         if self.before_first_batch is not None:
             await self.before_first_batch()
-        in_flight: deque[asyncio.Future[None]] = deque()
+        in_flight = InFlight(s.max_in_flight_batches, lambda exc: self.fail(exc, "score"))
         async for events in micro_batches(stream, s.batch_size, s.batch_window_ms / 1000):
             seq = self.ledger.open()
             state = self.outputs.batches()
             pending = await self.process_batch(events, state, seq)
             state_acks = await state.send()
             if self.ledger.repairs:  # redelivered events that may lack outputs: look once nothing is in flight
-                await asyncio.gather(*in_flight)
-                in_flight.clear()
+                await in_flight.drain()
                 await asyncio.gather(*state_acks)
                 pending.extend(await self.repair())
-            confirming = asyncio.ensure_future(self.confirm(stream, events, state_acks, pending, seq))
-            confirming.add_done_callback(self._check_confirmed)  # a failure stops the worker at once
-            in_flight.append(confirming)
-            while in_flight and (len(in_flight) >= s.max_in_flight_batches or in_flight[0].done()):
-                await in_flight.popleft()  # a failed delivery raises here: the agent stops, nothing acked
-        await asyncio.gather(*in_flight)  # shutting down: let the batches taken so far be confirmed and acked
-
-    def _check_confirmed(self, confirming: asyncio.Future[None]) -> None:
-        if not confirming.cancelled() and confirming.exception() is not None:
-            self.fail(cast(Exception, confirming.exception()), "score")
+            await in_flight.add(self.confirm(stream, events, state_acks, pending, seq))
+        await in_flight.drain()  # shutting down: let the batches taken so far be confirmed and acked
 
     async def confirm(self, stream: faust.StreamT[bytes], events: list[faust.EventT],
                       state_acks: list[asyncio.Future[Any]], outputs: list[Awaitable[Any]], seq: int) -> None:
