@@ -96,7 +96,8 @@ class Settings:
         "records the learner and the entity replica apply between two: bounds how long POST /score waits."))
     max_in_flight_batches: int = field(default=4, metadata=_env(
         "STREAM_APP_MAX_IN_FLIGHT_BATCHES",
-        "Micro-batches scored while earlier ones still wait for the broker's acks (1: one at a time)."))
+        "Micro-batches scored, or labels joined, while earlier ones still wait for the broker's acks "
+        "(1: one at a time)."))
     stream_buffer_maxsize: int = field(default=4096, metadata=_env(
         "STREAM_APP_STREAM_BUFFER_MAXSIZE",
         "Events fetched and waiting for the agents (faust's stream buffer). 32768 doubles what the consumer path "
