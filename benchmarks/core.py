@@ -32,6 +32,17 @@ import orjson
 STAGES = ("ingress", "entity_fold", "state_encode", "models", "records", "capture")
 
 
+def worker_gc_settings(settings: Any) -> None:
+    """The garbage collector as the worker sets it (worker/collector.py); a checkout from before those settings
+    (``--against``) keeps CPython's, as its worker did."""
+    try:
+        from stream_app.worker.collector import freeze_startup, set_thresholds
+    except ImportError:
+        return
+    set_thresholds(settings.gc_threshold_values())
+    freeze_startup()
+
+
 def measure(n_events: int, batch: int) -> dict[str, float]:
     """µs per event by stage (and in all), for ``n_events`` scored after a warm-up of as many."""
     from stream_app.devtools.generator import GeneratorConfig, simulate
@@ -43,7 +54,6 @@ def measure(n_events: int, batch: int) -> dict[str, float]:
     from stream_app.domain.records import Source, alert_record, score_record
     from stream_app.domain.scoring import FraudScorer
     from stream_app.settings import Settings
-    from stream_app.worker.collector import freeze_startup, set_thresholds
     from stream_app.worker.delivery import decode_card, encode_card
 
     settings = Settings.from_env({})
@@ -57,8 +67,7 @@ def measure(n_events: int, batch: int) -> dict[str, float]:
         raise SystemExit(f"the generator made {len(raws)} events, fewer than 2 x --events")
     stored: dict[bytes, bytes] = {}
     spent: dict[str, float] = defaultdict(float)
-    set_thresholds(settings.gc_threshold_values())  # the worker's garbage collector settings (worker/collector.py)
-    freeze_startup()
+    worker_gc_settings(settings)
 
     def load(card_id: str) -> Any:
         value = stored.get(card_id.encode())
