@@ -103,10 +103,10 @@ class Settings:
         "Events fetched and waiting for the agents (faust's stream buffer). 32768 doubles what the consumer path "
         "alone moves (the runtime floor: ~11k -> ~21k events/s here) but, while the scoring core is the bottleneck, "
         "made the demo's p99 latency twice as long (docs/notes/measurements.md). About 0.5 KB an event."))
-    gc_thresholds: str = field(default="10000,50,100", metadata=_env(
+    gc_thresholds: str = field(default="700,10,100", metadata=_env(
         "STREAM_APP_GC_THRESHOLDS",
-        "Python's garbage collector thresholds for the worker, `gen0,gen1,gen2` (`python`: CPython's 700,10,10). "
-        "With CPython's, a 60k-event backlog cost 31 full collections of ~150 ms each (worker/collector.py)."))
+        "Python's garbage collector thresholds for the worker, `gen0,gen1,gen2` (`python`: CPython's 700,10,10): full "
+        "collections ten times rarer than CPython's; what start-up built is frozen out of them (worker/collector.py)."))
     fetch_max_wait_ms: int = field(default=10, metadata=_env(
         "STREAM_APP_FETCH_MAX_WAIT_MS", "Longest time the broker may hold the worker's fetch when no data is there."))
     producer_batch_bytes: int = field(default=1_000_000, metadata=_env(

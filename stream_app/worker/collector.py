@@ -5,13 +5,16 @@ enough objects have survived two collections. A worker allocates tens of contain
 lists, feature rows, records) and keeps each micro-batch's alive across awaits while the broker confirms it,
 so with the defaults those short-lived objects survive into the oldest generation and full collections
 follow one another, each walking every object the worker holds (its modules, models, entity profiles).
-Measured on a 60k-event backlog (docs/notes/measurements.md): 31 full collections, 150 ms each at the
-median, up to 400 ms — pauses of the event loop that every latency percentile and the HTTP door see.
+Measured on a 60k-event backlog (docs/notes/measurements.md): 32 full collections, 120-140 ms each at the
+median, up to ~190 ms (400 on a loaded machine) — pauses of the event loop that every latency percentile and
+the HTTP door see.
 
-Two remedies: objects that live as long as the process (what start-up built) are frozen out of every
-collection once the worker is ready (:func:`freeze_startup`), and the young generation is collected less
-often (:func:`set_thresholds`), so that most of a batch's objects are freed by reference counting before
-a collection sees them. Reference cycles are still collected, later.
+Two remedies. Once the worker is ready, what start-up built (about 170k objects that live as long as the
+process) is collected once and frozen out of every later collection (:func:`freeze_startup`): that alone made a
+full collection ~15-20 ms instead of ~125. And full collections run ten times less often than CPython's
+(``STREAM_APP_GC_THRESHOLDS`` 700,10,100): five instead of thirteen over a 30k-event backlog. A larger young
+generation (10,000) was tried: no faster, and its collections paused the loop up to ~14 ms instead of ~3.
+Reference cycles are still collected, later.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def gc_restored() -> Iterator[None]:
 def test_thresholds_are_three_integers_or_pythons_own() -> None:
     assert parse_gc_thresholds("10000, 50,100") == (10000, 50, 100)
     assert parse_gc_thresholds("python") is None
-    assert Settings.from_env({}).gc_threshold_values() == (10000, 50, 100)
+    assert Settings.from_env({}).gc_threshold_values() == (700, 10, 100)
     for bad in ("", "700,10", "0,10,10", "7e3,10,10", "-1,10,10", "700,10,10,10", "default"):
         with pytest.raises(ValueError, match="STREAM_APP_GC_THRESHOLDS"):
             Settings.from_env({"STREAM_APP_GC_THRESHOLDS": bad} if bad else {}, gc_thresholds=bad)
