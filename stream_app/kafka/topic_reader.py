@@ -34,6 +34,21 @@ def log_follower(settings: Settings, security: KafkaSecurity) -> AIOKafkaConsume
                             **security.client_kwargs())
 
 
+async def metadata_round_trip(consumer: AIOKafkaConsumer, wait_s: float = 30.0) -> None:
+    """A metadata round trip (the topics and their partitions), asked again while the broker does not answer, for
+    up to ``wait_s``: a follower starting while the broker restarts must not crash the worker on its first try (the
+    worker's broker probe is what decides a lost broker, `broker.topics_missing`)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            await consumer.topics()
+            return
+        except KafkaError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 @dataclass(frozen=True, slots=True)
 class TopicRange:
     """Per partition: offsets in ``[start_offset, end_offset)`` and message timestamps (ms) in

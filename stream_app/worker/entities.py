@@ -32,7 +32,7 @@ from stream_app.domain.entities import EntityTable, LabelArrival, Observation, p
 from stream_app.domain.events import InvalidEvent, Transaction, parse_ts
 from stream_app.domain.learning import Example
 from stream_app.kafka.security import KafkaSecurity
-from stream_app.kafka.topic_reader import log_follower
+from stream_app.kafka.topic_reader import log_follower, metadata_round_trip
 from stream_app.settings import Settings
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import now_ms
@@ -160,7 +160,7 @@ class EntityReplica:
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
     """The topic's partitions, waiting for its metadata (the worker creates its topics at start)."""
     for _ in range(100):
-        await consumer.topics()  # a metadata round trip
+        await metadata_round_trip(consumer)
         found = consumer.partitions_for_topic(topic)
         if found:
             return sorted(found)

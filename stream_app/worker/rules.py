@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 
 from stream_app.domain.scoring import FraudScorer
 from stream_app.kafka.security import KafkaSecurity
-from stream_app.kafka.topic_reader import log_follower
+from stream_app.kafka.topic_reader import log_follower, metadata_round_trip
 from stream_app.settings import Settings
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import now_ms
@@ -65,7 +65,7 @@ class RulesFollower:
         consumer = log_follower(s, self.security)
         await consumer.start()
         try:
-            await consumer.topics()  # a metadata round trip
+            await metadata_round_trip(consumer)
             if not consumer.partitions_for_topic(s.rules_topic):
                 log.error("rules.topic_missing", topic=s.rules_topic, effect="no rules until the topic exists",
                           hint="create the app's topics: stream-app topics")
