@@ -91,7 +91,7 @@ class FraudScorer:
 
     @property
     def reasons(self) -> ReasonModel:
-        return ReasonModel.from_card(self.slot.current.card)
+        return self.slot.current.reasons
 
     def versions(self, onnx: OnnxScorer | None = None, challenger: OnnxScorer | None = None) -> dict[str, str]:
         versions = {"onnx": (onnx or self.onnx).version, "river": self.river.version}

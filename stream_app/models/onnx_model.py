@@ -10,12 +10,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from stream_app.domain.decision import ReasonModel
 from stream_app.domain.entities import DEFAULT_FEATURE_SET, FeatureSet
 from stream_app.startup import StartupError
 
@@ -49,6 +51,12 @@ class OnnxScorer:
     @property
     def version(self) -> str:
         return str(self.card["version"])
+
+    @cached_property
+    def reasons(self) -> ReasonModel:
+        """The reasons of this model's scores, from its card: built once per model (each score record and alert
+        asks for it)."""
+        return ReasonModel.from_card(self.card)
 
     @classmethod
     def load(cls, path: Path | str | None = None, features: FeatureSet = DEFAULT_FEATURE_SET) -> OnnxScorer:

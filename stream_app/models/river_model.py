@@ -25,6 +25,8 @@ class RiverScorer:
 
     name = "river-logreg"
     names: tuple[str, ...] = MODEL_FEATURES  # the vector's feature names (a class default: older pickles lack it)
+    #: (what was learned, the pipeline) -> its mean, std and weights in feature order: see _arrays.
+    _learned: tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __init__(self, model: compose.Pipeline | None = None, n_learned: int = 0,
                  names: tuple[str, ...] = MODEL_FEATURES) -> None:
@@ -54,10 +56,20 @@ class RiverScorer:
                 and type(lr) is linear_model.LogisticRegression):
             return [self.predict_proba_one(r) for r in rows]
         x = np.asarray(rows, dtype=np.float64)
-        mean = _vector(scaler.means, self.names)
-        std = np.sqrt(_vector(scaler.vars, self.names))
+        mean, std, weights = self._arrays(scaler, lr)
         z = np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
-        return sigmoid(z @ _vector(lr.weights, self.names) + lr.intercept)
+        return sigmoid(z @ weights + lr.intercept)
+
+    def _arrays(self, scaler: preprocessing.StandardScaler, lr: linear_model.LogisticRegression
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The scaler's mean and std and the weights in feature order, read from River's dicts once per learned
+        state (they change only by learning, which counts in ``n_learned``): ``POST /score`` scores one row,
+        and reading the 150 entries cost more than its arithmetic."""
+        key = (self.n_learned, id(self.model))
+        if self._learned is None or self._learned[0] != key:
+            self._learned = (key, _vector(scaler.means, self.names), np.sqrt(_vector(scaler.vars, self.names)),
+                             _vector(lr.weights, self.names))
+        return self._learned[1:]
 
     def learn_one(self, features: Sequence[float], is_fraud: bool) -> None:
         self.model.learn_one(self.as_dict(features), bool(is_fraud))

@@ -137,3 +137,7 @@ def test_batched_river_and_stacker_equal_their_row_by_row_predictions(fresh_data
             river.learn_one([*row[:-1], 1.0], bool(label))  # the last feature stays constant: zero variance
             stacker.learn_one(row, {"onnx": 0.5, "river": 0.2}, bool(label))
     assert len(set(np.round(batched, 6))) > 10, "the learned model separates rows"
+    river.learn_many(rows[-200:], [bool(v) for v in y[-200:]])  # the arrays read from River's state are read again
+    np.testing.assert_allclose(river.predict_proba_many(probe), [river.predict_proba_one(r) for r in probe],
+                               rtol=0, atol=1e-12)
+    assert river.predict_proba_many(probe) != batched
