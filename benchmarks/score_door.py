@@ -11,14 +11,23 @@ loop; a value of at least the batch size is the worker without slicing), a fresh
 
 Per phase: requests/s, p50 / p90 / p99 / max latency as the client sees it, and the stream's scored
 events/s (from the worker's metrics: whether it kept up with ``--rate``).
+
+The clients: ``wrk`` (the C load generator the issue measured with; Debian package ``wrk``) when it is on the
+PATH, else ``--connections`` aiohttp clients in this process (``--client`` chooses). Both keep
+``--connections`` requests outstanding, back to back: the latency includes the wait behind the other
+clients' requests, so it falls as the worker's cost of a request falls. A Python client spends its own CPU on
+the two cores the worker, the broker and the generator share, and reads higher.
 Run: python benchmarks/score_door.py [--rate 1000] [--seconds 20] [--connections 4] [--slices 500,64]
+     [--client auto|wrk|aiohttp]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,17 +52,24 @@ class Phase:
     name: str
     requests: int
     seconds: float
-    latencies_ms: list[float]
+    quantiles_ms: dict[float, float]  # 0.5, 0.9, 0.99 and 1.0 (the maximum)
     stream_eps: float
 
     def q(self, p: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
+        return self.quantiles_ms.get(p, float("nan"))
 
     def line(self) -> str:
         q = self.q
         return (f"{self.slice:>6} {self.name:<10} {self.requests / self.seconds:>8.0f} {q(0.5):>7.1f} {q(0.9):>7.1f} "
                 f"{q(0.99):>7.1f} {q(1.0):>8.1f} {self.stream_eps:>10.0f}")
+
+
+QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+
+def quantiles(latencies_ms: list[float]) -> dict[float, float]:
+    ordered = sorted(latencies_ms)
+    return {p: ordered[min(len(ordered) - 1, int(p * len(ordered)))] for p in QUANTILES} if ordered else {}
 
 
 def scored_total(port: int) -> float:
@@ -87,6 +103,37 @@ async def hammer(port: int, bodies: list[bytes], connections: int, seconds: floa
     return latencies
 
 
+#: wrk's script: POST the bodies in turn; at the end one JSON line of answered requests and latency quantiles.
+WRK_SCRIPT = """
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", "/score", {["Content-Type"] = "application/json"}, bodies[i])
+end
+done = function(summary, latency, requests)
+  io.write(string.format('WRK {"requests": %%d, "non_2xx": %%d, "errors": %%d, "q50": %%d, "q90": %%d, "q99": %%d, '
+    .. '"max": %%d}\\n', summary.requests, summary.errors.status, summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk(port: int, bodies: list[bytes], connections: int, seconds: float,
+        workdir: Path) -> tuple[int, dict[float, float]]:
+    """``wrk`` posting ``bodies`` in turn over ``connections`` connections: (answered requests, quantiles in ms)."""
+    script = workdir / "score.lua"
+    script.write_text(WRK_SCRIPT % ", ".join("[==[" + b.decode() + "]==]" for b in bodies))
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script),
+                          f"http://127.0.0.1:{port}/score"], capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRK "))
+    r = json.loads(line[4:])
+    if r["non_2xx"] or r["errors"]:
+        raise SystemExit(f"wrk: {r['non_2xx']} answers not 2xx, {r['errors']} socket errors:\n{out}")
+    return r["requests"], {p: r[k] / 1000 for p, k in zip(QUANTILES, ("q50", "q90", "q99", "max"), strict=True)}
+
+
 def measure(bootstrap: str, workdir: Path, slice_events: int, args: argparse.Namespace,
             bodies: list[bytes]) -> list[Phase]:
     env = {**topic_env(f"door-{uuid.uuid4().hex[:6]}", 4),
@@ -107,10 +154,14 @@ def measure(bootstrap: str, workdir: Path, slice_events: int, args: argparse.Nam
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(5)  # the stream is flowing before the clock starts
             before, t0 = scored_total(worker.web_port), time.monotonic()
-            latencies = asyncio.run(hammer(worker.web_port, bodies, args.connections, args.seconds))
+            if args.client == "wrk":
+                answered, q = wrk(worker.web_port, bodies, args.connections, args.seconds, workdir)
+            else:
+                latencies = asyncio.run(hammer(worker.web_port, bodies, args.connections, args.seconds))
+                answered, q = len(latencies), quantiles(latencies)
             took = time.monotonic() - t0
             stream_eps = (scored_total(worker.web_port) - before) / took
-            phases.append(Phase(slice_events, name, len(latencies), took, latencies, stream_eps))
+            phases.append(Phase(slice_events, name, answered, took, q, stream_eps))
             print(phases[-1].line(), file=sys.stderr, flush=True)
             if generator is not None:
                 generator.terminate()
@@ -127,7 +178,14 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=4, help="concurrent /score clients")
     ap.add_argument("--slices", default="500,64", help="STREAM_APP_BATCH_SLICE values to compare")
     ap.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
+    ap.add_argument("--client", choices=("auto", "wrk", "aiohttp"), default="auto",
+                    help="auto: wrk when it is on the PATH, else aiohttp")
     args = ap.parse_args()
+    if args.client == "auto":
+        args.client = "wrk" if shutil.which("wrk") else "aiohttp"
+    elif args.client == "wrk" and not shutil.which("wrk"):
+        ap.error("--client wrk: no wrk on the PATH (Debian: apt-get install wrk)")
+    print(f"client: {args.client}, {args.connections} connections", file=sys.stderr)
     txs = [x.tx for x in simulate(GeneratorConfig(seed=5, n_customers=500), days=3)][:2000]
     bodies = [orjson.dumps(t.to_json_dict()) for t in txs]
     header = (f"{'slice':>6} {'phase':<10} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>8} "
@@ -143,6 +201,7 @@ def main() -> None:
         finally:
             if broker is not None:
                 broker.stop()
+    print(f"client: {args.client}, {args.connections} connections")
     print(header)
     for phase in results:
         print(phase.line())
