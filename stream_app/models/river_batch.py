@@ -33,22 +33,24 @@ def learn_scaled_logreg(pipeline: compose.Pipeline, names: Sequence[str], rows: 
     counts = np.array([scaler.counts.get(n, 0) for n in names], dtype=np.float64)
     mean = _vector(scaler.means, names)
     var = _vector(scaler.vars, names)
-    scaled = np.empty_like(rows)
-    diff, tmp, std = np.empty(len(names)), np.empty(len(names)), np.empty(len(names))
-    for x, z in zip(rows, scaled, strict=True):  # StandardScaler.learn_one's Welford update, element by element
-        counts += 1.0
+    means, variances = np.empty_like(rows), np.empty_like(rows)  # each row's statistics after its update
+    diff, tmp = np.empty(len(names)), np.empty(len(names))
+    for x, mean_after, var_after in zip(rows, means, variances, strict=True):  # StandardScaler.learn_one's Welford
+        counts += 1.0  # update, element by element
         np.subtract(x, mean, out=diff)
         np.divide(diff, counts, out=tmp)
-        mean += tmp
+        mean = np.add(mean, tmp, out=mean_after)
         np.subtract(x, mean, out=tmp)
         tmp *= diff
         tmp -= var
         tmp /= counts
-        var += tmp
-        np.subtract(x, mean, out=z)  # then transform_one on the new statistics: 0 where the variance is 0
-        np.sqrt(var, out=std)
-        np.divide(z, std, out=z, where=var != 0)
-        z[var == 0] = 0.0
+        var = np.add(var, tmp, out=var_after)
+    # then transform_one of each row on its new statistics (0 where the variance is 0), all rows at once: the
+    # same element-wise arithmetic, so the same floats, as row by row
+    scaled = rows - means
+    known = variances != 0
+    np.divide(scaled, np.sqrt(variances), out=scaled, where=known)
+    scaled[~known] = 0.0
     _learn(model, names, scaled, labels)
     for name, c, m, v in zip(names, counts, mean, var, strict=True):
         scaler.counts[name] = int(c)
