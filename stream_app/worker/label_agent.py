@@ -9,6 +9,7 @@ yet is parked for ``STREAM_APP_LABEL_WAIT_S``; the timers here expire parked lab
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -64,6 +65,7 @@ class LabelAgent:
             parked_table = BatchedTable(self.parked, changes, card_of)
             sends: list[Awaitable[Any]] = []
             now = now_ms()
+            outcomes: Counter[str] = Counter()  # counted once a batch: a labelled counter's inc takes a lock
             for event in events:
                 msg = event.message
                 out = join_label(event.value, event.key, (msg.topic, msg.partition, msg.offset), now,
@@ -87,7 +89,9 @@ class LabelAgent:
                     assert out.label is not None
                     changes.add(s.labels_rekeyed_topic, out.label.card_id.encode(), out.forward or b"", card=True)
                 if out.kind != "dead_lettered":
-                    self.metrics.labels.labels(out.kind).inc()
+                    outcomes[out.kind] += 1
+            for kind, n in outcomes.items():
+                self.metrics.labels.labels(kind).inc(n)
             sends.append(delivered(changes.send()))
             await in_flight.add(self.confirm(stream, events, sends))  # the next batch is joined meanwhile
         await in_flight.drain()  # shutting down: let the batches taken so far be confirmed and acknowledged

@@ -95,6 +95,12 @@ UPSTREAM: dict[str, tuple[int, str, str]] = {
     "faust.app.base:App._consumer_wait_empty": (
         14, "the app's stop still skips waiting for acks when conf.stream_wait_empty is False",
         "6bc313c48c064b1626be9fb38fcc8760ec731ac15305bf42a038742b9b7ad4be"),
+    "faust.transport.producer:ProducerBuffer.size": (
+        15, "an unthreaded buffer's size is still len(self.pending._queue)",
+        "b543a978fdece62e7d7c434eea6e842995d67cc1d3288434f5f26ad72c10a779"),
+    "faust.transport.producer:Producer.__init__": (
+        15, "the producer still makes its buffer in __init__ and only gives it `app` (and a threaded producer)",
+        "5c53a4b47aa1372b61ca07edc6e413347436429210427634c9c2c22738e034d8"),
 }
 
 #: compat's overrides of private methods -> the upstream class whose method they replace (same signature).
@@ -163,6 +169,21 @@ def test_tansu_scheme_resolves_through_the_entry_point_alone() -> None:
     assert out.stdout.strip() == "stream_app.kafka.compat:Transport", (
         f"{out.stdout}{out.stderr}: the faust.transports entry point in pyproject.toml must name "
         "stream_app.kafka.compat:Transport (run `pip install --no-deps -e .` after changing it)")
+
+
+def test_the_producer_buffer_is_compats_and_counts_as_fausts() -> None:
+    """Touch 15: the worker's producer buffer reads its size directly, and the size is the one faust reads."""
+    from faust.transport import producer as faust_producer
+
+    async def probe() -> None:
+        app = faust.App("probe-buffer", broker="tansu://localhost:1")
+        buffer = app.producer.buffer
+        assert isinstance(buffer, compat.ProducerBuffer) and buffer.app is app
+        for n in range(3):
+            assert buffer.size == faust_producer.ProducerBuffer.size.fget(buffer) == n
+            buffer.pending.put_nowait(object())
+
+    asyncio.run(probe())
 
 
 def test_worker_consumer_gets_the_app_fetch_wait() -> None:
