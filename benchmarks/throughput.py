@@ -20,7 +20,10 @@ broker to take and serve it).
 CPU µs per event: CPU time of the contender's processes (children included) from its first output to its
 last of phase 1, per event (the broker's CPU is not in it); the second CPU column is the same over phase 2
 (events at the fixed rate: smaller micro-batches, and cards with the history of phase 1).
-Run: python benchmarks/throughput.py [--n 50000] [--latency-seconds 10] [--only a,b,c,d,e]
+``--runs N`` repeats the contenders N times, interleaved (a, d, f, a, d, f, ...), prints each run's table, then
+the medians of every figure; the ratios in the last line are then the medians of each run's ratios (contenders
+of one run share the machine's load of that minute).
+Run: python benchmarks/throughput.py [--n 50000] [--latency-seconds 10] [--only a,b,c,d,e,f] [--runs 3]
 The last line is machine-readable (RESULT ...); --json writes all figures.
 """
 
@@ -30,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -438,6 +442,7 @@ def main() -> None:
     parser.add_argument("--only", default="a,b,c,d", help="contenders to run, e.g. a,d")
     parser.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
     parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the contenders, interleaved; report medians")
     parser.add_argument("--contender", choices=[c for c in CONTENDERS.values() if c not in WORKERS],
                         help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
@@ -458,45 +463,79 @@ def main() -> None:
     names = [CONTENDERS[c] for c in ["d", *[x for x in "abcef" if x in args.only]] if c in args.only]
     events = make_events(args.n + int(5000 * args.latency_seconds), seed=11)
     phase1, phase2 = events[: args.n], events[args.n:]
-    results: dict[str, Figures] = {}
+    runs: list[dict[str, Figures]] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         broker = None if args.bootstrap else EmbeddedBroker().start()
         bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
         try:
-            rate = args.rate
-            for name in names:
-                print(f"{name}: {args.n} events ...", file=sys.stderr, flush=True)
-                contender = Contender(name, bootstrap, Path(tmp))
-                contender.create_topics()
-                results[name] = asyncio.run(measure(contender, phase1, phase2, rate))
-                rate = results[name].latency_rate  # every contender gets stream_app's rate
+            for run in range(args.runs):
+                results: dict[str, Figures] = {}
+                rate = args.rate
+                for name in names:
+                    print(f"run {run + 1}/{args.runs}, {name}: {args.n} events ...", file=sys.stderr, flush=True)
+                    contender = Contender(name, bootstrap, Path(tmp))
+                    contender.create_topics()
+                    results[name] = asyncio.run(measure(contender, phase1, phase2, rate))
+                    rate = results[name].latency_rate  # every contender gets stream_app's rate
+                runs.append(results)
+                if args.runs > 1:
+                    print(f"\nrun {run + 1}:")
+                    table(results)
         finally:
             if broker is not None:
                 broker.stop()
-    report(results, args.json)
+    report(runs, args.json)
 
 
-def report(results: dict[str, Figures], json_path: Path | None) -> None:
-    print(f"\n{'contender':<14} {'events/s':>10} {'CPU µs/ev':>9} {'rate':>7} {'CPU µs/ev':>9} {'p50 ms':>8} "
+def table(results: dict[str, Figures]) -> None:
+    print(f"{'contender':<14} {'events/s':>10} {'CPU µs/ev':>9} {'rate':>7} {'CPU µs/ev':>9} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'max ms':>8} {'p50 prod':>8} {'p99 prod':>8} {'recv':>11} {'peak RSS MB':>11}")
     for f in results.values():
         print(f"{f.contender:<14} {f.eps:>10,.0f} {f.cpu_us_per_event:>9.0f} {f.latency_rate:>7,.0f} "
               f"{f.cpu_us_per_event_at_rate:>9.0f} {f.p50_ms:>8.1f} {f.p99_ms:>8.1f} {f.max_ms:>8.1f} "
               f"{f.p50_produced_ms:>8.1f} {f.p99_produced_ms:>8.1f} "
               f"{f.latency_received:>5}/{f.latency_sent:<5} {f.peak_rss_mb:>11.0f}")
+
+
+def ratios(results: dict[str, Figures]) -> dict[str, float]:
+    """stream_app's events/s against every other contender's (and the runtime floor's against the pass-through)."""
     eps = {k: v.eps for k, v in results.items()}
-    ours = eps.get("stream_app", float("nan"))
-    ratios = {f"ratio_vs_{k}": ours / v for k, v in eps.items() if k != "stream_app" and v > 0}
-    if "ratio_vs_stream_app_x2" in ratios:
-        ratios["x2_vs_x1"] = 1 / ratios.pop("ratio_vs_stream_app_x2")
+    out = {}
+    if "stream_app" in eps:
+        out = {f"ratio_vs_{k}": eps["stream_app"] / v for k, v in eps.items() if k != "stream_app" and v > 0}
+    if "ratio_vs_stream_app_x2" in out:
+        out["x2_vs_x1"] = 1 / out.pop("ratio_vs_stream_app_x2")
+    if "runtime_floor" in eps and eps.get("passthrough", 0) > 0:
+        out["floor_vs_passthrough"] = eps["runtime_floor"] / eps["passthrough"]
+    return out
+
+
+def medians(runs: list[dict[str, Figures]]) -> dict[str, Figures]:
+    """Every figure's median over the runs, contender by contender."""
+    out = {}
+    for name in runs[0]:
+        figures = [r[name] for r in runs]
+        values = {k: type(v)(statistics.median(getattr(f, k) for f in figures))
+                  for k, v in asdict(figures[0]).items() if isinstance(v, (int, float))}
+        out[name] = Figures(**{**asdict(figures[0]), **values})
+    return out
+
+
+def report(runs: list[dict[str, Figures]], json_path: Path | None) -> None:
+    results = medians(runs)
+    print(f"\nmedians of {len(runs)} interleaved runs:" if len(runs) > 1 else "")
+    table(results)
+    per_run = [ratios(r) for r in runs]
+    ratio = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
     p99 = results["stream_app"].p99_ms if "stream_app" in results else float("nan")
-    if "passthrough" in results:
+    if "passthrough" in results and "stream_app" in results:
         print(f"stream_app p99 {p99:.1f} ms vs passthrough p99 + 50 ms = {results['passthrough'].p99_ms + 50:.1f} ms "
               "(issue 14's goal)")
     if json_path is not None:
-        json_path.write_text(json.dumps({"figures": [asdict(f) for f in results.values()], **ratios}, indent=2))
-    fields = " ".join(f"{k}_eps={v:.0f}" for k, v in eps.items())
-    print(f"RESULT {fields} " + " ".join(f"{k}={v:.3f}" for k, v in ratios.items()) + f" p99_ms={p99:.1f}")
+        json_path.write_text(json.dumps({"runs": [[asdict(f) for f in r.values()] for r in runs],
+                                         "medians": [asdict(f) for f in results.values()], **ratio}, indent=2))
+    fields = " ".join(f"{k}_eps={v.eps:.0f}" for k, v in results.items())
+    print(f"RESULT {fields} " + " ".join(f"{k}={v:.3f}" for k, v in ratio.items()) + f" p99_ms={p99:.1f}")
 
 
 if __name__ == "__main__":
