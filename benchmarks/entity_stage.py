@@ -13,14 +13,14 @@ import orjson
 from stream_app.devtools.generator import GeneratorConfig, simulate
 from stream_app.domain.entities import MODEL_FEATURES, EntityTable
 from stream_app.domain.events import format_ts
-from stream_app.domain.features import featurize
+from stream_app.domain.features import CardState, featurize
 from stream_app.worker.entities import observation_of
 
 
 def main() -> None:
     items = [x.tx for x in simulate(GeneratorConfig(seed=5, n_customers=3000), days=20)]
     n = len(items)
-    table, states = EntityTable(), {}
+    table, states = EntityTable(), dict[str, CardState]()
     card = entity = fold = 0.0
     records = []
     for tx in items:

@@ -126,6 +126,7 @@ def main() -> None:
             print(f"scored {len(scored)} transactions", flush=True)
             labels = [(i.tx.card_id.encode(), orjson.dumps(label_record(i, i.tx.ts_ms))) for i in items]
             before = int(examples_applied(worker.web_port))
+            assert worker.process is not None  # started above
             applied = AppliedWatch(worker.web_port, worker.process.pid, before + len(items), 180)
             start_ms = int(time.time() * 1000)
             applied.start()

@@ -42,7 +42,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -168,7 +168,7 @@ def run_runtime_floor(bootstrap: str, src: str, dst: str) -> None:
         async for events in micro_batches(stream, s.batch_size, s.batch_window_ms / 1000):
             batches = PartitionBatches(producer, partitions)
             for event in events:
-                batches.add(dst, event.key, event.value)
+                batches.add(dst, cast(bytes, event.key), cast(bytes, event.value))  # a raw topic: bytes
             sent = asyncio.ensure_future(delivered(batches.send()))
 
             async def confirm(sent: Any = sent, events: Any = events) -> None:
