@@ -100,6 +100,14 @@ def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     return run(settings, args.host, args.port, args.claim_seconds)
 
 
+def cmd_door(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.door.server import run
+    from stream_app.worker.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    return run(settings, args.host or settings.web_host, args.port)
+
+
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from stream_app.devtools.broker import EmbeddedBroker
 
@@ -281,7 +289,7 @@ def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
 def preflight(args: argparse.Namespace, settings: Settings) -> None:
     """Check what the command needs before it starts, local things first, so that a mistake is one line
     naming the fix (:class:`StartupError`) instead of a traceback, a retry loop or a half-started worker."""
-    needs_kafka = (args.command in ("worker", "topics", "generate", "tail", "console")
+    needs_kafka = (args.command in ("worker", "door", "topics", "generate", "tail", "console")
                    or bool(getattr(args, "from_topic", None)) or getattr(args, "rules_action", None) == "publish")
     if needs_kafka and not settings.bootstrap_servers:
         raise StartupError("set KAFKA_BOOTSTRAP_SERVERS to your broker's host:port "
@@ -295,7 +303,9 @@ def preflight(args: argparse.Namespace, settings: Settings) -> None:
             check_web_port(settings.web_host, port)
     if args.command == "console":
         check_web_port(args.host, args.port)
-    if args.command in ("worker", "batch", "demo"):  # the model files load (the demo's worker child loads them)
+    if args.command == "door":
+        check_web_port(args.host or settings.web_host, args.port)
+    if args.command in ("worker", "door", "batch", "demo"):  # the model files load (the demo's worker child loads them)
         from stream_app.domain.scoring import FraudScorer
 
         FraudScorer.from_settings(settings)
@@ -336,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run N worker processes (one per core), each a consumer group member with its own "
                              "learner, data directory DATA_DIR/worker-i and web port WEB_PORT+i (default 1)")
     worker.set_defaults(func=cmd_worker)
+
+    door = sub.add_parser(
+        "door", help="POST /score in a process of its own, fed from the workers' logs (real-time under stream load)",
+        description="Serve the worker's pages (/score, /ready, /models, /metrics, /openapi.json) from a process that "
+                    "follows the cards changelog, the scores topic, the examples log and the rules topic: answers as "
+                    "a worker would, for every card of the group, without waiting behind the stream's batches. "
+                    "Read only: it writes nothing to Kafka.")
+    door.add_argument("--host", default=None, help="address to bind (default STREAM_APP_WEB_HOST)")
+    door.add_argument("--port", type=int, default=6069, help="port (default 6069)")
+    door.set_defaults(func=cmd_door)
 
     topics = sub.add_parser("topics", help="create the app's topics on KAFKA_BOOTSTRAP_SERVERS (idempotent) and exit")
     topics.set_defaults(func=cmd_topics)

@@ -39,22 +39,26 @@ def topic_env(prefix: str, partitions: int) -> dict[str, str]:
 
 
 class WorkerProcess:
+    """``command``: ``worker``, or ``door`` (`stream-app door`, on the same web port variable's port)."""
+
     def __init__(self, bootstrap: str, workdir: Path, env: Mapping[str, str] | None = None,
-                 args: Sequence[str] = ()) -> None:
+                 args: Sequence[str] = (), command: str = "worker") -> None:
         self.bootstrap = bootstrap
-        self.args = list(args)  # after `stream-app worker`, e.g. ["--faust-log-level", "info"]
-        self.workdir = workdir
+        self.command = command
         self.web_port = free_port()
+        # after `stream-app worker`, e.g. ["--faust-log-level", "info"]
+        self.args = [*args, "--port", str(self.web_port)] if command == "door" else list(args)
+        self.workdir = workdir
         self.env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap,
                         STREAM_APP_DATA_DIR=str(workdir / "data"), STREAM_APP_WEB_PORT=str(self.web_port),
                         **(env or {}))
-        self.log_path = workdir / "worker.log"
+        self.log_path = workdir / f"{command}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", *self.args],
+            self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", self.command, *self.args],
                                             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                             preexec_fn=die_with_parent)
         return self
@@ -63,15 +67,15 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, after: int = 0) -> None:
-        """Wait for the worker's `worker.ready` log event (tables recovered, agents running)."""
+        """Wait for the `worker.ready` log event (tables recovered, agents running), or `door.ready`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.log().count('"worker.ready"') > after:
+            if self.log().count(f'"{self.command}.ready"') > after:
                 return
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+                raise RuntimeError(f"{self.command} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
             time.sleep(0.2)
-        raise RuntimeError(f"worker not ready after {timeout_s:.0f} s:\n{self.log()[-3000:]}")
+        raise RuntimeError(f"{self.command} not ready after {timeout_s:.0f} s:\n{self.log()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -38,6 +38,8 @@ versions those checks were recorded against are pinned with ``==`` in pyproject.
 15. ``Producer``: replaces the ``ProducerBuffer`` faust's ``Producer.__init__`` made with one whose ``size``
     is the length of its ``pending`` queue's private deque (``asyncio.Queue._queue``), which is what faust's
     ``size`` returns when ``producer_threaded`` is off.
+16. ``changelog_topic``: the name faust gives a table's changelog topic (``Table._changelog_topic_name``), which
+    ``stream-app door`` follows without a faust app.
 """
 
 from __future__ import annotations
@@ -305,6 +307,11 @@ def partition_for(producer: AIOKafkaProducer, key: bytes, partitions: list[int],
 async def topic_partitions(producer: AIOKafkaProducer, topic: str) -> set[int]:
     """A topic's partitions, waiting for the metadata as ``producer.send`` does."""
     return cast(set[int], await producer.client._wait_on_metadata(topic))  # noqa: SLF001 - touch 9
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog topic faust writes the table ``table`` of the app ``app_id`` to (touch 16)."""
+    return f"{app_id}-{table}-changelog"
 
 
 def store_dict(table: Any) -> MutableMapping[bytes, bytes]:

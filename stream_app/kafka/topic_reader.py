@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,30 @@ async def metadata_round_trip(consumer: AIOKafkaConsumer, wait_s: float = 30.0) 
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.5)
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 10.0) -> list[int]:
+    """The topic's partitions, waiting up to ``wait_s`` for it to appear (the worker creates its topics at start;
+    faust its changelogs). Raises RuntimeError after that."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        await metadata_round_trip(consumer)
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return sorted(found)
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"topic {topic} has no partitions after {wait_s:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+async def at_end(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> bool:
+    """Every partition read up to the high watermark of its last fetch response (False before a first one): a
+    follower has caught up with its log. Not ``end_offsets``: wrong on the embedded broker (docs/notes/tansu.md)."""
+    for tp in tps:
+        highwater = consumer.highwater(tp)
+        if highwater is None or await consumer.position(tp) < highwater:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from stream_app.domain.features import CardState
 from stream_app.domain.records import Source
 
 CARD_FORMAT: Final = 2
+CARDS_TABLE: Final = "cards"  # the faust table of card states (its changelog: compat.changelog_topic)
 LEDGER_MAX_AGE_MS: Final = 300_000  # an older entry was long confirmed (takeovers take seconds): a plain duplicate
 REPAIR_MARGIN_MS: Final = 5_000  # read the output topics back this much before the oldest entry
 

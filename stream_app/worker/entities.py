@@ -26,13 +26,13 @@ from typing import Any
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from stream_app.domain.entities import EntityTable, LabelArrival, Observation, parse_entities
 from stream_app.domain.events import InvalidEvent, Transaction, parse_ts
 from stream_app.domain.learning import Example
 from stream_app.kafka.security import KafkaSecurity
-from stream_app.kafka.topic_reader import log_follower, metadata_round_trip
+from stream_app.kafka.topic_reader import at_end, log_follower, partitions_of
 from stream_app.settings import Settings
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import now_ms
@@ -72,6 +72,7 @@ class EntityReplica:
         self.security = security
         self.secret = secret
         self.state = ReplicaState(EntityTable(parse_entities(settings.entities), secret=secret))
+        self.caught_up = asyncio.Event()  # the scores topic read to its end once (the door process's readiness)
 
     def snapshot(self) -> ReplicaState:
         """What a checkpoint keeps: the state without the key of the digests (checkpoints are files)."""
@@ -126,7 +127,7 @@ class EntityReplica:
         consumer = log_follower(s, self.security)
         await consumer.start()
         try:
-            partitions = await _partitions(consumer, s.scores_topic)
+            partitions = await partitions_of(consumer, s.scores_topic)
             tps = [TopicPartition(s.scores_topic, p) for p in partitions]
             consumer.assign(tps)
             for tp in tps:
@@ -148,6 +149,8 @@ class EntityReplica:
                         self.metrics.entity_lag.set(max(0.0, (now_ms() - messages[-1].timestamp) / 1000))
                     await asyncio.sleep(0)
                 self.metrics.entity_profiles.set(len(self.state.table.profiles))
+                if not self.caught_up.is_set() and await at_end(consumer, tps):
+                    self.caught_up.set()
         finally:
             await consumer.stop()
 
@@ -155,14 +158,3 @@ class EntityReplica:
         gone = self.state.table.expire()
         if gone:
             log.info("entities.expired", profiles_and_cards=gone)
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    """The topic's partitions, waiting for its metadata (the worker creates its topics at start)."""
-    for _ in range(100):
-        await metadata_round_trip(consumer)
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return sorted(found)
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} has no partitions after 10 s")

@@ -33,6 +33,47 @@ BROKER_PROBE_S = 5.0
 BROKER_STALE_S = 15.0  # /ready says the broker is unreachable when no probe succeeded this long
 
 
+class BrokerProbe:
+    """Whether the broker answered lately (readiness), and a loud crash when it lost the app's topics."""
+
+    def __init__(self, settings: Settings, security: KafkaSecurity) -> None:
+        self.settings = settings
+        self.security = security
+        self._ok_at = -1e9
+        self._client: AIOKafkaClient | None = None
+
+    def reachable(self) -> bool:
+        return time.monotonic() - self._ok_at < BROKER_STALE_S
+
+    async def run(self) -> None:
+        """The broker check at start (so /ready can turn 200 with the worker), then every few seconds."""
+        while True:
+            await self.check()
+            await asyncio.sleep(BROKER_PROBE_S)
+
+    async def check(self) -> None:
+        """Readiness needs to know the broker answers; a metadata round trip, bounded."""
+        try:
+            if self._client is None:
+                client = AIOKafkaClient(bootstrap_servers=self.settings.bootstrap_servers,
+                                        **self.security.client_kwargs())
+                await asyncio.wait_for(client.bootstrap(), timeout=3.0)
+                self._client = client
+            cluster = await asyncio.wait_for(self._client.fetch_all_metadata(), timeout=3.0)
+            self._ok_at = time.monotonic()
+        except Exception as exc:  # any failure means "not reachable now"; logged, retried
+            log.warning("broker.unreachable", error=repr(exc))
+            return
+        missing = sorted({self.settings.transactions_topic, self.settings.scores_topic} - set(cluster.topics()))
+        if missing:
+            # The broker answers but lost the app's topics: an in-memory broker that restarted (Tansu's
+            # memory storage). Consumers would stall silently; crash loudly instead, so a supervisor
+            # restarts the worker once the topics are back (stream-app worker --create-topics).
+            log.error("broker.topics_missing", topics=missing,
+                      hint="the broker lost its data (restarted with in-memory storage?): recreate the topics")
+            raise RuntimeError(f"topics {missing} are gone from the broker")
+
+
 class Health:
     """Readiness, the broker probe, gauges, and the stop after a failed write."""
 
@@ -49,8 +90,7 @@ class Health:
         # How fail() stops the worker: `stream-app worker` sets its faust Worker's stop (bounded, see cli).
         self.request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self.watcher = ModelWatcher(settings.model_watch_path) if settings.model_watch_path else None
-        self._broker_ok_at = -1e9
-        self._client: AIOKafkaClient | None = None
+        self.broker = BrokerProbe(settings, security)
 
     def fail(self, exc: BaseException, where: str) -> None:
         """A write failed for good: say why once, turn /ready to 503 and stop the worker (exit code 70)
@@ -78,75 +118,21 @@ class Health:
 
         return guarded
 
-    async def probe_broker(self) -> None:
-        """The broker check at start (so /ready can turn 200 with the worker), then every few seconds."""
-        while True:
-            await self.check_broker()
-            await asyncio.sleep(BROKER_PROBE_S)
-
-    async def check_broker(self) -> None:
-        """Readiness needs to know the broker answers; a metadata round trip, bounded."""
-        try:
-            if self._client is None:
-                client = AIOKafkaClient(bootstrap_servers=self.settings.bootstrap_servers,
-                                        **self.security.client_kwargs())
-                await asyncio.wait_for(client.bootstrap(), timeout=3.0)
-                self._client = client
-            cluster = await asyncio.wait_for(self._client.fetch_all_metadata(), timeout=3.0)
-            self._broker_ok_at = time.monotonic()
-        except Exception as exc:  # any failure means "not reachable now"; logged, retried
-            log.warning("broker.unreachable", error=repr(exc))
-            return
-        missing = sorted({self.settings.transactions_topic, self.settings.scores_topic} - set(cluster.topics()))
-        if missing:
-            # The broker answers but lost the app's topics: an in-memory broker that restarted (Tansu's
-            # memory storage). Consumers would stall silently; crash loudly instead, so a supervisor
-            # restarts the worker once the topics are back (stream-app worker --create-topics).
-            log.error("broker.topics_missing", topics=missing,
-                      hint="the broker lost its data (restarted with in-memory storage?): recreate the topics")
-            raise RuntimeError(f"topics {missing} are gone from the broker")
-
     def readiness(self) -> dict[str, bool]:
         return {
             "tables_recovered": tables_recovered(self.app),
             "not_rebalancing": not self.app.rebalancing,
-            "broker_reachable": time.monotonic() - self._broker_ok_at < BROKER_STALE_S,
+            "broker_reachable": self.broker.reachable(),
             "models_loaded": self.scorer.onnx is not None and self.scorer.river is not None,
             "writes_ok": self.failure is None,
         }
 
     def models_info(self) -> dict[str, Any]:
-        card = {k: v for k, v in self.scorer.onnx.card.items() if k not in {"feature_stats", "params"}}
-        info: dict[str, Any] = {
-            "versions": self.scorer.versions(),
-            "onnx": card,
-            "onnx_swaps": [{"at_ms": e.at_ms, "path": str(e.path), "ok": e.result.ok, "version": e.result.version,
-                            "error": e.result.error} for e in self.scorer.slot.history],
-            "river": {"version": self.scorer.river.version, "labels_learned": self.scorer.river.n_learned,
-                      "examples_offset": self.learner.offset, "learning": self.learner.learning},
-            "combiner": "stacked" if self.scorer.stacker is not None else "weighted",
-            "quality": self.learner.metrics.snapshot(),
-            "rules": {"serving": None if self.scorer.rules.current is None else self.scorer.rules.current.summary(),
-                      "changes": [c.as_dict() for c in self.scorer.rules.history]},
-        }
-        if self.scorer.challenger is not None:
-            info["challenger"] = {k: v for k, v in self.scorer.challenger.current.card.items()
-                                  if k not in {"feature_stats", "params"}}
-        return info
+        return models_info(self.scorer, self.learner)
 
     async def poll_model(self) -> None:
-        """Hot swap: a new model file is validated off the event loop, then swapped in; a bad one is
-        refused (logged once per content) and the serving model stays."""
         assert self.watcher is not None
-        candidate = self.watcher.poll()
-        if candidate is None:
-            return
-        result = await asyncio.to_thread(self.scorer.slot.try_swap, candidate)
-        if result.ok:
-            log.info("model.swapped", version=result.version, previous=result.previous, path=str(candidate))
-        else:
-            self.metrics.models_refused.inc()
-            log.error("model.refused", error=result.error, serving=result.version, path=str(candidate))
+        await poll_model(self.watcher, self.scorer, self.metrics)
 
     async def refresh_gauges(self) -> None:
         """Gauges that are cheaper to read now and then than to keep up to date per event."""
@@ -175,3 +161,38 @@ class Health:
     async def log_stats(self) -> None:
         log.info("worker.stats", **self.metrics.snapshot(),
                  versions=self.scorer.versions(), quality=self.learner.metrics.snapshot())
+
+
+def models_info(scorer: FraudScorer, learner: OnlineLearner) -> dict[str, Any]:
+    """``GET /models``: what serves (versions, cards, swaps, rules) and how the online models are doing."""
+    card = {k: v for k, v in scorer.onnx.card.items() if k not in {"feature_stats", "params"}}
+    info: dict[str, Any] = {
+        "versions": scorer.versions(),
+        "onnx": card,
+        "onnx_swaps": [{"at_ms": e.at_ms, "path": str(e.path), "ok": e.result.ok, "version": e.result.version,
+                        "error": e.result.error} for e in scorer.slot.history],
+        "river": {"version": scorer.river.version, "labels_learned": scorer.river.n_learned,
+                  "examples_offset": learner.offset, "learning": learner.learning},
+        "combiner": "stacked" if scorer.stacker is not None else "weighted",
+        "quality": learner.metrics.snapshot(),
+        "rules": {"serving": None if scorer.rules.current is None else scorer.rules.current.summary(),
+                  "changes": [c.as_dict() for c in scorer.rules.history]},
+    }
+    if scorer.challenger is not None:
+        info["challenger"] = {k: v for k, v in scorer.challenger.current.card.items()
+                              if k not in {"feature_stats", "params"}}
+    return info
+
+
+async def poll_model(watcher: ModelWatcher, scorer: FraudScorer, metrics: Metrics) -> None:
+    """Hot swap: a new model file is validated off the event loop, then swapped in; a bad one is
+    refused (logged once per content) and the serving model stays."""
+    candidate = watcher.poll()
+    if candidate is None:
+        return
+    result = await asyncio.to_thread(scorer.slot.try_swap, candidate)
+    if result.ok:
+        log.info("model.swapped", version=result.version, previous=result.previous, path=str(candidate))
+    else:
+        metrics.models_refused.inc()
+        log.error("model.refused", error=result.error, serving=result.version, path=str(candidate))

@@ -16,7 +16,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import faust
 import orjson
@@ -40,7 +40,8 @@ PROBES = frozenset({"/health", "/ready"})  # kubelet probes carry no token
 
 @dataclass(frozen=True)
 class Door:
-    """What the pages need of the worker: the core, the card table (read only), readiness and model info."""
+    """What the pages need: the core, the card states (read only), readiness and model info. The worker serves
+    them from its own tables; ``stream-app door`` (:mod:`stream_app.door`) from replicas of its logs."""
 
     settings: Settings
     metrics: Metrics
@@ -51,6 +52,11 @@ class Door:
     entities: EntityTable  # the worker's replica, read only (every merchant is in every worker's replica)
     readiness: Callable[[], dict[str, bool]]
     models_info: Callable[[], dict[str, Any]]
+
+    def load_state(self, card_id: str) -> CardState | None:
+        """A card's stored state (the worker's table, or the door process's replica of its changelog)."""
+        stored = self.cards.get(card_id.encode())
+        return None if stored is None else decode_card(stored)[0]
 
 
 class RequestError(ValueError):
@@ -149,8 +155,7 @@ def parse_score_request(raw: bytes, max_bytes: int, pans: PanTokenizer = NO_PAN_
     return txs, single
 
 
-def preview(door: Door, txs: list[Any], load_state: Callable[[str], CardState | None]
-            ) -> list[dict[str, Any]]:
+def preview(door: Door, txs: list[Any]) -> list[dict[str, Any]]:
     """Score on private copies of the cards' states: a list behaves as the stream would for that
     sequence, and the table is left as it was."""
     states: dict[str, CardState] = {}
@@ -158,7 +163,7 @@ def preview(door: Door, txs: list[Any], load_state: Callable[[str], CardState | 
     answers: list[dict[str, Any] | None] = []
     to_score: list[tuple[int, Any, list[float]]] = []
     for i, tx in enumerate(txs):
-        load_once(states, tx.card_id, load_state)
+        load_once(states, tx.card_id, door.load_state)
         try:
             row = featurize_model(states, entities, tx, door.horizon_ms)
         except InvalidEvent as exc:  # duplicate or late: the stream would not score it either
@@ -172,6 +177,33 @@ def preview(door: Door, txs: list[Any], load_state: Callable[[str], CardState | 
     return [a for a in answers if a is not None]
 
 
+def score(door: Door, raw: bytes) -> tuple[int, dict[str, Any]]:
+    """``POST /score``: (status, body) for a request body, whichever web server serves it."""
+    started = time.perf_counter()
+    try:
+        txs, single = parse_score_request(raw, door.settings.max_message_bytes, door.pans)
+    except RequestError as exc:
+        return exc.status, exc.body()
+    results = preview(door, txs)
+    took_ms = round(1000 * (time.perf_counter() - started), 3)
+    return 200, {**results[0], "took_ms": took_ms} if single else {"results": results, "took_ms": took_ms}
+
+
+def ready(door: Door) -> tuple[int, dict[str, Any]]:
+    """``GET /ready``: 200 when every check holds, else 503 with the checks."""
+    checks = door.readiness()
+    return 200 if all(checks.values()) else 503, {"ready": all(checks.values()), "checks": checks}
+
+
+def metrics_text(door: Door) -> bytes:
+    """``GET /metrics``: the Prometheus exposition of this process's registry."""
+    return generate_latest(door.metrics.registry)
+
+
+#: ``GET /metrics``' content type, without the charset (aiohttp wants that apart).
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
+
+
 def register(door: Door, app: faust.App) -> None:
     """Add the service's pages to the Faust app's web server, behind the bearer token if one is set."""
     auth = BearerAuth.from_settings(door.settings)
@@ -180,40 +212,28 @@ def register(door: Door, app: faust.App) -> None:
         app.web.web_app.middlewares.append(auth.middleware())  # type: ignore[attr-defined]
     door.metrics.ready.set_function(lambda: float(all(door.readiness().values())))  # read at each scrape
 
-    def load_state(card_id: str) -> CardState | None:
-        stored = door.cards.get(card_id.encode())
-        return None if stored is None else decode_card(stored)[0]
-
     def json(view: View, body: Mapping[str, Any] | list[Any], status: int = 200) -> Response:
         return view.bytes(orjson.dumps(body), content_type="application/json", status=status)
 
     @app.page("/score")
     class Score(View):
         async def post(self, request: Request) -> Response:
-            started = time.perf_counter()
-            try:
-                txs, single = parse_score_request(await request.read(), door.settings.max_message_bytes,
-                                                   door.pans)
-            except RequestError as exc:
-                return json(self, exc.body(), exc.status)
-            results = preview(door, txs, load_state)
-            took_ms = round(1000 * (time.perf_counter() - started), 3)
-            return json(self, {**results[0], "took_ms": took_ms} if single else {"results": results,
-                                                                                   "took_ms": took_ms})
+            status, body = score(door, await request.read())
+            return json(self, body, status)
 
         async def get(self, request: Request) -> Response:
-            return json(self, {"error": "method_not_allowed", "detail": "POST transactions to /score"}, 405)
+            return json(self, METHOD_NOT_ALLOWED, 405)
 
     @app.page("/health")
     async def health(view: View, request: Request) -> Response:
         """Alive: the event loop answers."""
-        return json(view, {"status": "ok"})
+        return json(view, ALIVE)
 
     @app.page("/ready")
-    async def ready(view: View, request: Request) -> Response:
+    async def ready_page(view: View, request: Request) -> Response:
         """Ready: tables recovered, not rebalancing, the broker answered recently, models loaded."""
-        checks = door.readiness()
-        return json(view, {"ready": all(checks.values()), "checks": checks}, 200 if all(checks.values()) else 503)
+        status, body = ready(door)
+        return json(view, body, status)
 
     @app.page("/models")
     async def models(view: View, request: Request) -> Response:
@@ -222,12 +242,15 @@ def register(door: Door, app: faust.App) -> None:
     @app.page("/metrics")
     async def metrics(view: View, request: Request) -> Response:
         """Prometheus exposition of this worker's registry."""
-        # aiohttp wants the charset apart from the content type
-        return view.bytes(generate_latest(door.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+        return view.bytes(metrics_text(door), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/openapi.json")
     async def openapi(view: View, request: Request) -> Response:
         return json(view, openapi_document(auth))
+
+
+ALIVE: Final = {"status": "ok"}
+METHOD_NOT_ALLOWED: Final = {"error": "method_not_allowed", "detail": "POST transactions to /score"}
 
 
 def openapi_document(auth: BearerAuth | None = None) -> dict[str, Any]:

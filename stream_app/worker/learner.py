@@ -13,7 +13,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from stream_app.domain.learning import Example, OnlineLearner
 from stream_app.domain.scoring import FraudScorer
 from stream_app.kafka.security import KafkaSecurity
-from stream_app.kafka.topic_reader import log_follower
+from stream_app.kafka.topic_reader import at_end, log_follower
 from stream_app.models import checkpoint
 from stream_app.settings import Settings
 from stream_app.worker.entities import EntityReplica
@@ -37,6 +37,7 @@ class Learner:
         self.checkpoint_dir = Path(settings.data_dir) / "checkpoints"
         self.checkpoint_key = settings.checkpoint_key.encode() or None
         self._checkpointed_offset = -1
+        self.caught_up = asyncio.Event()  # the examples log read to its end once (the door process's readiness)
 
     async def run(self) -> None:
         """Apply the examples log from the checkpoint's offset on (from the start without one)."""
@@ -57,6 +58,8 @@ class Learner:
                     if start:  # learning is synchronous: let HTTP and scoring in between
                         await asyncio.sleep(0)
                     self.apply(messages[start:start + s.batch_slice])
+                if not self.caught_up.is_set() and await at_end(consumer, [tp]):
+                    self.caught_up.set()
         finally:
             await consumer.stop()
 

@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 
 from stream_app.domain.scoring import FraudScorer
 from stream_app.kafka.security import KafkaSecurity
-from stream_app.kafka.topic_reader import log_follower, metadata_round_trip
+from stream_app.kafka.topic_reader import at_end, log_follower, metadata_round_trip
 from stream_app.settings import Settings
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import now_ms
@@ -76,14 +76,10 @@ class RulesFollower:
                 batches = await consumer.getmany(tp, timeout_ms=500, max_records=100)
                 for message in batches.get(tp, []):
                     self.apply(message.offset, message.value)
-                if not self.caught_up.is_set():
-                    # The high watermark of a fetch response (None before the first), not end_offsets: those are
-                    # wrong on the embedded broker (docs/notes/tansu.md).
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None and await consumer.position(tp) >= highwater:
-                        self.caught_up.set()
-                        current = self.scorer.rules.current
-                        log.info("rules.ready", version=None if current is None else current.version)
+                if not self.caught_up.is_set() and await at_end(consumer, [tp]):
+                    self.caught_up.set()
+                    current = self.scorer.rules.current
+                    log.info("rules.ready", version=None if current is None else current.version)
         finally:
             self.caught_up.set()
             await consumer.stop()

@@ -14,22 +14,16 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from stream_app.domain.ingress import Ingress
-from stream_app.domain.learning import OnlineLearner, PrequentialMetrics
-from stream_app.domain.pan import PanTokenizer
-from stream_app.domain.scoring import FraudScorer
 from stream_app.kafka.compat import set_fetch_max_wait
-from stream_app.kafka.security import kafka_security
 from stream_app.kafka.transport import broker_url
 from stream_app.settings import Settings
 from stream_app.worker import http
-from stream_app.worker.entities import EntityReplica
+from stream_app.worker.delivery import CARDS_TABLE
 from stream_app.worker.health import Health
 from stream_app.worker.label_agent import LabelAgent
-from stream_app.worker.learner import Learner
-from stream_app.worker.metrics import Metrics
 from stream_app.worker.outputs import Outputs
-from stream_app.worker.rules import RulesFollower
 from stream_app.worker.score_agent import ScoreAgent
+from stream_app.worker.serving import Serving
 
 log = structlog.get_logger("stream_app.worker")
 
@@ -39,25 +33,18 @@ class StreamApp:
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = s = settings
-        self.metrics = Metrics(registry)
-        self.scorer = FraudScorer.from_settings(settings)
-        self.learner = OnlineLearner(self.scorer.river, self.scorer.stacker,
-                                     PrequentialMetrics(s.quality_window, s.review_threshold),
-                                     learning=s.river_learning)
-        self.pans = PanTokenizer.from_settings(settings)
+        serving = Serving(settings, registry)
+        self.metrics, self.scorer, self.learner = serving.metrics, serving.scorer, serving.learner
+        self.pans = serving.pans
+        self.horizon_ms, self.kafka_security = serving.horizon_ms, serving.kafka_security
+        self.entities, self.learning, self.rules = serving.entities, serving.learning, serving.rules
         if not self.pans.keyed:
             log.warning("pan.no_key", effect="card ids that look like card numbers are dead-lettered as raw_pan")
-        self.horizon_ms = s.dedup_horizon_s * 1000
-        self.kafka_security = kafka_security(settings)  # files read once; every Kafka client uses it
-        self.entities = EntityReplica(settings, self.metrics, self.kafka_security, self.pans.key or b"")
-        self.learning = Learner(settings, self.metrics, self.scorer, self.learner, self.entities, self.kafka_security)
-        self.learning.restore_checkpoint()  # before the ingress takes the replica's table
         self.ingress = Ingress(s.max_message_bytes, self.horizon_ms, self.pans, s.transactions_topic, s.partitions,
                                self.entities.table)
         self.app = self._faust_app()
         self.tables = self._tables()
         self.outputs = Outputs(self.app, settings, self.metrics, self.pans, self.scorer, self.entities.table)
-        self.rules = RulesFollower(settings, self.metrics, self.scorer, self.kafka_security)
         self.scoring = ScoreAgent(settings, self.metrics, self.scorer, self.ingress, self.outputs, self.tables,
                                   self.kafka_security, self.entities, self._fail, self.rules.wait_caught_up)
         self.labels = LabelAgent(settings, self.metrics, self.outputs, self.tables, self._fail)
@@ -112,7 +99,7 @@ class StreamApp:
         raw: dict[str, Any] = {"partitions": s.partitions, "use_partitioner": True, "key_type": bytes,
                                "value_type": bytes}
         return {
-            "cards": app.Table("cards", help="per-card feature state and delivery ledger (worker/delivery.py)",
+            "cards": app.Table(CARDS_TABLE, help="per-card feature state and delivery ledger (worker/delivery.py)",
                                **raw),
             "captured": app.Table("captured-features", help="feature vectors used at scoring time, until their label",
                                   **raw),
@@ -137,7 +124,7 @@ class StreamApp:
             app.timer(s.model_poll_s)(health.poll_model)
         app.timer(30.0)(health.log_stats)
         app.timer(5.0)(health.refresh_gauges)
-        app.task(health.probe_broker)
+        app.task(health.broker.run)
         http.register(http.Door(settings=s, metrics=self.metrics, scorer=self.scorer, pans=self.pans,
                                 horizon_ms=self.horizon_ms, cards=self.tables["cards"], entities=self.entities.table,
                                 readiness=health.readiness, models_info=health.models_info), app)

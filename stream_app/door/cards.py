@@ -1,0 +1,57 @@
+"""The card states of every partition, followed from the cards table's changelog (read only)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import TopicPartition
+
+from stream_app.kafka.compat import changelog_topic
+from stream_app.kafka.security import KafkaSecurity
+from stream_app.kafka.topic_reader import at_end, log_follower, partitions_of
+from stream_app.settings import Settings
+from stream_app.worker.delivery import CARDS_TABLE
+from stream_app.worker.metrics import Metrics
+
+FETCH_RECORDS = 2000
+CHANGELOG_WAIT_S = 600.0  # a door started before any worker: faust creates the changelog with the first one
+
+
+class CardReplica:
+    """``states``: card id (bytes) -> the stored value, as the worker's table holds it; a tombstone deletes."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, security: KafkaSecurity) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.security = security
+        self.topic = changelog_topic(settings.app_id, CARDS_TABLE)
+        self.states: dict[bytes, bytes] = {}
+        self.caught_up = asyncio.Event()  # every partition read to its end once
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return  # the worker keys every change by its card
+        if value is None:
+            self.states.pop(key, None)
+        else:
+            self.states[key] = value
+
+    async def run(self) -> None:
+        """Follow every partition of the changelog from its start."""
+        consumer = log_follower(self.settings, self.security)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topic, p) for p in await partitions_of(consumer, self.topic, CHANGELOG_WAIT_S)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while True:
+                batches = await consumer.getmany(*tps, timeout_ms=500, max_records=FETCH_RECORDS)
+                for messages in batches.values():
+                    for message in messages:  # a dict update each: no slices needed between them
+                        self.apply(message.key, message.value)
+                    await asyncio.sleep(0)
+                self.metrics.cards.set(len(self.states))
+                if not self.caught_up.is_set() and await at_end(consumer, tps):
+                    self.caught_up.set()
+        finally:
+            await consumer.stop()
