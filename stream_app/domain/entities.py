@@ -15,7 +15,6 @@ So a label counts for a transaction only if it arrived before it, in both.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import re
@@ -33,6 +32,7 @@ from stream_app.domain.profiles import (
     RiskSettings,
     add_compromise_evidence,
     compromise_suspects,
+    copy_profile,
     entity_features,
     expired,
     feature_names,
@@ -213,7 +213,7 @@ class EntityTable:
         """A private copy of what ``txs`` read (their profiles, their cards' risk), to score them in sequence
         as the stream would without changing this table (HTTP previews)."""
         wanted = {(name, key) for tx in txs for name, key in self.keys(tx).items()}
-        profiles = {k: copy.deepcopy(self.profiles[k]) for k in wanted if k in self.profiles}
+        profiles = {k: copy_profile(self.profiles[k]) for k in wanted if k in self.profiles}
         cards = {tx.card_id: list(self.card_frauds[tx.card_id]) for tx in txs if tx.card_id in self.card_frauds}
         return EntityTable(self.specs, self.risk, self.secret, profiles, cards, self.n_observed, self.n_fraud_labels,
                            self.newest_ms)

@@ -95,6 +95,13 @@ def new_profile() -> Profile:
             "distinct": 0.0, "fraud_by_tx_day": [], "fraud_arrived": [], "compromise": []}
 
 
+def copy_profile(profile: Profile) -> Profile:
+    """A private copy to fold transactions into (HTTP previews): its lists, and the buckets in them, are new
+    (``copy.deepcopy``'s result, for a tenth of its cost: a profile holds only numbers, lists and lists of them)."""
+    return {k: ([b[:] if isinstance(b, list) else b for b in v] if isinstance(v, list) else v)
+            for k, v in profile.items()}
+
+
 def _hll_add(registers: list[int], item: str) -> bool:
     """Add ``item``; True when a register grew (only then can the estimate change)."""
     h = int.from_bytes(hashlib.blake2b(item.encode(), digest_size=8).digest(), "big")

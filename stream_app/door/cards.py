@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import TopicPartition
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.kafka.compat import changelog_topic
 from stream_app.kafka.security import KafkaSecurity
-from stream_app.kafka.topic_reader import at_end, log_follower, partitions_of
+from stream_app.kafka.topic_reader import at_end, log_follower
 from stream_app.settings import Settings
 from stream_app.worker.delivery import CARDS_TABLE
 from stream_app.worker.metrics import Metrics
 
 FETCH_RECORDS = 2000
-CHANGELOG_WAIT_S = 600.0  # a door started before any worker: faust creates the changelog with the first one
+log = structlog.get_logger("stream_app.door")
 
 
 class CardReplica:
@@ -36,12 +37,23 @@ class CardReplica:
         else:
             self.states[key] = value
 
+    async def _wait_for_topic(self, consumer: AIOKafkaConsumer) -> None:
+        """faust creates the changelog when the first worker starts: a door may start before it."""
+        waiting = False
+        while self.topic not in await consumer.topics():  # a metadata round trip each
+            if not waiting:
+                log.warning("door.waiting_for_changelog", topic=self.topic, hint="start a worker of this app id")
+                waiting = True
+            await asyncio.sleep(0.5)
+
     async def run(self) -> None:
         """Follow every partition of the changelog from its start."""
         consumer = log_follower(self.settings, self.security)
         await consumer.start()
         try:
-            tps = [TopicPartition(self.topic, p) for p in await partitions_of(consumer, self.topic, CHANGELOG_WAIT_S)]
+            await self._wait_for_topic(consumer)
+            # faust makes a table's changelog with the table's partitions (and refuses to start otherwise)
+            tps = [TopicPartition(self.topic, p) for p in range(self.settings.partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -27,6 +28,7 @@ from stream_app.worker.serving import Serving
 
 log = structlog.get_logger("stream_app.door")
 ENTITY_EXPIRY_S = 600.0  # as the worker's timer
+FOLLOWER_SLICE = 16  # records applied between two turns of the event loop (the worker: STREAM_APP_BATCH_SLICE)
 
 
 class DoorProcess:
@@ -34,7 +36,9 @@ class DoorProcess:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = s = settings
-        serving = Serving(s)  # a worker's checkpoint, when DATA_DIR is shared: only read, never written here
+        # A worker's checkpoint, when DATA_DIR is shared: only read, never written here. The followers give the loop
+        # back every FOLLOWER_SLICE records: requests wait behind a slice of learning or folding, never a fetch.
+        serving = Serving(dataclasses.replace(s, batch_slice=min(s.batch_slice, FOLLOWER_SLICE)))
         self.metrics, self.scorer, self.learner = serving.metrics, serving.scorer, serving.learner
         self.entities, self.learning, self.rules = serving.entities, serving.learning, serving.rules
         self.cards = CardReplica(s, self.metrics, serving.kafka_security)

@@ -49,18 +49,15 @@ async def metadata_round_trip(consumer: AIOKafkaConsumer, wait_s: float = 30.0) 
             await asyncio.sleep(0.5)
 
 
-async def partitions_of(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 10.0) -> list[int]:
-    """The topic's partitions, waiting up to ``wait_s`` for it to appear (the worker creates its topics at start;
-    faust its changelogs). Raises RuntimeError after that."""
-    deadline = time.monotonic() + wait_s
-    while True:
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    """The topic's partitions, waiting for its metadata (the worker creates its topics at start)."""
+    for _ in range(100):
         await metadata_round_trip(consumer)
         found = consumer.partitions_for_topic(topic)
         if found:
             return sorted(found)
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"topic {topic} has no partitions after {wait_s:.0f} s")
         await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions after 10 s")
 
 
 async def at_end(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> bool:

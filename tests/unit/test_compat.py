@@ -323,3 +323,11 @@ def test_micro_batches_skip_messages_fetched_for_another_generation() -> None:
         return [e.message.offset for e in await pending]
 
     assert asyncio.run(first_batch()) == [2, 4]
+
+
+def test_changelog_topic_is_the_name_faust_gives_a_tables_changelog() -> None:
+    """Touch 16: `stream-app door` follows the cards table's changelog by this name, without a faust app."""
+    app = faust.App("compat-changelog", store="memory://")
+    table = app.Table("cards", key_type=bytes, value_type=bytes)
+    assert table.changelog_topic.get_topic_name() == compat.changelog_topic("compat-changelog", "cards"), \
+        "faust names changelog topics otherwise now: re-check touch 16"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -17,6 +18,7 @@ from stream_app.domain.profiles import (
     RiskSettings,
     add_compromise_evidence,
     compromise_suspects,
+    copy_profile,
     entity_features,
     expired,
     feature_names,
@@ -143,6 +145,26 @@ def test_features_stay_finite_and_state_stays_bounded(events: list[tuple[int, in
     assert all(len(p[k]) <= 31 for k in ("fraud_by_tx_day", "fraud_arrived", "compromise"))
 
 
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40 * 24), st.integers(0, 40), st.floats(0, 1e4), st.booleans()),
+                min_size=0, max_size=40))
+def test_a_profile_copy_equals_a_deep_copy_and_shares_nothing_that_folding_changes(
+        events: list[tuple[int, int, float, bool]]) -> None:
+    p = new_profile()
+    for i, (hour, card, amount, fraud) in enumerate(sorted(events)):
+        observe(p, tx(i, T0 + hour * HOUR_MS, card=f"c{card}", amount=amount))
+        learn_label(p, T0 + hour * HOUR_MS, T0 + (hour + 30) * HOUR_MS, fraud)
+        add_compromise_evidence(p, T0 + hour * HOUR_MS)
+    before = copy.deepcopy(p)
+    copied = copy_profile(p)
+    assert copied == before
+    for i in range(30):  # what an HTTP preview does to its copies (same hours: buckets change in place)
+        observe(copied, tx(1000 + i, T0 + 40 * 24 * HOUR_MS - i * 1000, card=f"new{i}", amount=5.0))
+        learn_label(copied, T0, T0 + 41 * 24 * HOUR_MS, True)
+        add_compromise_evidence(copied, T0 + 41 * 24 * HOUR_MS)
+    assert p == before
 
 def _by_definition(p: dict[str, Any], t: Transaction, prior: float, risk: RiskSettings) -> list[float]:
     """The features as their names define them, one window at a time (the oracle of the one-pass code)."""
