@@ -1,4 +1,5 @@
-"""HTTP on a running worker, and parity: the stream, POST /score and batch give the same answer."""
+"""HTTP on a running worker, and parity: the stream, POST /score (the worker's and `stream-app door`'s) and batch
+give the same answer."""
 
 from __future__ import annotations
 
@@ -80,13 +81,22 @@ rules:
                                      lambda o: ids <= {r["tx_id"] for r in o.of(s.scores_topic)}, 120))
         return {r["tx_id"]: r for r in out.of(s.scores_topic) if r["tx_id"] in ids}
 
+    # The door process starts before the history arrives: it follows what the worker writes from then on.
+    door = WorkerProcess(kafka_bootstrap, tmp_path / "door", app_env, command="door").start()
     asyncio.run(produce(kafka_bootstrap, s.transactions_topic,
                         [(i.tx.card_id.encode(), i.tx.to_bytes()) for i in history]))
     scored({i.tx.tx_id for i in history})
     # HTTP first (read-only), then the same probes through the stream.
-    status, http = call(worker, "/score", orjson.dumps([i.tx.to_json_dict() for i in probes]))
+    probes_body = orjson.dumps([i.tx.to_json_dict() for i in probes])
+    status, http = call(worker, "/score", probes_body)
     assert status == 200
     by_http = {r["tx_id"]: r for r in http["results"]}
+    try:
+        door.wait_ready()
+        by_door = _door_converges(door, probes_body, by_http)
+    finally:
+        door.stop()
+    assert door.process is not None and door.process.returncode == 0, door.log()[-2000:]
     # The probes one at a time, in event-time order, as HTTP and batch see them: a merchant's features depend
     # on the order its cards' events arrive in, and Kafka orders no two partitions (docs/concepts/entities.md).
     for i in probes:
@@ -112,13 +122,33 @@ rules:
 
     assert set(by_http) == set(by_stream) == {i.tx.tx_id for i in probes} <= set(by_batch)
     for tx_id, stream in by_stream.items():
-        for door, other in (("http", by_http[tx_id]), ("batch", by_batch[tx_id])):
+        for door_name, other in (("http", by_http[tx_id]), ("door", by_door[tx_id]), ("batch", by_batch[tx_id])):
             assert [other["features"][n] for n in MODEL_FEATURES] == pytest.approx(
-                [stream["features"][n] for n in MODEL_FEATURES], rel=1e-9, abs=1e-9), (door, tx_id)
-            assert other["scores"]["onnx"] == pytest.approx(stream["scores"]["onnx"], abs=1e-6), (door, tx_id)
-            assert other["scores"]["river"] == pytest.approx(stream["scores"]["river"], abs=1e-6), (door, tx_id)
-            assert other["risk_score"] == pytest.approx(stream["risk_score"], abs=1e-6), (door, tx_id)
-            assert other["decision"] == stream["decision"], (door, tx_id)
-            assert {**other["rules"], "version": "-"} == {**stream["rules"], "version": "-"}, (door, tx_id)
+                [stream["features"][n] for n in MODEL_FEATURES], rel=1e-9, abs=1e-9), (door_name, tx_id)
+            assert other["scores"]["onnx"] == pytest.approx(stream["scores"]["onnx"], abs=1e-6), (door_name, tx_id)
+            assert other["scores"]["river"] == pytest.approx(stream["scores"]["river"], abs=1e-6), (door_name, tx_id)
+            assert other["risk_score"] == pytest.approx(stream["risk_score"], abs=1e-6), (door_name, tx_id)
+            assert other["decision"] == stream["decision"], (door_name, tx_id)
+            assert {**other["rules"], "version": "-"} == {**stream["rules"], "version": "-"}, (door_name, tx_id)
     assert any(r["rules"]["decided_by"] for r in by_stream.values())
     assert any(h["mode"] == "shadow" for r in by_stream.values() for h in r["rules"]["hits"])
+
+
+def _door_converges(door: WorkerProcess, body: bytes, by_worker: dict[str, dict[str, Any]],
+                    timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
+    """The door's answers for ``body`` once they equal the worker's own (its replicas lag the worker's writes by
+    their round trip through the broker); fails with the last difference after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, answer = call(door, "/score", body)
+        assert status == 200, answer
+        by_door = {r["tx_id"]: r for r in answer["results"]}
+        differences = [(tx_id, name) for tx_id, mine in by_worker.items() for name in MODEL_FEATURES
+                       if by_door[tx_id]["features"][name] != pytest.approx(mine["features"][name], rel=1e-9,
+                                                                             abs=1e-9)]
+        differences += [(tx_id, "decision") for tx_id, mine in by_worker.items()
+                        if by_door[tx_id]["decision"] != mine["decision"]]
+        if not differences:
+            return by_door
+        assert time.monotonic() < deadline, f"the door still differs from the worker: {differences[:5]}"
+        time.sleep(0.5)
