@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
+from stream_app.domain.features import new_state
 from stream_app.door.cards import CardReplica
 from stream_app.door.server import DoorProcess, create_app
-from stream_app.domain.features import new_state
 from stream_app.settings import Settings
 from stream_app.worker import http
 from stream_app.worker.delivery import encode_card
