@@ -11,8 +11,11 @@ in two phases, each door in turn (``--rounds`` times, alternated):
 2. **streaming**: the same, while `stream-app generate` publishes ``--rate`` transactions a second (and
    their labels) to the worker's topics.
 
-Per phase and door: requests/s, p50 / p90 / p99 / max latency as the client sees it, and the stream's scored
-events/s (from the worker's metrics: whether it kept up with ``--rate``).
+Per phase and door: requests/s, p50 / p90 / p99 / max latency as the client sees it, the stream's scored
+events/s (from the worker's metrics: whether it kept up with ``--rate``), and the machine's own floor: the p99 of
+how late a process that only sleeps 1 ms at a time wakes up meanwhile (``wake p99``). No door answers faster
+than the scheduler lets it run: on a machine whose cores the broker, the worker and the clients share, that
+floor, not the door, can set the tail.
 
 The clients: ``wrk`` (the C load generator the issue measured with; Debian package ``wrk``) when it is on the
 PATH, else ``--connections`` aiohttp clients in this process (``--client`` chooses). Both keep
@@ -58,6 +61,7 @@ class Phase:
     seconds: float
     quantiles_ms: dict[float, float]  # 0.5, 0.9, 0.99 and 1.0 (the maximum)
     stream_eps: float
+    wake_p99_ms: float  # a sleeper's wake-up lateness meanwhile (the scheduler's floor)
 
     def q(self, p: float) -> float:
         return self.quantiles_ms.get(p, float("nan"))
@@ -65,7 +69,8 @@ class Phase:
     def line(self) -> str:
         q = self.q
         return (f"{self.slice:>6} {self.door:<8} {self.name:<10} {self.requests / self.seconds:>8.0f} "
-                f"{q(0.5):>7.1f} {q(0.9):>7.1f} {q(0.99):>7.1f} {q(1.0):>8.1f} {self.stream_eps:>10.0f}")
+                f"{q(0.5):>7.1f} {q(0.9):>7.1f} {q(0.99):>7.1f} {q(1.0):>8.1f} {self.stream_eps:>10.0f} "
+                f"{self.wake_p99_ms:>9.2f}")
 
 
 QUANTILES = (0.5, 0.9, 0.99, 1.0)
@@ -138,6 +143,19 @@ def wrk(port: int, bodies: list[bytes], connections: int, seconds: float,
     return r["requests"], {p: r[k] / 1000 for p, k in zip(QUANTILES, ("q50", "q90", "q99", "max"), strict=True)}
 
 
+#: Sleeps 1 ms at a time for argv[1] seconds; prints the p99 of how late it woke up, in ms.
+WAKE_PROBE = """
+import sys, time
+late, end = [], time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    t0 = time.perf_counter()
+    time.sleep(0.001)
+    late.append(time.perf_counter() - t0 - 0.001)
+late.sort()
+print(late[int(0.99 * len(late))] * 1000)
+"""
+
+
 def measure(bootstrap: str, workdir: Path, slice_events: int, args: argparse.Namespace,
             bodies: list[bytes]) -> list[Phase]:
     env = {**topic_env(f"door-{uuid.uuid4().hex[:6]}", 4),
@@ -166,6 +184,8 @@ def measure(bootstrap: str, workdir: Path, slice_events: int, args: argparse.Nam
                 for door_name in (d for d in args.doors if d in doors):
                     port = doors[door_name].web_port
                     before, t0 = scored_total(worker.web_port), time.monotonic()
+                    sleeper = subprocess.Popen([sys.executable, "-c", WAKE_PROBE, str(args.seconds)],
+                                               stdout=subprocess.PIPE, text=True)
                     if args.client == "wrk":
                         answered, q = wrk(port, bodies, args.connections, args.seconds, workdir)
                     else:
@@ -173,7 +193,8 @@ def measure(bootstrap: str, workdir: Path, slice_events: int, args: argparse.Nam
                         answered, q = len(latencies), quantiles(latencies)
                     took = time.monotonic() - t0
                     stream_eps = (scored_total(worker.web_port) - before) / took
-                    phases.append(Phase(slice_events, door_name, name, answered, took, q, stream_eps))
+                    wake_p99 = float(sleeper.communicate(timeout=args.seconds + 30)[0])
+                    phases.append(Phase(slice_events, door_name, name, answered, took, q, stream_eps, wake_p99))
                     print(phases[-1].line(), file=sys.stderr, flush=True)
             if generator is not None:
                 generator.terminate()
@@ -208,7 +229,7 @@ def main() -> None:
     txs = [x.tx for x in simulate(GeneratorConfig(seed=5, n_customers=500), days=3)][:2000]
     bodies = [orjson.dumps(t.to_json_dict()) for t in txs]
     header = (f"{'slice':>6} {'door':<8} {'phase':<10} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-              f"{'max ms':>8} {'stream ev/s':>10}")
+              f"{'max ms':>8} {'stream ev/s':>10} {'wake p99':>9}")
     print(header, file=sys.stderr)
     results: list[Phase] = []
     with tempfile.TemporaryDirectory(prefix="door-") as tmp:

@@ -32,3 +32,20 @@ def test_throughput_benchmark_prints_every_figure(kafka_bootstrap: str, tmp_path
     for f in figures.values():
         assert f["latency_received"] == f["latency_sent"] > 0, f
         assert f["p50_ms"] <= f["p99_ms"] <= f["max_ms"]
+
+
+def test_score_door_benchmark_measures_both_doors(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """`score_door.py` on a tiny load: the worker's /score and `stream-app door`'s, idle and streaming, each
+    answering (p99 > 0), with the stream scored meanwhile."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "score_door.py"), "--seconds", "2",
+                          "--rate", "200", "--client", "aiohttp", "--bootstrap", kafka_bootstrap],
+                         capture_output=True, text=True, timeout=420, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT ")
+    fields = {k: float(v) for k, v in (item.split("=") for item in last.split()[1:])}
+    assert set(fields) == {f"p99_ms_slice500_{door}_{phase}" for door in ("worker", "process")
+                           for phase in ("idle", "streaming")}
+    assert all(v > 0 for v in fields.values()), fields
+    streaming = [line.split() for line in run.stdout.splitlines() if " streaming " in line]
+    assert len(streaming) == 2 and all(float(row[-2]) > 0 for row in streaming), run.stdout  # stream ev/s
