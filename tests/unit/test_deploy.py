@@ -103,22 +103,28 @@ def test_configmap_names_real_settings_with_valid_values() -> None:
     assert settings.replication_factor >= 3
 
 
-def test_worker_pods_probe_real_public_pages_on_the_served_port() -> None:
-    pod = _pod("Deployment", "stream-app")
+@pytest.mark.parametrize("name", ["stream-app", "stream-app-door"])
+def test_worker_and_door_pods_probe_real_public_pages_on_the_served_port(name: str) -> None:
+    pod = _pod("Deployment", name)
     (container,) = pod["containers"]
     _parses(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["http"] == Settings.from_env(_configmap()).web_port
+    if name == "stream-app":
+        assert ports["http"] == Settings.from_env(_configmap()).web_port
+    else:
+        assert ports["http"] == build_parser().parse_args(container["args"]).port
     http_source = (ROOT / "stream_app" / "worker" / "http.py").read_text()
+    door_source = (ROOT / "stream_app" / "door" / "server.py").read_text()
     for probe, path in (("livenessProbe", "/health"), ("startupProbe", "/health"), ("readinessProbe", "/ready")):
         get = container[probe]["httpGet"]
         assert (get["path"], get["port"]) == (path, "http")
         assert get["path"] in PROBES and f'@app.page("{get["path"]}")' in http_source
+        assert f'"{get["path"]}"' in door_source
 
 
 def test_pods_run_as_the_image_user_and_not_as_root() -> None:
     uid = _dockerfile_uid()
-    for kind, name in (("Deployment", "stream-app"), ("Job", "stream-app-topics")):
+    for kind, name in (("Deployment", "stream-app"), ("Deployment", "stream-app-door"), ("Job", "stream-app-topics")):
         pod = _pod(kind, name)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == uid != 0
@@ -131,7 +137,7 @@ def test_env_and_secret_files_line_up() -> None:
     Secret keys used exist in the example Secret."""
     secret_keys = set(_manifests()[("Secret", "stream-app")]["stringData"])
     data = _configmap()
-    for kind, name in (("Deployment", "stream-app"), ("Job", "stream-app-topics")):
+    for kind, name in (("Deployment", "stream-app"), ("Deployment", "stream-app-door"), ("Job", "stream-app-topics")):
         pod = _pod(kind, name)
         (container,) = pod["containers"]
         assert {e["name"] for e in container.get("env", [])} <= ENV_NAMES
@@ -148,7 +154,7 @@ def test_env_and_secret_files_line_up() -> None:
                 assert set(items) <= secret_keys
                 mounted |= {f"{mount['mountPath']}/{p}" for p in items.values()}
         needed = {data["KAFKA_SASL_PASSWORD_FILE"]}
-        if kind == "Deployment":
+        if kind == "Deployment":  # workers and doors serve HTTP
             needed.add(data["STREAM_APP_HTTP_TOKEN_FILE"])
         assert needed <= mounted, needed - mounted
 
@@ -266,22 +272,26 @@ def test_compose_file_matches_the_compose_spec_schema() -> None:
     assert list(validator.iter_errors(broken)), "the schema must catch a wrong depends_on condition"
 
 
-def test_compose_has_kraft_kafka_topics_two_workers_generator_and_monitoring() -> None:
+def test_compose_has_kraft_kafka_topics_two_workers_door_generator_and_monitoring() -> None:
     services = _compose()["services"]
-    assert set(services) == {"kafka", "topics", "worker-1", "worker-2", "generator", "prometheus", "grafana"}
+    assert set(services) == {"kafka", "topics", "worker-1", "worker-2", "door", "generator", "prometheus",
+                             "grafana"}
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"] and "zookeeper" not in str(services)
     assert services["topics"]["command"] == ["topics"]
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    for name in ("worker-1", "worker-2", "generator"):
+    for name in ("worker-1", "worker-2", "door", "generator"):
         assert services[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    door = services["door"]
+    port = build_parser().parse_args(door["command"]).port
+    assert door["ports"] == [f"{port}:{port}"] and f"127.0.0.1:{port}/health" in door["healthcheck"]["test"][-1]
 
 
 def test_compose_commands_and_variables_are_real() -> None:
     services = _compose()["services"]
     app_services = [s for s in services.values() if s.get("image", "").startswith("stream-app:")]
-    assert len(app_services) == 4
+    assert len(app_services) == 5
     for service in app_services:
         command = service["command"]
         _parses(command if isinstance(command, list) else shlex.split(command))
