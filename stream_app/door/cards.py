@@ -13,6 +13,7 @@ from stream_app.kafka.topic_reader import at_end, log_follower
 from stream_app.settings import Settings
 from stream_app.worker.delivery import CARDS_TABLE
 from stream_app.worker.metrics import Metrics
+from stream_app.worker.outputs import now_ms
 
 FETCH_RECORDS = 2000
 log = structlog.get_logger("stream_app.door")
@@ -61,6 +62,8 @@ class CardReplica:
                 for messages in batches.values():
                     for message in messages:  # a dict update each: no slices needed between them
                         self.apply(message.key, message.value)
+                    if messages:
+                        self.metrics.card_replica_lag.set(max(0.0, (now_ms() - messages[-1].timestamp) / 1000))
                     await asyncio.sleep(0)
                 self.metrics.cards.set(len(self.states))
                 if not self.caught_up.is_set() and await at_end(consumer, tps):

@@ -75,6 +75,9 @@ class Metrics:
                                       "by outcome (applied, unreadable).", ["outcome"], registry=r)
         self.entity_lag = Gauge("stream_app_entity_lag_seconds", "From a score record's production to the entity "
                                 "replica applying it, last record.", registry=r)
+        self.card_replica_lag = Gauge("stream_app_card_replica_lag_seconds", "stream-app door: from a card state "
+                                      "change's production to the door's replica applying it, last change.",
+                                      registry=r)
         self.entity_profiles = Gauge("stream_app_entity_profiles", "Entity profiles held by the replica.",
                                      registry=r)
         self.rules_updates = Counter("stream_app_rules_updates", "Rule sets read from the rules topic, by outcome "
