@@ -15,7 +15,9 @@ Per phase and door: requests/s, p50 / p90 / p99 / max latency as the client sees
 events/s (from the worker's metrics: whether it kept up with ``--rate``), and the machine's own floor: the p99 of
 how late a process that only sleeps 1 ms at a time wakes up meanwhile (``wake p99``). No door answers faster
 than the scheduler lets it run: on a machine whose cores the broker, the worker and the clients share, that
-floor, not the door, can set the tail.
+floor, not the door, can set the tail. ``--door-cpu N`` gives the door process core N to itself (every other
+process of the run, the broker and the worker included, shares the remaining cores): the door on a host where it
+has a core of its own, as a separate pod or machine has.
 
 The clients: ``wrk`` (the C load generator the issue measured with; Debian package ``wrk``) when it is on the
 PATH, else ``--connections`` aiohttp clients in this process (``--client`` chooses). Both keep
@@ -23,7 +25,7 @@ PATH, else ``--connections`` aiohttp clients in this process (``--client`` choos
 clients' requests, so it falls as the worker's cost of a request falls. A Python client spends its own CPU on
 the two cores the worker, the broker and the generator share, and reads higher.
 Run: python benchmarks/score_door.py [--rate 1000] [--seconds 20] [--connections 4] [--slices 500]
-     [--doors worker,process] [--rounds 1] [--client auto|wrk|aiohttp]
+     [--doors worker,process] [--rounds 1] [--door-cpu N] [--client auto|wrk|aiohttp]
 """
 
 from __future__ import annotations
@@ -143,6 +145,13 @@ def wrk(port: int, bodies: list[bytes], connections: int, seconds: float,
     return r["requests"], {p: r[k] / 1000 for p, k in zip(QUANTILES, ("q50", "q90", "q99", "max"), strict=True)}
 
 
+def pin(child: WorkerProcess, cpus: set[int]) -> None:
+    """Every thread of ``child`` on ``cpus`` (threads it starts later inherit their creator's set)."""
+    assert child.process is not None
+    for task in os.listdir(f"/proc/{child.process.pid}/task"):
+        os.sched_setaffinity(int(task), cpus)
+
+
 #: Sleeps 1 ms at a time for argv[1] seconds; prints the p99 of how late it woke up, in ms.
 WAKE_PROBE = """
 import sys, time
@@ -168,6 +177,8 @@ def measure(bootstrap: str, workdir: Path, slice_events: int, args: argparse.Nam
         worker.wait_ready()
         if "process" in args.doors:
             doors["process"] = WorkerProcess(bootstrap, workdir / f"door-{slice_events}", env, command="door").start()
+            if args.door_cpu is not None:
+                pin(doors["process"], {args.door_cpu})
             doors["process"].wait_ready()
         for door in doors.values():
             asyncio.run(hammer(door.web_port, bodies, args.connections, 2.0))  # warm-up
@@ -214,11 +225,18 @@ def main() -> None:
     ap.add_argument("--doors", default="worker,process",
                     help="whose /score: worker (the worker's own), process (`stream-app door` beside it), or both")
     ap.add_argument("--rounds", type=int, default=1, help="measurements of each door per phase, alternated")
+    ap.add_argument("--door-cpu", type=int, default=None, metavar="N",
+                    help="core N for the door process alone; everything else on the other cores (Linux)")
     ap.add_argument("--bootstrap", default="", help="a loopback broker; default: start the embedded one")
     ap.add_argument("--client", choices=("auto", "wrk", "aiohttp"), default="auto",
                     help="auto: wrk when it is on the PATH, else aiohttp")
     args = ap.parse_args()
     args.doors = [d.strip() for d in args.doors.split(",")]
+    if args.door_cpu is not None:
+        others = os.sched_getaffinity(0) - {args.door_cpu}
+        if args.door_cpu not in os.sched_getaffinity(0) or not others or "process" not in args.doors:
+            ap.error("--door-cpu: a core this process may use, another one left for the rest, and the process door")
+        os.sched_setaffinity(0, others)  # the broker, the worker, the generator and the clients inherit it
     if not args.doors or set(args.doors) - {"worker", "process"}:
         ap.error("--doors: worker, process or both")
     if args.client == "auto":
@@ -241,7 +259,8 @@ def main() -> None:
         finally:
             if broker is not None:
                 broker.stop()
-    print(f"client: {args.client}, {args.connections} connections")
+    print(f"client: {args.client}, {args.connections} connections"
+          + ("" if args.door_cpu is None else f"; the door alone on core {args.door_cpu}, the rest on the others"))
     print(header)
     for phase in results:
         print(phase.line())
