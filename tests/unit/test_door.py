@@ -100,3 +100,36 @@ def test_the_door_enforces_the_token_but_not_on_probes(header: dict[str, str], s
                                                              ("GET", "/health", None, {}),
                                                              ("GET", "/ready", None, {})])
     assert models == status and health == 200 and ready == 503
+
+
+def test_a_failed_follower_stops_the_door_with_its_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A follower that raises would leave the door answering from a replica that no longer moves: the door
+    signals itself to stop (exit 1); a follower cancelled at shutdown is no failure."""
+    import os
+    import signal
+
+    process = DoorProcess(Settings.from_env({"STREAM_APP_DATA_DIR": str(tmp_path)}))
+    kills: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
+
+    async def broken() -> None:
+        raise RuntimeError("topic gone")
+
+    async def run() -> None:
+        failing = asyncio.create_task(broken())
+        cancelled = asyncio.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        for task in (failing, cancelled):
+            try:
+                await task
+            except (RuntimeError, asyncio.CancelledError):
+                pass
+        process.failed(cancelled)
+        assert kills == [] and process.failure is None
+        process.failed(failing)
+        process.failed(failing)  # once only
+
+    asyncio.run(run())
+    assert kills == [(os.getpid(), signal.SIGTERM)]
+    assert process.failure == "RuntimeError('topic gone')"
