@@ -33,6 +33,10 @@ BROKER_PROBE_S = 5.0
 BROKER_STALE_S = 15.0  # /ready says the broker is unreachable when no probe succeeded this long
 
 
+class TopicsMissing(RuntimeError):
+    """The broker answers but lost the app's topics (an in-memory broker that restarted)."""
+
+
 class BrokerProbe:
     """Whether the broker answered lately (readiness), and a loud crash when it lost the app's topics."""
 
@@ -71,7 +75,7 @@ class BrokerProbe:
             # restarts the worker once the topics are back (stream-app worker --create-topics).
             log.error("broker.topics_missing", topics=missing,
                       hint="the broker lost its data (restarted with in-memory storage?): recreate the topics")
-            raise RuntimeError(f"topics {missing} are gone from the broker")
+            raise TopicsMissing(f"topics {missing} are gone from the broker")
 
 
 class Health:
@@ -86,7 +90,7 @@ class Health:
         self.learner = learner
         self.security = security
         self.scoring = scoring
-        self.failure: str | None = None  # set by fail(): a write failed for good; the worker is stopping
+        self.failure: str | None = None  # a write failed for good, or the broker lost the topics: stopping
         # How fail() stops the worker: `stream-app worker` sets its faust Worker's stop (bounded, see cli).
         self.request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self.watcher = ModelWatcher(settings.model_watch_path) if settings.model_watch_path else None
@@ -98,9 +102,22 @@ class Health:
         shutdown would wait for the unacknowledged messages forever: it is told not to."""
         if self.failure is not None:
             return
-        self.failure = f"{where}: {exc!r}"
         log.error("delivery.failed", agent=where, error=repr(exc), hint=failure_hint(exc),
                   effect="nothing of the batch is acknowledged; the worker stops and its input is read again")
+        self._stop(exc, where)
+
+    async def probe_broker(self) -> None:
+        """The broker probe. A broker that lost the app's topics stops the worker as a failed write does: bounded,
+        exit code 70, so a supervisor restarts it once the topics are back. (Left to crash the faust task, the
+        stop once waited 60 s for faust's consumer thread.)"""
+        try:
+            await self.broker.run()
+        except TopicsMissing as exc:  # logged by the probe (broker.topics_missing)
+            if self.failure is None:
+                self._stop(exc, "broker")
+
+    def _stop(self, exc: BaseException, where: str) -> None:
+        self.failure = f"{where}: {exc!r}"
         stop_waiting_for_acks(self.app)
         # /ready answers 503 for a moment before the stop takes the web server down, so a readiness probe
         # (or a load balancer in front of POST /score) sees the worker go out of service first.

@@ -124,7 +124,7 @@ class StreamApp:
             app.timer(s.model_poll_s)(health.poll_model)
         app.timer(30.0)(health.log_stats)
         app.timer(5.0)(health.refresh_gauges)
-        app.task(health.broker.run)
+        app.task(health.probe_broker)
         http.register(http.Door(settings=s, metrics=self.metrics, scorer=self.scorer, pans=self.pans,
                                 horizon_ms=self.horizon_ms, cards=self.tables["cards"], entities=self.entities.table,
                                 readiness=health.readiness, models_info=health.models_info), app)
