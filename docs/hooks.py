@@ -115,18 +115,26 @@ def metrics_table() -> str:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
-    from stream_app.worker.metrics import Metrics
+    from stream_app.worker.metrics import ROLES, Metrics
 
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    # prometheus-client has no public accessor for a family's label names (only its children's samples)
-    labels = {m._name: m._labelnames for m in vars(metrics).values()  # noqa: SLF001
-              if isinstance(m, MetricWrapperBase)}
+    families: dict[str, Any] = {}  # by name, in the worker's order, then the door's own
+    exposed_by: dict[str, list[str]] = {}
+    labels: dict[str, tuple[str, ...]] = {}
+    for role in ROLES:
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, role)
+        # prometheus-client has no public accessor for a family's label names (only its children's samples)
+        labels |= {m._name: m._labelnames for m in vars(metrics).values()  # noqa: SLF001
+                   if isinstance(m, MetricWrapperBase)}
+        for family in registry.collect():
+            families.setdefault(family.name, family)
+            exposed_by.setdefault(family.name, []).append(f"`stream-app {role}`")
     suffix = {"counter": "_total", "info": "_info"}
     rows = [f"| `{family.name}{suffix.get(family.type, '')}` | {family.type} | "
-            f"{', '.join(f'`{n}`' for n in labels.get(family.name, ()))} | {_cell(family.documentation)} |"
-            for family in registry.collect()]
-    return "\n".join(["| metric | type | labels | meaning |", "|---|---|---|---|", *rows])
+            f"{', '.join(f'`{n}`' for n in labels.get(family.name, ()))} | {' and '.join(exposed_by[family.name])} | "
+            f"{_cell(family.documentation)} |"
+            for family in families.values()]
+    return "\n".join(["| metric | type | labels | exposed by | meaning |", "|---|---|---|---|---|", *rows])
 
 
 GENERATORS: dict[str, Callable[[], str]] = {

@@ -23,11 +23,12 @@ from stream_app.door.cards import CardReplica
 from stream_app.models.registry import ModelWatcher
 from stream_app.settings import Settings
 from stream_app.worker import collector, http
-from stream_app.worker.health import BrokerProbe, models_info, poll_model
+from stream_app.worker.health import BrokerProbe, models_info, poll_model, refresh_model_gauges
 from stream_app.worker.serving import Serving
 
 log = structlog.get_logger("stream_app.door")
 ENTITY_EXPIRY_S = 600.0  # as the worker's timer
+GAUGES_S = 5.0  # as the worker's timer
 FOLLOWER_SLICE = 16  # records applied between two turns of the event loop (the worker: STREAM_APP_BATCH_SLICE)
 
 
@@ -38,7 +39,7 @@ class DoorProcess:
         self.settings = s = settings
         # A worker's checkpoint, when DATA_DIR is shared: only read, never written here. The followers give the loop
         # back every FOLLOWER_SLICE records: requests wait behind a slice of learning or folding, never a fetch.
-        serving = Serving(dataclasses.replace(s, batch_slice=min(s.batch_slice, FOLLOWER_SLICE)))
+        serving = Serving(dataclasses.replace(s, batch_slice=min(s.batch_slice, FOLLOWER_SLICE)), role="door")
         self.metrics, self.scorer, self.learner = serving.metrics, serving.scorer, serving.learner
         self.entities, self.learning, self.rules = serving.entities, serving.learning, serving.rules
         self.cards = CardReplica(s, self.metrics, serving.kafka_security)
@@ -62,7 +63,8 @@ class DoorProcess:
     def jobs(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """What runs beside the web server, each until the process stops."""
         jobs = [self.cards.run, self.entities.run, self.learning.run, self.rules.run, self.broker.run,
-                self._announce_ready, every(ENTITY_EXPIRY_S, _sync(self.entities.expire))]
+                self._announce_ready, every(ENTITY_EXPIRY_S, _sync(self.entities.expire)),
+                every(GAUGES_S, _sync(lambda: refresh_model_gauges(self.metrics, self.scorer, self.learner)))]
         if self.watcher is not None:
             watcher = self.watcher
             jobs.append(every(self.settings.model_poll_s, lambda: poll_model(watcher, self.scorer, self.metrics)))

@@ -170,14 +170,19 @@ class Health:
         if drift is not None:
             for feature, psi in drift.psi().items():
                 m.drift_psi.labels(feature).set(psi)
-        m.model_info.info(self.scorer.versions())
-        for model, values in self.learner.metrics.snapshot().items():
-            for metric, value in values.items():
-                m.quality.labels(model, metric).set(value)
+        refresh_model_gauges(m, self.scorer, self.learner)
 
     async def log_stats(self) -> None:
         log.info("worker.stats", **self.metrics.snapshot(),
                  versions=self.scorer.versions(), quality=self.learner.metrics.snapshot())
+
+
+def refresh_model_gauges(metrics: Metrics, scorer: FraudScorer, learner: OnlineLearner) -> None:
+    """The versions serving and the online models' rolling quality, as gauges (the worker and the door)."""
+    metrics.model_info.info(scorer.versions())
+    for model, values in learner.metrics.snapshot().items():
+        for metric, value in values.items():
+            metrics.quality.labels(model, metric).set(value)
 
 
 def models_info(scorer: FraudScorer, learner: OnlineLearner) -> dict[str, Any]:

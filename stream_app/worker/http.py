@@ -178,8 +178,16 @@ def preview(door: Door, txs: list[Any]) -> list[dict[str, Any]]:
 
 
 def score(door: Door, raw: bytes) -> tuple[int, dict[str, Any]]:
-    """``POST /score``: (status, body) for a request body, whichever web server serves it."""
+    """``POST /score``: (status, body) for a request body, whichever web server serves it; counted and timed in
+    the process's metrics."""
     started = time.perf_counter()
+    status, body = _score(door, raw, started)
+    door.metrics.score_requests.labels(str(status)).inc()
+    door.metrics.score_seconds.observe(time.perf_counter() - started)
+    return status, body
+
+
+def _score(door: Door, raw: bytes, started: float) -> tuple[int, dict[str, Any]]:
     try:
         txs, single = parse_score_request(raw, door.settings.max_message_bytes, door.pans)
     except RequestError as exc:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker, built against an injected registry (tests pass a fresh one).
+"""Prometheus metrics of a worker or a door, built against an injected registry (tests pass a fresh one).
 
 Names follow Prometheus conventions: `stream_app_..._total` counters, `_seconds` histograms, base
 units. The worker's `worker.stats` log line is read from the same objects, so logs and metrics
@@ -18,6 +18,16 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 GC_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 STAGES = ("decode", "features", "onnx", "river", "produce")
+SCORE_REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+ROLES = ("worker", "door")
+#: The metrics only one kind of process updates, by attribute: the other leaves them out of its registry, so a
+#: dashboard never shows a door as a worker that scores nothing (the rest both processes keep up to date).
+ONLY: dict[str, str] = {
+    **dict.fromkeys(("consumed", "scored", "dead_lettered", "duplicates", "rekeyed", "alerts", "latency",
+                     "stage_seconds", "batch_size", "risk", "lag", "labels", "checkpoint_time", "card_state_bytes",
+                     "captured", "drift_psi", "drift_detected", "rule_hits"), "worker"),
+    "card_replica_lag": "door",
+}
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
@@ -27,7 +37,11 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """Every metric of the project; ``role`` ("worker" or "door") says which of them this process exposes."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, role: str = "worker") -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.consumed = Counter("stream_app_events_consumed", "Transaction messages consumed.", registry=r)
         self.scored = Counter("stream_app_events_scored", "Transactions scored (one score record each).", registry=r)
@@ -59,7 +73,8 @@ class Metrics:
         self.checkpoint_time = Gauge("stream_app_checkpoint_timestamp_seconds",
                                      "Unix time of the last checkpoint written (age = time() - this).", registry=r)
         self.models_refused = Counter("stream_app_models_refused", "ONNX models refused by validation.", registry=r)
-        self.cards = Gauge("stream_app_card_states", "Per-card states held by this worker.", registry=r)
+        self.cards = Gauge("stream_app_card_states", "Per-card states held by this process (a door: every card "
+                           "of the group).", registry=r)
         self.card_state_bytes = Histogram("stream_app_card_state_bytes", "Size of a card's stored state.",
                                           buckets=(128, 256, 512, 1024, 2048, 4096, 8192), registry=r)
         self.gc_pause = Histogram("stream_app_gc_pause_seconds", "Pauses of Python's garbage collector (the event "
@@ -86,8 +101,18 @@ class Metrics:
                                    registry=r)
         self.rule_hits = Counter("stream_app_rule_hits", "Transactions a rule matched, by rule id and mode "
                                  "(enforce, shadow).", ["rule", "mode"], registry=r)
-        self.ready = Gauge("stream_app_ready", "1 while the worker is ready (GET /ready answers 200), else 0.",
+        self.ready = Gauge("stream_app_ready", "1 while the process is ready (GET /ready answers 200), else 0.",
                            registry=r)
+        self.score_requests = Counter("stream_app_score_requests", "POST /score requests answered, by HTTP status "
+                                      "(not the 401s of the token check).",
+                                      ["status"], registry=r)
+        self.score_seconds = Histogram("stream_app_score_request_seconds", "POST /score, from the body read to the "
+                                       "answer built (parse, features, models; not the wait for the event loop).",
+                                       buckets=SCORE_REQUEST_BUCKETS, registry=r)
+        self.role = role
+        for attribute, owner in ONLY.items():
+            if owner != role:
+                r.unregister(getattr(self, attribute))
 
     def snapshot(self) -> dict[str, Any]:
         """Totals for the `worker.stats` log event: every sample of every counter, by name+labels."""

@@ -20,9 +20,9 @@ from stream_app.worker.rules import RulesFollower
 class Serving:
     """The scorer, its online learner, and the followers of the logs every scoring process reads whole."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None, role: str = "worker") -> None:
         s = self.settings = settings
-        self.metrics = Metrics(registry)
+        self.metrics = Metrics(registry, role)
         self.scorer = FraudScorer.from_settings(s)
         self.learner = OnlineLearner(self.scorer.river, self.scorer.stacker,
                                      PrequentialMetrics(s.quality_window, s.review_threshold),

@@ -301,15 +301,17 @@ def test_compose_commands_and_variables_are_real() -> None:
         assert settings.bootstrap_servers == "kafka:9092" and settings.web_host == "0.0.0.0"
 
 
-def test_prometheus_scrapes_the_compose_workers() -> None:
+def test_prometheus_scrapes_the_compose_workers_and_the_door() -> None:
     services = _compose()["services"]
     sources = {target: source for source, target in (v.split(":")[:2] for v in services["prometheus"]["volumes"])}
     config = yaml.safe_load((ROOT / sources["/etc/prometheus/prometheus.yml"]).read_text())
-    (job,) = config["scrape_configs"]
+    job, door = config["scrape_configs"]
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     port = Settings.from_env({k: str(v) for k, v in services["worker-1"]["environment"].items()}).web_port
     assert targets == {f"{name}:{port}" for name in ("worker-1", "worker-2")}
-    assert job["metrics_path"] == "/metrics"
+    door_port = services["door"]["command"][services["door"]["command"].index("--port") + 1]
+    assert [t for sc in door["static_configs"] for t in sc["targets"]] == [f"door:{door_port}"]
+    assert job["metrics_path"] == door["metrics_path"] == "/metrics" and job["job_name"] != door["job_name"]
 
 
 def test_grafana_gets_the_provisioning_and_the_dashboard() -> None:

@@ -89,6 +89,11 @@ def test_pages_answer_from_the_replicas_and_say_not_ready_before_they_caught_up(
     assert get_score == (405, http.METHOD_NOT_ALLOWED)
     assert models[0] == 200 and models[1]["versions"]["onnx"] == models[1]["onnx"]["version"]
     assert metrics[0] == 200 and b"stream_app_ready 0.0" in metrics[1]
+    # The door's own registry: its requests counted by status, no stream counters that would read 0 for ever.
+    assert b'stream_app_score_requests_total{status="200"} 2.0' in metrics[1]
+    assert b'stream_app_score_requests_total{status="400"} 1.0' in metrics[1]
+    assert b"stream_app_score_request_seconds_count 3.0" in metrics[1]
+    assert b"stream_app_card_replica_lag_seconds" in metrics[1] and b"stream_app_events_consumed" not in metrics[1]
     assert openapi[0] == 200 and "/score" in openapi[1]["paths"]
 
 
