@@ -16,12 +16,15 @@ ARG UID=10001
 RUN useradd --system --uid ${UID} --user-group --home-dir /app --create-home --shell /usr/sbin/nologin stream \
     && mkdir /data && chown ${UID}:${UID} /data
 COPY --from=build /opt/venv /opt/venv
+# NUMBA_CACHE_DIR: where the compiled learning loops are cached (stream_app/models/kernels.py); under /tmp, which
+# k8s mounts as an emptyDir beside its read-only root file system, so a restarted container loads them.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     STREAM_APP_DATA_DIR=/data \
     STREAM_APP_WEB_HOST=0.0.0.0 \
-    STREAM_APP_WEB_PORT=6066
+    STREAM_APP_WEB_PORT=6066 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 WORKDIR /app
 USER 10001:10001
 VOLUME ["/data"]

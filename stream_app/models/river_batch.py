@@ -1,23 +1,25 @@
-"""River's own ``learn_one`` arithmetic applied to a batch of labeled rows, in order, over numpy arrays.
+"""River's own ``learn_one`` arithmetic applied to a batch of labeled rows, in order, over arrays.
 
 Why: a label costs ~65 µs through River's per-example dicts (scaler, gradient, optimizer, each a dict
 pass over 50 features), which caps a worker at ~15k labels/s. Here the same sequential updates (Welford
 scaler statistics, then the log-loss gradient, the intercept's step and the optimizer's step, one row after
-the other) run on arrays read from the River objects' learned state and are written back into them, so the
-model stays the River pipeline that predicts, is checkpointed and is inspected as before. Results equal
-``learn_one``'s within float rounding (the dot product's summation order, numpy's square root); a unit test
-checks thousands of rows against it. Every step is per row and element-wise, so the result does not depend on
-how the rows are cut into batches: workers that fetch the examples log in different slices hold bit-identical
-models (also tested). Pipelines of another shape return ``False`` and are taught row by row by the caller.
+the other) run in compiled loops (:mod:`stream_app.models.kernels`) on arrays read from the River objects'
+learned state, and are written back into them, so the model stays the River pipeline that predicts, is
+checkpointed and is inspected as before. Results equal ``learn_one``'s within float rounding (the dot product's
+summation order); a unit test checks thousands of rows against it. Every step is per row and element-wise, so the
+result does not depend on how the rows are cut into batches: workers that fetch the examples log in different
+slices hold bit-identical models (also tested). Pipelines of another shape return ``False`` and are taught row by
+row by the caller.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 from river import compose, linear_model, optim, preprocessing, utils
+
+from stream_app.models import kernels
 
 
 def learn_scaled_logreg(pipeline: compose.Pipeline, names: Sequence[str], rows: np.ndarray,
@@ -33,18 +35,9 @@ def learn_scaled_logreg(pipeline: compose.Pipeline, names: Sequence[str], rows: 
     counts = np.array([scaler.counts.get(n, 0) for n in names], dtype=np.float64)
     mean = _vector(scaler.means, names)
     var = _vector(scaler.vars, names)
+    rows = np.asarray(rows, dtype=np.float64)
     means, variances = np.empty_like(rows), np.empty_like(rows)  # each row's statistics after its update
-    diff, tmp = np.empty(len(names)), np.empty(len(names))
-    for x, mean_after, var_after in zip(rows, means, variances, strict=True):  # StandardScaler.learn_one's Welford
-        counts += 1.0  # update, element by element
-        np.subtract(x, mean, out=diff)
-        np.divide(diff, counts, out=tmp)
-        mean = np.add(mean, tmp, out=mean_after)
-        np.subtract(x, mean, out=tmp)
-        tmp *= diff
-        tmp -= var
-        tmp /= counts
-        var = np.add(var, tmp, out=var_after)
+    kernels.welford(rows, counts, mean, var, means, variances)
     # then transform_one of each row on its new statistics (0 where the variance is 0), all rows at once: the
     # same element-wise arithmetic, so the same floats, as row by row
     scaled = rows - means
@@ -90,48 +83,16 @@ def _learn(model: linear_model.LogisticRegression, names: Sequence[str], rows: n
     b = float(model.intercept)
     rate = float(opt.lr.learning_rate)
     intercept_rate = float(model.intercept_lr.learning_rate)
-    clip = model.clip_gradient
-    l2 = model.l2
-    squares = rows * rows
-    buffer = np.empty(len(names))
-    for x, x2, y in zip(rows, squares, labels, strict=True):
-        lg = _log_loss_gradient(loss, bool(y), float(w @ x) + b)
-        lg = float(min(max(lg, -clip), clip))
-        b -= intercept_rate * lg
-        if l2:
-            g = x * lg + l2 * w
-            x2 = g * g
-            x, lg = g, 1.0
-        if adam:  # m and v are the moving averages of g = lg*x and of g², as River's Adam keeps them
-            m *= opt.beta_1
-            m += ((1 - opt.beta_1) * lg) * x
-            v *= opt.beta_2
-            v += ((1 - opt.beta_2) * lg * lg) * x2
-            np.sqrt(v, out=buffer)
-            buffer += opt.eps
-            np.divide(m, buffer, out=buffer)
-            buffer *= rate * (1 - opt.beta_2 ** (t + 1)) ** 0.5 / (1 - opt.beta_1 ** (t + 1))
-            w -= buffer
-        else:
-            w -= (rate * lg) * x
-        t += 1
+    beta_1, beta_2, eps = (float(opt.beta_1), float(opt.beta_2), float(opt.eps)) if adam else (0.0, 0.0, 0.0)
+    b, t = kernels.logistic_steps(np.asarray(rows, dtype=np.float64), np.asarray(labels, dtype=np.bool_), w, m, v,
+                                  b, t, rate, intercept_rate, float(model.clip_gradient), float(model.l2), adam,
+                                  beta_1, beta_2, eps, float(loss.weight_pos), float(loss.weight_neg))
     model._weights = utils.VectorDict(dict(zip(names, w.tolist(), strict=True)))  # noqa: SLF001 (no public setter)
     if adam:
         opt.m = utils.VectorDict(dict(zip(names, m.tolist(), strict=True)))
         opt.v = utils.VectorDict(dict(zip(names, v.tolist(), strict=True)))
     opt.n_iterations = t
     model.intercept = b
-
-
-def _log_loss_gradient(loss: optim.losses.Log, y: bool, raw: float) -> float:
-    """River's ``Log.gradient`` for one row (the same branches, so the same floats)."""
-    sign, weight = (1, loss.weight_pos) if y else (-1, loss.weight_neg)
-    z = raw * sign
-    if z > 18.0:
-        return float(weight * math.exp(-z) * -sign)
-    if z < -18.0:
-        return float(weight * -sign)
-    return float(weight * -sign / (math.exp(z) + 1.0))
 
 
 def _vector(values: object, names: Sequence[str]) -> np.ndarray:

@@ -246,6 +246,19 @@ def test_dockerfile_is_slim_non_root_and_runs_the_cli() -> None:
     assert not re.search(r"\b(curl|wget)\b", _dockerfile()), "nothing downloaded besides pip packages"
 
 
+def test_the_compiled_loops_cache_is_writable_in_the_read_only_pods() -> None:
+    """numba caches machine code only where it can write: the image points it into /tmp, an emptyDir in every pod
+    whose root file system is read-only (elsewhere the loops compile at each start, about 1.5 s)."""
+    env = dict(re.findall(r"(NUMBA_CACHE_DIR)=(\S+)", " ".join(ln for ln in _final_stage() if ln.startswith("ENV"))))
+    cache = Path(env["NUMBA_CACHE_DIR"])
+    for kind, name in (("Deployment", "stream-app"), ("Deployment", "stream-app-door")):
+        pod = _pod(kind, name)
+        (container,) = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"]
+        empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        assert any(cache.is_relative_to(m["mountPath"]) for m in container["volumeMounts"] if m["name"] in empty), name
+
+
 def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     copied = {src for ln in _dockerfile().splitlines() if ln.startswith("COPY ") and "--from" not in ln
