@@ -19,9 +19,11 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Final
+
+import numpy as np
 
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import DAY_MS, CardState, featurize
@@ -36,6 +38,7 @@ from stream_app.domain.profiles import (
     entity_features,
     expired,
     feature_names,
+    from_dict,
     learn_label,
     new_profile,
     observe,
@@ -183,9 +186,16 @@ class EntityTable:
         row.extend((float(recent), min(since, NO_FRAUD_DAYS)))
         return row
 
+    def profile(self, name: str, key: str) -> Profile:
+        """The entity's profile, a new one if it has none yet."""
+        profile = self.profiles.get((name, key))
+        if profile is None:
+            profile = self.profiles[(name, key)] = new_profile()
+        return profile
+
     def observe(self, obs: Observation) -> None:
         for name, key in obs.keys.items():
-            observe(self.profiles.setdefault((name, key), new_profile()), obs)
+            observe(self.profile(name, key), obs)
         self.n_observed += 1
         self.newest_ms = max(self.newest_ms, obs.ts_ms)
 
@@ -195,7 +205,7 @@ class EntityTable:
             return  # denominators are the transactions themselves
         self.n_fraud_labels += 1
         for name, key in label.keys.items():
-            learn_label(self.profiles.setdefault((name, key), new_profile()), label.tx_ts_ms, label.arrived_ms, True)
+            learn_label(self.profile(name, key), label.tx_ts_ms, label.arrived_ms, True)
         arrivals = self.card_frauds.get(label.card_id)
         if arrivals is None:
             arrivals = self.card_frauds[label.card_id] = []
@@ -203,8 +213,7 @@ class EntityTable:
                 if spec.field != "merchant_id":
                     continue
                 for merchant in label.suspects:
-                    add_compromise_evidence(self.profiles.setdefault((spec.name, merchant), new_profile()),
-                                            label.arrived_ms)
+                    add_compromise_evidence(self.profile(spec.name, merchant), label.arrived_ms)
         arrivals.append(label.arrived_ms)
         arrivals.sort()
         del arrivals[:-CARD_FRAUD_KEEP]
@@ -217,6 +226,13 @@ class EntityTable:
         cards = {tx.card_id: list(self.card_frauds[tx.card_id]) for tx in txs if tx.card_id in self.card_frauds}
         return EntityTable(self.specs, self.risk, self.secret, profiles, cards, self.n_observed, self.n_fraud_labels,
                            self.newest_ms)
+
+    def upgraded(self) -> EntityTable:
+        """This table with every profile in the array layout (a checkpoint written before it held dicts)."""
+        if all(isinstance(p, np.ndarray) for p in self.profiles.values()):
+            return self
+        return replace(self, profiles={k: p if isinstance(p, np.ndarray) else from_dict(p)
+                                       for k, p in self.profiles.items()})
 
     def expire(self) -> int:
         """Drop profiles idle past the TTL and card risk older than any window, as of the newest event time

@@ -6,37 +6,20 @@ row. The operations and their order are those of River's ``learn_one`` (and of t
 so the results equal River's within float rounding; :mod:`stream_app.models.river_batch` reads and writes the
 River objects' state around these loops.
 
-Compiled when this module is imported (explicit signatures), so a worker compiles at start-up, never while it
-takes over a partition. The machine code is cached on disk when a cache location is writable: numba's own
-choice (``__pycache__`` beside this file, or the user's cache directory), or ``NUMBA_CACHE_DIR`` (the image sets
-``/tmp/numba-cache``, an ``emptyDir`` in k8s, whose root file system is read-only). Without any writable location
-the loops are compiled in memory at each start (about 1.5 s) instead of loaded (about 0.3 s).
+Compiled at import, cached where numba can write: see :mod:`stream_app.compiled`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
-import numba
 import numpy as np
 from numba import types
 
+from stream_app.compiled import compiled
+
 _ROWS = types.float64[:, :]
 _VECTOR = types.float64[:]
-
-
-def compiled(signature: Any) -> Callable[[Callable[..., Any]], Any]:
-    """``numba.njit`` for ``signature``, cached on disk where numba finds a writable location, else in memory."""
-
-    def decorate(function: Callable[..., Any]) -> Any:
-        try:
-            return numba.njit(signature, cache=True, nogil=True)(function)
-        except RuntimeError:  # "cannot cache function ...: no locator available": a read-only file system
-            return numba.njit(signature, nogil=True)(function)
-
-    return decorate
 
 
 @compiled(types.void(_ROWS, _VECTOR, _VECTOR, _VECTOR, _ROWS, _ROWS))

@@ -79,7 +79,7 @@ class EntityReplica:
         return replace(self.state, table=replace(self.state.table, secret=b""))
 
     def restore(self, state: ReplicaState) -> None:
-        self.state = replace(state, table=replace(state.table, secret=self.secret))
+        self.state = replace(state, table=replace(state.table.upgraded(), secret=self.secret))
 
     @property
     def table(self) -> EntityTable:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from stream_app.domain.entities import (
 )
 from stream_app.domain.events import Transaction
 from stream_app.domain.features import DAY_MS, FEATURE_NAMES, HOUR_MS, CardState, featurize
+from stream_app.domain.profiles import as_dict
 from stream_app.offline.replay import replay
 
 T0 = 1_767_225_600_000
@@ -82,7 +85,24 @@ def test_scratch_copies_leave_the_table_unchanged() -> None:
     scratch = table.scratch(probes)
     for p in probes:
         scratch.observe(scratch.observation(p))
-    assert table.profiles[("merchant", "m1")]["n"] == 1 and scratch.profiles[("merchant", "m1")]["n"] == 3
+    assert as_dict(table.profiles[("merchant", "m1")])["n"] == 1
+    assert as_dict(scratch.profiles[("merchant", "m1")])["n"] == 3
+
+
+def test_a_checkpoint_of_list_profiles_is_upgraded_to_arrays_with_the_same_features() -> None:
+    """Checkpoints written before the array layout hold profiles as lists (``as_dict``'s form): a worker restoring
+    one scores as the worker that wrote it would have."""
+    table = EntityTable()
+    states: dict[str, CardState] = {}
+    for i in range(40):
+        t = tx(i, T0 + i * 3 * HOUR_MS, f"c{i % 7}", f"m{i % 3}")
+        featurize_model(states, table, t, H)
+        if i % 5 == 0:
+            table.learn(fraud(t, t.ts_ms + DAY_MS))
+    old = replace(table, profiles={k: as_dict(p) for k, p in table.profiles.items()})  # type: ignore[misc]
+    upgraded = old.upgraded()
+    probe = tx(99, T0 + 6 * DAY_MS, "c1", "m1")
+    assert upgraded.features(probe) == table.features(probe) and upgraded.upgraded() is upgraded
 
 
 def test_idle_profiles_and_old_card_risk_expire_in_event_time() -> None:
@@ -146,5 +166,5 @@ def test_the_replica_folds_other_workers_records_once_and_skips_its_own() -> Non
     replica.apply_record(1, 0, b"t2", record(theirs))
     replica.apply_record(1, 0, b"t2", record(theirs))  # the same offset again (a resumed checkpoint): ignored
     replica.apply_record(1, 1, b"t3", b"{not json")
-    assert replica.table.profiles[("merchant", "m1")]["n"] == 2 and replica.state.pending == set()
+    assert as_dict(replica.table.profiles[("merchant", "m1")])["n"] == 2 and replica.state.pending == set()
     assert replica.state.offsets == {0: 0, 1: 1}

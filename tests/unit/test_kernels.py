@@ -7,7 +7,7 @@ import pytest
 from numba import types
 from numba.core import caching
 
-from stream_app.models.kernels import compiled
+from stream_app.compiled import compiled
 
 
 def test_without_a_writable_cache_location_the_loop_is_compiled_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
