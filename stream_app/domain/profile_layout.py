@@ -27,10 +27,12 @@ from stream_app.compiled import compiled
 
 FIRST, LAST, N, DISTINCT = 0, 1, 2, 3
 N_HOURS, N_DAYS, N_FRAUD_TX, N_FRAUD_ARRIVED, N_COMPROMISE = 4, 5, 6, 7, 8
-HOURS: Final = 16  # 24 x (index, n, sum, sum of squares)
-DAYS: Final = HOURS + 24 * 4  # 30 x the same
+HOUR_CAP: Final = 24  # hour buckets live at once (the last 24 hours)
+DAY_CAP: Final = 30  # day buckets live at once (the last 30 days)
 LABEL_CAP: Final = 64  # buckets of a label list (30 days are live; arrivals out of order can leave more a while)
-FRAUD_TX: Final = DAYS + 30 * 4  # LABEL_CAP x (day, count)
+HOURS: Final = 16  # HOUR_CAP x (index, n, sum, sum of squares)
+DAYS: Final = HOURS + HOUR_CAP * 4  # DAY_CAP x the same
+FRAUD_TX: Final = DAYS + DAY_CAP * 4  # LABEL_CAP x (day, count)
 FRAUD_ARRIVED: Final = FRAUD_TX + LABEL_CAP * 2
 COMPROMISE: Final = FRAUD_ARRIVED + LABEL_CAP * 2
 HLL: Final = COMPROMISE + LABEL_CAP * 2  # 64 registers
@@ -108,8 +110,8 @@ def observe(p: np.ndarray, ts: int, amount: float, hll_idx: int, hll_rank: int) 
         p[FIRST] = ts
     p[LAST] = newest
     p[N] += 1
-    add_bucket(p, HOURS, N_HOURS, 4, 24, ts // _HOUR_MS, amount, amount * amount, int(newest) // _HOUR_MS - 23)
-    add_bucket(p, DAYS, N_DAYS, 4, 30, ts // _DAY_MS, amount, amount * amount, int(newest) // _DAY_MS - 29)
+    add_bucket(p, HOURS, N_HOURS, 4, HOUR_CAP, ts // _HOUR_MS, amount, amount * amount, int(newest) // _HOUR_MS - 23)
+    add_bucket(p, DAYS, N_DAYS, 4, DAY_CAP, ts // _DAY_MS, amount, amount * amount, int(newest) // _DAY_MS - 29)
     if hll_rank > p[HLL + hll_idx]:  # only then can the estimate change; features read it on every event
         p[HLL + hll_idx] = hll_rank
         inverse_sum = 0.0

@@ -153,10 +153,11 @@ def expired(profile: Profile, now_ms: int, risk: RiskSettings) -> bool:
     return not math.isnan(last) and last < now_ms - risk.ttl_days * DAY_MS
 
 
-_LISTS: Final = (("hours", layout.HOURS, layout.N_HOURS, 4), ("days", layout.DAYS, layout.N_DAYS, 4),
-                 ("fraud_by_tx_day", layout.FRAUD_TX, layout.N_FRAUD_TX, 2),
-                 ("fraud_arrived", layout.FRAUD_ARRIVED, layout.N_FRAUD_ARRIVED, 2),
-                 ("compromise", layout.COMPROMISE, layout.N_COMPROMISE, 2))
+_LISTS: Final = (("hours", layout.HOURS, layout.N_HOURS, 4, layout.HOUR_CAP),
+                 ("days", layout.DAYS, layout.N_DAYS, 4, layout.DAY_CAP),
+                 ("fraud_by_tx_day", layout.FRAUD_TX, layout.N_FRAUD_TX, 2, layout.LABEL_CAP),
+                 ("fraud_arrived", layout.FRAUD_ARRIVED, layout.N_FRAUD_ARRIVED, 2, layout.LABEL_CAP),
+                 ("compromise", layout.COMPROMISE, layout.N_COMPROMISE, 2, layout.LABEL_CAP))
 
 
 def as_dict(profile: Profile) -> dict[str, Any]:
@@ -166,7 +167,7 @@ def as_dict(profile: Profile) -> dict[str, Any]:
     out: dict[str, Any] = {"first_ts": None if math.isnan(first) else int(first),
                            "last_ts": None if math.isnan(last) else int(last), "n": int(profile[layout.N]),
                            "distinct": float(profile[layout.DISTINCT])}
-    for name, base, length_at, width in _LISTS:
+    for name, base, length_at, width, _ in _LISTS:
         rows = profile[base:base + width * int(profile[length_at])].reshape(-1, width).tolist()
         out[name] = [[int(r[0]), *r[1:]] for r in rows]
     out["hll"] = [int(r) for r in profile[layout.HLL:layout.HLL + _HLL_M]]
@@ -180,8 +181,8 @@ def from_dict(d: Mapping[str, Any]) -> Profile:
         if d.get(key) is not None:
             p[at] = d[key]
     p[layout.N], p[layout.DISTINCT] = d["n"], d["distinct"]
-    for name, base, length_at, width in _LISTS:
-        rows = sorted(d[name])[-(layout.LABEL_CAP if width == 2 else (24 if name == "hours" else 30)):]
+    for name, base, length_at, width, cap in _LISTS:
+        rows = sorted(d[name])[-cap:]
         p[length_at] = len(rows)
         if rows:
             p[base:base + width * len(rows)] = np.asarray(rows, dtype=np.float64).ravel()
