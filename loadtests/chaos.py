@@ -74,7 +74,7 @@ from stream_app.domain.events import Transaction
 from stream_app.domain.features import FEATURE_NAMES, CardState, featurize
 from stream_app.domain.ingress import card_partition
 from stream_app.settings import Settings
-from stream_app.worker.delivery import split_card
+from stream_app.worker.delivery import decode_card
 
 
 def _now_ms() -> int:
@@ -264,14 +264,14 @@ def state_mismatches(valid: Sequence[Transaction], changelog: Sequence[OutputRec
     uninterrupted pass folds into the card, or has another: compared on the tx_id digests and the per-day
     counts, which do not depend on the order the events were folded in."""
     _, states = reference(valid, horizon_ms)
-    stored = {r.key: split_card(r.value)[0] for r in sorted(changelog, key=lambda r: (r.partition, r.offset))
-              if r.key is not None}
+    stored = {r.key: decode_card(r.raw)[0].as_dict()
+              for r in sorted(changelog, key=lambda r: (r.partition, r.offset)) if r.key is not None and r.raw}
 
     def folded(state: dict[str, Any]) -> tuple[list[int], dict[int, int]]:
         return sorted(h for h, _ in state.get("seen", [])), {int(d[0]): int(d[1]) for d in state.get("days", [])}
 
     bad = [card for card, state in states.items()
-           if card.encode() not in stored or folded(stored[card.encode()]) != folded(state)]
+           if card.encode() not in stored or folded(stored[card.encode()]) != folded(state.as_dict())]
     return len(bad), bad
 
 

@@ -84,6 +84,7 @@ class OutputRecord:
     timestamp_ms: int
     value: dict[str, Any]
     key: bytes | None = None
+    raw: bytes | None = None  # the value as stored (binary values, such as card states)
 
 
 @dataclass
@@ -100,7 +101,7 @@ async def read_all(bootstrap: str, topics: Iterable[str], *, idle_s: float = 2.0
                    timeout_s: float = 120.0) -> dict[str, list[OutputRecord]]:
     """Every record of ``topics`` from offset 0, until each partition is at its fetch high watermark
     and nothing arrived for ``idle_s`` (or ``timeout_s`` passed). Values are decoded JSON objects;
-    an undecodable value becomes ``{"_unreadable": true}``."""
+    an undecodable value becomes ``{"_unreadable": true}`` (``raw`` has the bytes)."""
     names = list(topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
@@ -124,7 +125,7 @@ async def read_all(bootstrap: str, topics: Iterable[str], *, idle_s: float = 2.0
                         value = orjson.loads(m.value) if m.value is not None else {"_unreadable": True}
                     except orjson.JSONDecodeError:
                         value = {"_unreadable": True}
-                    out[tp.topic].append(OutputRecord(m.partition, m.offset, m.timestamp, value, m.key))
+                    out[tp.topic].append(OutputRecord(m.partition, m.offset, m.timestamp, value, m.key, m.value))
                     position[tp] = m.offset + 1
             caught_up = all((hw := consumer.highwater(tp)) is not None and position[tp] >= hw for tp in tps)
             if caught_up and time.monotonic() - last_data >= idle_s:

@@ -39,6 +39,7 @@ from stream_app.domain.learning import Captured, ParkedLabel
 from stream_app.domain.pan import PanTokenizer, luhn_ok, pan_digits
 from stream_app.domain.records import Source, alert_record, dead_letter_record, score_record
 from stream_app.domain.schemas import DLQ_REASONS
+from stream_app.worker.delivery import decode_card, encode_card
 
 MAX_BYTES = 16384
 HORIZON_MS = 7 * 86_400_000
@@ -330,7 +331,7 @@ def fuzz_transactions(n: int, seed: int, pans: PanTokenizer, scorer: Any = None)
             written: list[bytes] = []
             try:
                 out = ingress(raw, key, topic, states,
-                              lambda c: None if (s := cards.get(c)) is None else orjson.loads(s), partition=None)
+                              lambda c: None if (s := cards.get(c)) is None else decode_card(s)[0], partition=None)
                 tally.outcomes[out.kind] += 1
                 if out.kind == "dead_lettered":
                     assert out.error is not None and out.error.reason in DLQ_REASONS
@@ -349,7 +350,7 @@ def fuzz_transactions(n: int, seed: int, pans: PanTokenizer, scorer: Any = None)
                 continue
             leaks += not _written_ok(written, () if out.tx is None else (out.tx.tx_id, out.tx.merchant_id))
         for card_id, state in states.items():
-            cards[card_id] = orjson.dumps(state)
+            cards[card_id] = encode_card(state, None)
         if scorer is not None and scored_txs:
             try:
                 for item in scorer.score_many(scored_txs, rows):

@@ -49,7 +49,7 @@ WARM_FILTER: Final = "warm_card"
 def is_warm(state: CardState, ts_ms: int, min_history_days: float = WARM_DAYS) -> bool:
     """Whether a card state (before or after the transaction at ``ts_ms``: ``first_ts`` never changes)
     has watched the card for ``min_history_days``. Training and the worker both call this."""
-    first = state.get("first_ts")
+    first = state.first_ts
     return first is not None and ts_ms - first >= min_history_days * DAY_MS
 
 

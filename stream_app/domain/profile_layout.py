@@ -24,6 +24,7 @@ import numpy as np
 from numba import types
 
 from stream_app.compiled import compiled
+from stream_app.domain.buckets import add_bucket, moments, two_windows
 
 FIRST, LAST, N, DISTINCT = 0, 1, 2, 3
 N_HOURS, N_DAYS, N_FRAUD_TX, N_FRAUD_ARRIVED, N_COMPROMISE = 4, 5, 6, 7, 8
@@ -48,58 +49,6 @@ def new_array() -> np.ndarray:
     p = np.zeros(WIDTH)
     p[FIRST] = p[LAST] = np.nan
     return p
-
-
-@compiled(types.void(_P, types.int64, types.int64, types.int64, types.int64, types.int64, types.float64,
-                     types.float64, types.int64))
-def add_bucket(p: np.ndarray, base: int, length_at: int, width: int, cap: int, idx: int, value: float,
-               square: float, keep_from: int) -> None:
-    """Fold ``value`` into the bucket ``idx`` of a sorted list (count += 1 and the sums for width 4; += value for
-    width 2), after dropping the buckets before ``keep_from``; a bucket before ``keep_from`` is not added (the list
-    code appended it and dropped it at once)."""
-    n = before = int(p[length_at])
-    drop = 0
-    while drop < n and p[base + width * drop] < keep_from:
-        drop += 1
-    if drop:
-        for b in range(drop * width, n * width):
-            p[base + b - drop * width] = p[base + b]
-        n -= drop
-    if idx >= keep_from:
-        found = False
-        for b in range(n):
-            o = base + width * b
-            if p[o] == idx:
-                if width == 4:
-                    p[o + 1] += 1
-                    p[o + 2] += value
-                    p[o + 3] += square
-                else:
-                    p[o + 1] += value
-                found = True
-                break
-        if not found:
-            if n == cap:  # full (label lists only): the oldest goes
-                for b in range(width, n * width):
-                    p[base + b - width] = p[base + b]
-                n -= 1
-            j = n  # kept sorted; buckets come in order but for late events
-            while j > 0 and p[base + width * (j - 1)] > idx:
-                for f in range(width):
-                    p[base + width * j + f] = p[base + width * (j - 1) + f]
-                j -= 1
-            o = base + width * j
-            p[o] = idx
-            if width == 4:
-                p[o + 1] = 1
-                p[o + 2] = value
-                p[o + 3] = square
-            else:
-                p[o + 1] = value
-            n += 1
-    for b in range(n * width, before * width):  # vacated slots are zero: equal profiles are equal arrays
-        p[base + b] = 0.0
-    p[length_at] = n
 
 
 @compiled(types.void(_P, types.int64, types.float64, types.int64, types.int64))
@@ -139,17 +88,6 @@ def add_compromise(p: np.ndarray, arrived_ms: int, weight: float) -> None:
     add_bucket(p, COMPROMISE, N_COMPROMISE, 2, LABEL_CAP, day, weight, 0.0, day - 29)
 
 
-@compiled(types.void(types.float64, types.float64, types.float64, _P, types.int64))
-def _moments(n: float, s: float, ss: float, out: np.ndarray, at: int) -> None:
-    if n == 0:
-        out[at] = out[at + 1] = out[at + 2] = 0.0
-        return
-    mean = s / n
-    out[at] = n
-    out[at + 1] = mean
-    out[at + 2] = math.sqrt(max(0.0, ss / n - mean * mean))
-
-
 @compiled(types.void(_P, types.int64, types.int64, types.int64, _P, types.int64))
 def _recent_sums(p: np.ndarray, base: int, length_at: int, day: int, out: np.ndarray, at: int) -> None:
     """The list's values summed over the last 1, 7 and 30 days up to ``day`` (later days not counted)."""
@@ -165,48 +103,23 @@ def _recent_sums(p: np.ndarray, base: int, length_at: int, day: int, out: np.nda
     out[at], out[at + 1], out[at + 2] = one, seven, thirty
 
 
-_SIX_SUMS = types.UniTuple(types.float64, 6)  # type: ignore[no-untyped-call]
-
-
-@compiled(_SIX_SUMS(_P, types.int64, types.int64, types.int64, types.int64, types.int64, types.int64))
-def _two_windows(p: np.ndarray, base: int, length_at: int, width: int, lo: int, inner_lo: int,
-                 hi: int) -> tuple[float, float, float, float, float, float]:
-    """(count, sum, sum of squares) of the buckets in [lo, hi], then of those in [inner_lo, hi], in one ascending
-    pass (each window adds the same values in the same order as a pass of its own); sums are 0 for width 2."""
-    n = s = ss = n_in = s_in = ss_in = 0.0
-    for b in range(int(p[length_at])):
-        o = base + width * b
-        idx = p[o]
-        if lo <= idx <= hi:
-            n += p[o + 1]
-            if width == 4:
-                s += p[o + 2]
-                ss += p[o + 3]
-            if idx >= inner_lo:
-                n_in += p[o + 1]
-                if width == 4:
-                    s_in += p[o + 2]
-                    ss_in += p[o + 3]
-    return n, s, ss, n_in, s_in, ss_in
-
-
 @compiled(types.void(_P, types.int64, types.float64, types.int64, types.float64, types.int64, types.int64,
                      types.float64, types.float64, _P))
 def features(p: np.ndarray, ts: int, prior_rate: float, maturity_days: int, prior_weight: float, short: int,
              long: int, keep_days: float, n_cap: float, out: np.ndarray) -> None:
     """The profile's features for a transaction at ``ts`` into ``out`` (see profiles.feature_names)."""
     hour, day = ts // _HOUR_MS, ts // _DAY_MS
-    n24, s24, ss24, n1, s1, ss1 = _two_windows(p, HOURS, N_HOURS, 4, hour - 23, hour, hour)  # 1 h: the hour bucket
-    n30, s30, ss30, n7, s7, ss7 = _two_windows(p, DAYS, N_DAYS, 4, day - 29, day - 6, day)
+    n24, s24, ss24, n1, s1, ss1 = two_windows(p, HOURS, N_HOURS, 4, hour - 23, hour, hour)  # 1 h: the hour bucket
+    n30, s30, ss30, n7, s7, ss7 = two_windows(p, DAYS, N_DAYS, 4, day - 29, day - 6, day)
     # shares over mature transactions: days [day - w, day - maturity]
     mature_to = day - maturity_days
-    mature_long, _, _, mature_short, _, _ = _two_windows(p, DAYS, N_DAYS, 4, day - long, day - short, mature_to)
-    frauds_long, _, _, frauds_short, _, _ = _two_windows(p, FRAUD_TX, N_FRAUD_TX, 2, day - long, day - short,
+    mature_long, _, _, mature_short, _, _ = two_windows(p, DAYS, N_DAYS, 4, day - long, day - short, mature_to)
+    frauds_long, _, _, frauds_short, _, _ = two_windows(p, FRAUD_TX, N_FRAUD_TX, 2, day - long, day - short,
                                                          mature_to)
-    _moments(n1, s1, ss1, out, 0)
-    _moments(n24, s24, ss24, out, 3)
-    _moments(n7, s7, ss7, out, 6)
-    _moments(n30, s30, ss30, out, 9)
+    moments(n1, s1, ss1, out, 0)
+    moments(n24, s24, ss24, out, 3)
+    moments(n7, s7, ss7, out, 6)
+    moments(n30, s30, ss30, out, 9)
     distinct = p[DISTINCT]
     out[12] = distinct
     # age and count saturate: past the windows' 30 days, or a thousand transactions, a profile is established

@@ -134,7 +134,7 @@ def compromise_suspects(card: CardState, first_fraud_ts: int, lookback_days: int
     """The merchants a card paid at in the ``lookback_days`` before its first fraud (the card's merchant
     memory: its last visit to each of its recent merchants)."""
     lo = first_fraud_ts - lookback_days * DAY_MS
-    return [merchant for merchant, seen_ts in card["merch"] if lo <= seen_ts < first_fraud_ts]
+    return [merchant for merchant, seen_ts in card.merchant_visits() if lo <= seen_ts < first_fraud_ts]
 
 
 def features(profile: Profile | None, tx: Transaction, prior_rate: float, risk: RiskSettings) -> list[float]:

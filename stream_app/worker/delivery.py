@@ -23,26 +23,33 @@ redelivered duplicate found there is queued (:meth:`Ledger.recheck`), the output
 (:func:`plan_repair`). A crash before 2 leaves nothing stored: the redelivered events are scored anew.
 At most ``max_in_flight_batches`` batches are open at a time, which bounds the entries per card.
 
-Stored card format (the ``cards`` table), versioned: **v1** (until 2026-12) was the feature state itself
-with the ledger entry under the key ``"unconfirmed"``; **v2** is ``{"v": 2, "card": <state>, "ledger": <entry>}``
-(``ledger`` absent when empty). :func:`decode_card` reads both; a newer version is refused with the
-upgrade step (a worker must never rewrite state it does not understand).
+Stored card format (the ``cards`` table), versioned: **v1** (until 2026-12) was the feature state as JSON with
+the ledger entry under the key ``"unconfirmed"``; **v2** was ``{"v": 2, "card": <state>, "ledger": <entry>}``;
+**v3** (binary, since the card state became an array) is an 8-byte header (``b"C"``, the version, the number of
+floats, the length of the merchant ids, the last country or two zero bytes), the state's used floats
+(:func:`card_layout.pack`, little-endian float64), its merchant slots' ids joined by spaces, and the ledger entry
+as JSON (absent when empty). :func:`decode_card` reads all three; a newer version is refused with the upgrade step
+(a worker must never rewrite state it does not understand).
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
 import orjson
 
+from stream_app.domain import card_layout
 from stream_app.domain.events import Transaction, kept_json
 from stream_app.domain.features import CardState
 from stream_app.domain.records import Source
 
-CARD_FORMAT: Final = 2
+CARD_FORMAT: Final = 3
+_HEAD: Final = struct.Struct("<cBHH2s")  # b"C", version, floats, merchant ids' length, country
 CARDS_TABLE: Final = "cards"  # the faust table of card states (its changelog: compat.changelog_topic)
 LEDGER_MAX_AGE_MS: Final = 300_000  # an older entry was long confirmed (takeovers take seconds): a plain duplicate
 REPAIR_MARGIN_MS: Final = 5_000  # read the output topics back this much before the oldest entry
@@ -56,28 +63,37 @@ class StateFormatError(RuntimeError):
 
 
 def encode_card(state: CardState, entry: LedgerEntry | None) -> bytes:
-    """The stored value of a card (format v2)."""
-    envelope: dict[str, Any] = {"v": CARD_FORMAT, "card": state}
-    if entry:
-        envelope["ledger"] = entry
-    return kept_json(envelope)
+    """The stored value of a card (format v3)."""
+    packed = card_layout.pack(state.values).astype("<f8", copy=False)
+    merchants = " ".join(state.merchants[:int(state.values[card_layout.N_SLOTS])]).encode()
+    country = b"\0\0" if state.country is None else state.country.encode()
+    head = _HEAD.pack(b"C", CARD_FORMAT, len(packed), len(merchants), country)
+    return b"".join((head, packed.tobytes(), merchants, kept_json(entry) if entry else b""))
 
 
 def decode_card(stored: bytes) -> tuple[CardState, LedgerEntry | None]:
-    """A stored card's feature state and ledger entry, from format v1 or v2."""
-    return split_card(orjson.loads(stored))
-
-
-def split_card(obj: dict[str, Any]) -> tuple[CardState, LedgerEntry | None]:
-    """:func:`decode_card` of a stored card already parsed (tools that read the changelog as JSON)."""
-    version = obj.get("v", 1)
-    if version == 1:  # the feature state itself, the ledger entry inside it
-        entry = obj.pop("unconfirmed", None)
-        return obj, entry
-    if version == CARD_FORMAT:
-        return obj["card"], obj.get("ledger")
+    """A stored card's feature state and ledger entry, from format v1, v2 or v3."""
+    if stored[:1] != b"C":  # JSON: v1 or v2
+        obj = orjson.loads(stored)
+        version = obj.get("v", 1)
+        if version == 1:  # the feature state itself, the ledger entry inside it
+            entry = obj.pop("unconfirmed", None)
+            return CardState.from_dict(obj), entry
+        if version == 2:
+            return CardState.from_dict(obj["card"]), obj.get("ledger")
+    else:
+        _, version, n, merchants_len, country = _HEAD.unpack_from(stored)
+        if version == CARD_FORMAT:
+            packed = np.frombuffer(stored, "<f8", n, _HEAD.size)
+            values = card_layout.unpack(packed if packed.flags.aligned else packed.copy())
+            at = _HEAD.size + 8 * n
+            merchants = stored[at:at + merchants_len].decode().split(" ") if merchants_len else []
+            merchants += [""] * (card_layout.MERCHANT_CAP - len(merchants))
+            rest = stored[at + merchants_len:]
+            return (CardState(values, merchants, None if country == b"\0\0" else country.decode()),
+                    orjson.loads(rest) if rest else None)
     raise StateFormatError(
-        f"the cards table holds state format v{version}, this worker reads v1 and v{CARD_FORMAT}: "
+        f"the cards table holds state format v{version}, this worker reads v1 to v{CARD_FORMAT}: "
         "run the worker version that wrote it (or newer); see docs/notes/where-things-went.md")
 
 

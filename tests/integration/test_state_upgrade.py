@@ -92,8 +92,8 @@ def test_a_worker_restores_and_repairs_from_v1_changelogs(kafka_bootstrap: str, 
         # 1. Features continue from the restored states (the ledger entry is not part of them).
         card_id, v1 = max(cards.items(), key=lambda kv: len(kv[1]["seen"]))
         state, entry = decode_card(orjson.dumps(v1))
-        assert entry is not None and "unconfirmed" not in state
-        tx = Transaction("upgrade-probe", card_id, "m_probe", 42.0, "EUR", state["last_ts"] + 3_600_000, "FR", "ecom",
+        assert entry is not None and state.last_ts is not None and "unconfirmed" not in state.as_dict()
+        tx = Transaction("upgrade-probe", card_id, "m_probe", 42.0, "EUR", state.last_ts + 3_600_000, "FR", "ecom",
                          "5411")
         expected = dict(zip(FEATURE_NAMES, featurize({card_id: state}, tx, 7 * DAY_MS), strict=True))
         answer = _score(w, {**tx.to_json_dict(), "timestamp": format_ts(tx.ts_ms)})
@@ -101,7 +101,7 @@ def test_a_worker_restores_and_repairs_from_v1_changelogs(kafka_bootstrap: str, 
         assert {n: answer["features"][n] for n in FEATURE_NAMES} == expected  # the card's part of the vector
         # 2. A redelivered event of a restored ledger entry: a duplicate, its missing score published again.
         tx_id, (row, _source, _seq) = next(iter(entry["tx"].items()))
-        ts = next(t for h, t in state["seen"] if h == tx_hash(tx_id))
+        ts = next(t for h, t in state.as_dict()["seen"] if h == tx_hash(tx_id))
         again = {"tx_id": tx_id, "card_id": card_id, "merchant_id": "m_any", "amount": row[0], "currency": "EUR",
                  "timestamp": format_ts(ts), "country": "FR", "channel": "pos", "mcc": "5411"}
         asyncio.run(produce(kafka_bootstrap, app_env["STREAM_APP_TRANSACTIONS_TOPIC"],

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from stream_app.domain.events import Transaction
-from stream_app.domain.features import DAY_MS, CardState
+from stream_app.domain.features import DAY_MS, CardState, featurize
 from stream_app.domain.ingress import Ingress
 from stream_app.domain.pan import PanTokenizer
 from stream_app.domain.records import Source
@@ -189,12 +189,21 @@ def test_a_witnessed_score_decides_the_alert_not_the_rescoring() -> None:
 
 
 def test_the_stored_format_is_versioned() -> None:
-    state: CardState = {"last_ts": 5, "recent": [], "seen": [1]}
+    states: dict[str, CardState] = {}
+    for i, merchant in enumerate(["m1", "m2", "m1"]):
+        featurize(states, Transaction(f"t{i}", "c1", merchant, 5.0 + i, "EUR", NOW + i, "FR", "pos", "5411"), DAY_MS)
+    state = states["c1"]
     entry = {"at": NOW, "tx": {"t1": [[1.0], ["transactions", 0, 3, NOW], 7]}}
-    assert orjson.loads(encode_card(state, entry)) == {"v": 2, "card": state, "ledger": entry}
-    assert decode_card(encode_card(state, entry)) == (state, entry)
+    stored = encode_card(state, entry)
+    assert stored[:2] == b"C\x03" and stored.endswith(orjson.dumps(entry))
+    assert decode_card(stored) == (state, entry)
     assert decode_card(encode_card(state, None)) == (state, None)
-    assert decode_card(orjson.dumps({**state, "unconfirmed": entry})) == (state, entry)  # v1
-    assert decode_card(orjson.dumps(state)) == (state, None)
-    with pytest.raises(StateFormatError, match="v3"):
-        decode_card(orjson.dumps({"v": 3, "card": state}))
+    assert decode_card(encode_card(CardState(), None)) == (CardState(), None)
+    lists = state.as_dict()
+    assert decode_card(orjson.dumps({"v": 2, "card": lists, "ledger": entry})) == (state, entry)
+    assert decode_card(orjson.dumps({**lists, "unconfirmed": entry})) == (state, entry)  # v1
+    assert decode_card(orjson.dumps(lists)) == (state, None)
+    with pytest.raises(StateFormatError, match="v4"):
+        decode_card(b"C\x04" + stored[2:])
+    with pytest.raises(StateFormatError, match="v7"):
+        decode_card(orjson.dumps({"v": 7, "card": lists}))

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from stream_app.devtools.generator import GeneratorConfig, simulate
-from stream_app.domain.features import new_state
+from stream_app.domain.features import CardState, new_state
 from stream_app.door.cards import CardReplica
 from stream_app.door.server import DoorProcess, create_app
 from stream_app.settings import Settings
@@ -56,9 +56,8 @@ def _pages(settings: Settings, requests: list[tuple[str, str, bytes | None, dict
 def test_pages_answer_from_the_replicas_and_say_not_ready_before_they_caught_up(tmp_path: Any) -> None:
     item = next(iter(simulate(GeneratorConfig(seed=3, n_customers=20), days=1)))
     tx = item.tx
-    state = new_state()
-    state.update(last_ts=tx.ts_ms - 60_000, last_country=tx.country, first_ts=tx.ts_ms - 86_400_000)
-    state["recent"] = [[tx.ts_ms - 60_000, 50.0]]
+    state = CardState.from_dict({**new_state().as_dict(), "last_ts": tx.ts_ms - 60_000, "last_country": tx.country,
+                                 "first_ts": tx.ts_ms - 86_400_000, "recent": [[tx.ts_ms - 60_000, 50.0]]})
 
     def prepare(process: DoorProcess) -> None:
         process.cards.apply(tx.card_id.encode(), encode_card(state, None))

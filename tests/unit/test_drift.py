@@ -28,7 +28,7 @@ from stream_app.domain.drift import (
 )
 from stream_app.domain.entities import MODEL_FEATURES, N_MODEL_FEATURES
 from stream_app.domain.events import Transaction
-from stream_app.domain.features import DAY_MS, FEATURE_NAMES, WINDOWS, featurize
+from stream_app.domain.features import DAY_MS, FEATURE_NAMES, WINDOWS, CardState, featurize
 from stream_app.models.onnx_model import OnnxScorer, packaged_model_path
 from stream_app.offline.replay import build_dataset, replay
 
@@ -96,14 +96,14 @@ def test_is_warm_after_warm_days_of_a_card_state_whatever_its_activity() -> None
     t0 = 1_767_225_600_000
     tx = Transaction("t1", "c1", "m1", 10.0, "EUR", t0, "DE", "pos", "5411")
     states: dict = {}
-    assert not is_warm({}, t0)
+    assert not is_warm(CardState(), t0)
     featurize(states, tx, HORIZON)
     state = states["c1"]
-    assert state["first_ts"] == t0 and not is_warm(state, t0)
+    assert state.first_ts == t0 and not is_warm(state, t0)
     later = Transaction("t2", "c1", "m2", 10.0, "EUR", t0 + WARM_DAYS * DAY_MS, "DE", "pos", "5411")
     assert is_warm(state, later.ts_ms) and not is_warm(state, later.ts_ms - 1)
     featurize(states, later, HORIZON)
-    assert states["c1"]["first_ts"] == t0, "set once: the flag is the same before and after a transaction"
+    assert states["c1"].first_ts == t0, "set once: the flag is the same before and after a transaction"
     assert is_warm(state, t0 + 2 * DAY_MS, min_history_days=2)
 
 
