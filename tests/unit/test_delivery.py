@@ -207,3 +207,24 @@ def test_the_stored_format_is_versioned() -> None:
         decode_card(b"C\x04" + stored[2:])
     with pytest.raises(StateFormatError, match="v7"):
         decode_card(orjson.dumps({"v": 7, "card": lists}))
+
+
+def test_a_repair_gets_the_features_the_event_was_scored_from() -> None:
+    """The entry keeps each event's vector as packed floats (format v3) or a list (v1, v2): the same floats back."""
+    states: dict[str, CardState] = {}
+    entries: dict[str, delivery.LedgerEntry | None] = {}
+    out = INGRESS(_raw(1, amount=123.456), None, "transactions.by-card", states, lambda _: None, partition=None)
+    assert out.tx is not None and out.row is not None
+    ledger = Ledger(now_ms=lambda: NOW, seq=100)
+    entries.update(ledger.remember(entries, [out.tx], [out.row], [Source("transactions.by-card", 0, 7, NOW)],
+                                   ledger.open()))
+    _, entry = decode_card(encode_card(states["c1"], entries["c1"]))
+    assert entry is not None and isinstance(entry["tx"]["t1"][0], str)
+    later = Ledger(now_ms=lambda: NOW + 1_000, seq=10_000)
+    assert later.recheck(out.tx, entry)
+    as_list = {**entry, "tx": {"t1": [out.row, *entry["tx"]["t1"][1:]]}}
+    assert later.recheck(out.tx, as_list) is False  # already queued
+    assert Ledger(now_ms=lambda: NOW + 1_000, seq=20_000).recheck(out.tx, as_list)
+    repairs, _ = later.take_repairs()
+    assert [r.features for r in repairs] == [out.row] and repairs[0].source.offset == 7
+    assert delivery.unpack_row(as_list["tx"]["t1"][0]) == out.row
