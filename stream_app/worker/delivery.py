@@ -28,13 +28,12 @@ the ledger entry under the key ``"unconfirmed"``; **v2** was ``{"v": 2, "card": 
 **v3** (binary, since the card state became an array) is an 8-byte header (``b"C"``, the version, the number of
 floats, the length of the merchant ids, the last country or two zero bytes), the state's used floats
 (:func:`card_layout.pack`, little-endian float64), its merchant slots' ids joined by spaces, and the ledger entry
-as JSON (absent when empty; each event's features packed, :func:`pack_row`). :func:`decode_card` reads all three;
-a newer version is refused with the upgrade step (a worker must never rewrite state it does not understand).
+as JSON (absent when empty). :func:`decode_card` reads all three; a newer version is refused with the upgrade step
+(a worker must never rewrite state it does not understand).
 """
 
 from __future__ import annotations
 
-import base64
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -55,22 +54,8 @@ CARDS_TABLE: Final = "cards"  # the faust table of card states (its changelog: c
 LEDGER_MAX_AGE_MS: Final = 300_000  # an older entry was long confirmed (takeovers take seconds): a plain duplicate
 REPAIR_MARGIN_MS: Final = 5_000  # read the output topics back this much before the oldest entry
 
-#: A card's ledger entry: {"at": ms of the write, "tx": {tx_id: [features, [topic, partition, offset, ts_ms], seq]}};
-#: the features as base64 of little-endian float64 (:func:`pack_row`; v1 and v2 entries have a list of floats)
+#: A card's ledger entry: {"at": ms of the write, "tx": {tx_id: [features, [topic, partition, offset, ts_ms], seq]}}
 LedgerEntry = dict[str, Any]
-
-
-def pack_row(row: Sequence[float]) -> str:
-    """A feature vector as an entry keeps it: the same floats, in a JSON string that costs a copy to write and
-    read instead of formatting and parsing each float (an entry is rewritten with its card until confirmed)."""
-    return base64.b64encode(struct.pack(f"<{len(row)}d", *row)).decode()
-
-
-def unpack_row(kept: str | list[float]) -> list[float]:
-    if isinstance(kept, list):  # an entry stored by format v1 or v2
-        return kept
-    raw = base64.b64decode(kept)
-    return list(struct.unpack(f"<{len(raw) // 8}d", raw))
 
 
 class StateFormatError(RuntimeError):
@@ -157,7 +142,7 @@ class Ledger:
         fresh: dict[str, dict[str, Any]] = {}
         repairs = [(r.tx, r.features, r.source) for r in self.repairs]
         for tx, row, src in [*zip(txs, rows, sources, strict=True), *repairs]:
-            fresh.setdefault(tx.card_id, {})[tx.tx_id] = [pack_row(row), [src.topic, src.partition, src.offset,
+            fresh.setdefault(tx.card_id, {})[tx.tx_id] = [row, [src.topic, src.partition, src.offset,
                                                                 src.timestamp_ms], seq]
         out: dict[str, LedgerEntry] = {}
         for card_id, tx_entries in fresh.items():
@@ -186,7 +171,7 @@ class Ledger:
             return False
         row, src = entry["tx"][tx.tx_id][:2]
         source = Source(*src)
-        self.repairs.append(Repair(tx, unpack_row(row), source))
+        self.repairs.append(Repair(tx, row, source))
         # The entry's "at" is the card's latest write: a later event of the card may have rewritten it after
         # this one's outputs went out. Its input message's timestamp is older than those outputs.
         self.repairs_since = min(self.repairs_since, entry["at"], source.timestamp_ms)
