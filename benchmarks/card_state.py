@@ -1,10 +1,11 @@
 """Memory per active card: RSS growth of a worker-shaped card table at 100k and 1M cards.
 
-The worker keeps each card's state as the JSON bytes its Faust table stores (``orjson.dumps`` of the
-dict that `featurize` maintains), keyed by the card id. This builds exactly that, through the same
-`featurize`, for N cards with --tx transactions each over a few days, and reports RSS growth per card
+The worker keeps each card's state as the bytes its Faust table stores (``delivery.encode_card``: format v3,
+the used part of the state's array, its merchant ids), keyed by the card id. This builds exactly that, through
+the same `featurize`, for N cards with --tx transactions each over a few days, and reports RSS growth per card
 (what a worker's memory grows by) beside the stored bytes per card (what its changelog holds).
-A Python dict of the same states, not serialised, is shown as the baseline a naive worker would use.
+The `CardState` objects themselves, not serialised (an 805-float array each), are shown as the baseline a naive
+worker would keep.
 Run: python benchmarks/card_state.py [--cards 100000 1000000] [--tx 5]
 """
 
@@ -17,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from stream_app.domain.events import Transaction, kept_json
-from stream_app.domain.features import featurize
+from stream_app.domain.events import Transaction
+from stream_app.domain.features import CardState, featurize
+from stream_app.worker.delivery import encode_card
 
 HORIZON_MS = 7 * 86_400_000
 START_MS = 1_767_225_600_000
@@ -51,11 +53,11 @@ def measure(n_cards: int, n_tx: int, serialised: bool) -> tuple[float, float]:
     stored = 0
     started = time.monotonic()
     for card in range(n_cards):
-        states: dict[str, dict] = {}  # type: ignore[type-arg]
+        states: dict[str, CardState] = {}
         for tx in transactions(card, n_tx, rng):
             featurize(states, tx, HORIZON_MS)
         ((card_id, state),) = states.items()
-        value = kept_json(state)  # as the worker's table keeps it
+        value = encode_card(state, None)  # as the worker's table keeps it
         stored += len(value)
         table[card_id.encode()] = value if serialised else state
         if card and card % 100_000 == 0:
@@ -77,7 +79,7 @@ def main() -> None:
     for n in args.cards:
         for serialised in (True, False):
             growth, stored = measure(n, args.tx, serialised)
-            form = "json bytes" if serialised else "python dict"
+            form = "stored bytes" if serialised else "CardState"
             print(f"{n:>10,} {form:<12} {growth:>9.0f}B {stored:>11.0f}B", flush=True)
             if serialised:
                 worst = max(worst, growth)
