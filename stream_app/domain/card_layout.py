@@ -96,7 +96,11 @@ def features(v: np.ndarray, ts: int, amount: float, slot: int, out: np.ndarray) 
     moments(n24, s24, ss24, out, 7)
     moments(n7, s7, ss7, out, 10)
     moments(n30, s30, ss30, out, 13)
-    # see features.compute_features: 1.0 ("as usual") when there is no spending to compare with
+    # The amount against the card's 30 d mean is 1.0 ("as usual") when there is no spending to compare with,
+    # no history or only zero-amount card verifications, as for a card's first payment. A ratio to a zero
+    # mean is infinite, and any floor under it would make an arbitrary huge value that swamps the online
+    # model's running scaler. A positive mean is no denormal (the parser refuses amounts in (0, 0.001)),
+    # so the ratio to it is finite.
     out[17] = amount / out[14] if out[14] > 0 else 1.0
     since = NO_PREVIOUS_S if math.isnan(v[LAST]) else max(0.0, (ts - int(v[LAST])) / 1000.0)
     out[16] = min(since, NO_PREVIOUS_S)

@@ -157,15 +157,10 @@ def tx_hash(tx_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(tx_id.encode(), digest_size=8).digest(), "big")
 
 
-def compute_features(state: CardState, tx: Transaction) -> list[float]:
-    """Features of ``tx`` given the card's history *before* it. Does not modify ``state``."""
+def _row(state: CardState, tx: Transaction, amount: float, slot: int) -> list[float]:
+    """Features of ``tx`` (its amount in EUR, its merchant's slot) from the card's history before it."""
     out = np.empty(N_FEATURES)
-    # The amount against the card's 30 d mean is 1.0 ("as usual") when there is no spending to compare with,
-    # no history or only zero-amount card verifications, as for a card's first payment. A ratio to a zero
-    # mean is infinite, and any floor under it would make an arbitrary huge value that swamps the online
-    # model's running scaler. A positive mean is no denormal (the parser refuses amounts in (0, 0.001)),
-    # so the ratio to it is finite.
-    layout.features(state.values, tx.ts_ms, tx.amount_eur, state.slot(tx.merchant_id), out)
+    layout.features(state.values, tx.ts_ms, amount, slot, out)
     row: list[float] = out.tolist()
     channel = tx.channel
     row[_COUNTRY_CHANGED:] = (float(state.country is not None and state.country != tx.country),
@@ -173,24 +168,9 @@ def compute_features(state: CardState, tx: Transaction) -> list[float]:
     return row
 
 
-def check_new(state: CardState, tx: Transaction, horizon_ms: int, h: int) -> None:
-    """Refuse a tx_id this card already has (``h``: its tx_hash), or one too old to tell whether it has."""
-    found = layout.check(state.values, tx.ts_ms, h >> 32, h & _LOW32, horizon_ms)
-    if found == layout.DUPLICATE:
-        raise DuplicateEvent("tx_id already scored for this card", "tx_id")
-    if found == layout.LATE:
-        raise LateEvent(f"event is more than {horizon_ms // 1000} s older than the card's newest", "timestamp")
-    if found == layout.FORGOTTEN:
-        raise LateEvent("event is older than the card's de-duplication memory", "timestamp")
-
-
-def update_state(state: CardState, tx: Transaction, horizon_ms: int, h: int) -> None:
-    """Fold ``tx`` (``h``: its tx_hash) into the card's state, dropping whatever has left every window."""
-    v = state.values
-    if math.isnan(v[layout.LAST]) or tx.ts_ms >= v[layout.LAST]:
-        state.country = tx.country
-    slot = layout.update(v, tx.ts_ms, tx.amount_eur, h >> 32, h & _LOW32, state.slot(tx.merchant_id), horizon_ms)
-    state.merchants[slot] = tx.merchant_id
+def compute_features(state: CardState, tx: Transaction) -> list[float]:
+    """Features of ``tx`` given the card's history *before* it. Does not modify ``state``."""
+    return _row(state, tx, tx.amount_eur, state.slot(tx.merchant_id))
 
 
 def load_once(states: MutableMapping[str, CardState], card_id: str,
@@ -203,13 +183,25 @@ def load_once(states: MutableMapping[str, CardState], card_id: str,
 
 
 def featurize(states: MutableMapping[str, CardState], tx: Transaction, horizon_ms: int) -> list[float]:
-    """Check, compute and update in one step: the stream, batch and training all call this."""
+    """Check ``tx`` (a replay or too late: raised), compute its features and fold it into its card's state, in one
+    step: the stream, HTTP, batch and training all call this."""
     state = states.get(tx.card_id)
     if state is None:
         state = CardState()
     h = tx_hash(tx.tx_id)
-    check_new(state, tx, horizon_ms, h)
-    features = compute_features(state, tx)
-    update_state(state, tx, horizon_ms, h)
+    hi, lo = h >> 32, h & _LOW32
+    v = state.values
+    found = layout.check(v, tx.ts_ms, hi, lo, horizon_ms)
+    if found == layout.DUPLICATE:
+        raise DuplicateEvent("tx_id already scored for this card", "tx_id")
+    if found == layout.LATE:
+        raise LateEvent(f"event is more than {horizon_ms // 1000} s older than the card's newest", "timestamp")
+    if found == layout.FORGOTTEN:
+        raise LateEvent("event is older than the card's de-duplication memory", "timestamp")
+    amount, slot = tx.amount_eur, state.slot(tx.merchant_id)
+    features = _row(state, tx, amount, slot)
+    if math.isnan(v[layout.LAST]) or tx.ts_ms >= v[layout.LAST]:  # the newest transaction's country is the card's
+        state.country = tx.country
+    state.merchants[layout.update(v, tx.ts_ms, amount, hi, lo, slot, horizon_ms)] = tx.merchant_id
     states[tx.card_id] = state
     return features
