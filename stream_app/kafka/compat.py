@@ -40,9 +40,6 @@ versions those checks were recorded against are pinned with ``==`` in pyproject.
     ``size`` returns when ``producer_threaded`` is off.
 16. ``changelog_topic``: the name faust gives a table's changelog topic (``Table._changelog_topic_name``), which
     ``stream-app door`` follows without a faust app.
-17. ``ConsumerThread``: faust's aiokafka consumer "thread" as a service of the worker's own loop: mode's
-    ``ServiceThread.__init__`` given ``thread_loop`` = the caller's loop, and its ``start``/``stop`` and
-    ``QueueServiceThread.call_thread`` replaced by what they do minus the thread and the method queue.
 """
 
 from __future__ import annotations
@@ -51,7 +48,7 @@ import asyncio
 import signal
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
 from typing import IO, Any, cast
 
 import faust
@@ -64,7 +61,6 @@ from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.worker import Worker as FaustWorker
-from mode.utils.futures import maybe_async
 from prometheus_client import Histogram
 
 from stream_app.domain.partitioner import card_partition, kafka_partition
@@ -150,33 +146,8 @@ def set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's aiokafka "consumer thread", run on the worker's own event loop instead of a thread of its own;
-    its ``highwaters()`` (used by table recovery) are fetch-verified, and its fetch wait is the one
-    `set_fetch_max_wait` gave the app.
-
-    faust runs the aiokafka consumer in a thread with a second event loop and reaches it through a method
-    queue: every fetch, commit and seek is a call posted across threads (a future on each loop, a wake-up of
-    the other loop's selector), and both threads contend for the GIL while the worker scores. Here the
-    service starts on the caller's loop and ``call_thread`` awaits the call directly; the rebalance callbacks
-    still go through the consumer's method queue, as faust's do (on the same loop now)."""
-
-    def __init__(self, consumer: faust_aiokafka.Consumer, *, loop: asyncio.AbstractEventLoop,
-                 **kwargs: Any) -> None:
-        super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)  # touch 17: no loop of its own
-
-    async def start(self) -> None:  # touch 17: as ServiceThread.start, without the thread
-        self._thread_started.set()
-        await self._default_start()
-
-    async def stop(self) -> None:  # touch 17: as ServiceThread.stop and the end of its thread's _serve
-        if self._started.is_set() and not self._stopped.is_set():
-            self._stopped.set()
-            await self.on_stop()
-            await self._shutdown_thread()
-            await self.on_shutdown()
-
-    async def call_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # touch 17
-        return await maybe_async(fun(*args, **kwargs))  # as mode's method queue: some calls are not coroutines
+    """aiokafka consumer thread whose ``highwaters()`` (used by table recovery) are fetch-verified,
+    and whose fetch wait is the one `set_fetch_max_wait` gave the app."""
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:  # touch 5
         consumer = super()._create_worker_consumer(transport)

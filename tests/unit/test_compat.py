@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import mode.threads
 import mode.worker
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -102,33 +101,12 @@ UPSTREAM: dict[str, tuple[int, str, str]] = {
     "faust.transport.producer:Producer.__init__": (
         15, "the producer still makes its buffer in __init__ and only gives it `app` (and a threaded producer)",
         "5c53a4b47aa1372b61ca07edc6e413347436429210427634c9c2c22738e034d8"),
-    "mode.threads:ServiceThread.__init__": (
-        17, "a thread_loop passed in is still the service's loop and is not closed at stop",
-        "82979878990cdff5826c9d27ce132ef9d728ce0e41faae70375da8717578cb2e"),
-    "mode.threads:ServiceThread.start": (
-        17, "compat.ConsumerThread.start still does what the thread's start does, minus the thread",
-        "f11841038a033a05f2523901082d51dec9b4ef42b226ab2dd4b6223078a10680"),
-    "mode.threads:ServiceThread._serve": (
-        17, "the thread still starts the service with _default_start and ends it with _shutdown_thread",
-        "67809eae09573ac7b43d0679e70a5394acc739bee5809d30b89e9ea8a7ac4b38"),
-    "mode.threads:ServiceThread.stop": (
-        17, "compat.ConsumerThread.stop still covers the parent's part of stopping the thread",
-        "32d026539c3665b2ceaa8dcdc0c3f49195ceb5b6059947e7104a4b258d1d4efd"),
-    "mode.threads:ServiceThread._shutdown_thread": (
-        17, "it still stops the service's children, futures and exit stacks and the aiokafka consumer",
-        "d7377862e73421a2261ef5af3bd2b178a2f058706c3f8e7171d6af2ec3fafab2"),
-    "mode.threads:QueueServiceThread.call_thread": (
-        17, "a call is still `await maybe_async(fun(*args, **kwargs))` on the thread, its result returned",
-        "479edda75b54734b48dabbb33071259949ded0a6f9fa6f82e81afdc42aff6e55"),
 }
 
 #: compat's overrides of private methods -> the upstream class whose method they replace (same signature).
 OVERRIDES = [
     (compat.ConsumerThread, "_create_worker_consumer", faust_aiokafka.AIOKafkaConsumerThread),
     (compat.ConsumerThread, "_highwaters", faust_aiokafka.AIOKafkaConsumerThread),
-    (compat.ConsumerThread, "start", mode.threads.ServiceThread),
-    (compat.ConsumerThread, "stop", mode.threads.ServiceThread),
-    (compat.ConsumerThread, "call_thread", mode.threads.QueueServiceThread),
     (compat.Consumer, "_new_consumer_thread", faust_aiokafka.Consumer),
     (compat.Consumer, "perform_seek", faust_aiokafka.Consumer),
     (compat.Consumer, "_drain_messages", faust_aiokafka.Consumer),
@@ -223,30 +201,6 @@ async def _worker_consumer_gets_the_app_fetch_wait() -> None:
         assert isinstance(consumer, AIOKafkaConsumer) and consumer._fetch_max_wait_ms == 123
     finally:
         await consumer.stop()
-
-
-def test_consumer_thread_runs_on_the_apps_loop() -> None:
-    asyncio.run(_consumer_thread_runs_on_the_apps_loop())
-
-
-async def _consumer_thread_runs_on_the_apps_loop() -> None:
-    """Touch 17: the "consumer thread" is a service of the worker's loop, and its calls (coroutines or plain
-    functions, as faust's driver makes both) run on the caller's thread and return their results."""
-    import threading
-
-    app = faust.App("compat-test", broker="tansu://localhost:1")
-    thread = app.consumer._thread
-    loop = asyncio.get_running_loop()
-    assert thread.thread_loop is loop and thread.parent_loop is loop and thread.loop is loop
-    caller = threading.get_ident()
-
-    async def coroutine(x: int) -> tuple[int, int]:
-        return x, threading.get_ident()
-
-    assert await thread.call_thread(coroutine, 1) == (1, caller)
-    assert await thread.call_thread(lambda x, *, y: (x + y, threading.get_ident()), 1, y=2) == (3, caller)
-    with pytest.raises(ZeroDivisionError):
-        await thread.call_thread(lambda: 1 // 0)
 
 
 def test_consumer_keeps_the_private_state_the_copied_drain_loop_uses() -> None:
