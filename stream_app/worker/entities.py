@@ -72,6 +72,8 @@ class EntityReplica:
         self.security = security
         self.secret = secret
         self.state = ReplicaState(EntityTable(parse_entities(settings.entities), secret=secret))
+        self._outcomes = {outcome: metrics.entity_records.labels(outcome)
+                          for outcome in ("applied", "own", "already_applied", "unreadable")}
         self.caught_up = asyncio.Event()  # the scores topic read to its end once (the door process's readiness)
 
     def snapshot(self) -> ReplicaState:
@@ -102,24 +104,29 @@ class EntityReplica:
         self.state.table.learn(label)
 
     def apply_record(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        """Fold another worker's score record in. Every record is counted by outcome, so that a replica's view
+        can be reconciled with the topic (records read = applied + own + already applied + unreadable)."""
         if offset <= self.state.offsets.get(partition, -1):
-            return  # applied before the checkpoint this replica resumed from
+            self._outcomes["already_applied"].inc()  # before the checkpoint this replica resumed from
+            return
         self.state.offsets[partition] = offset
         own = key.decode(errors="replace") if key is not None else None
         if own in self.state.pending:  # score records are keyed by tx_id: this worker's own, applied already
             self.state.pending.discard(own)
+            self._outcomes["own"].inc()
             return
         try:
             record = orjson.loads(value or b"")
             tx_id = str(record["tx_id"])
             if tx_id in self.state.pending:
                 self.state.pending.discard(tx_id)
+                self._outcomes["own"].inc()
                 return
             self.state.table.observe(observation_of(record, self.state.table))
         except (KeyError, TypeError, ValueError, InvalidEvent):  # orjson's decode error is a ValueError
-            self.metrics.entity_records.labels("unreadable").inc()
+            self._outcomes["unreadable"].inc()
             return
-        self.metrics.entity_records.labels("applied").inc()
+        self._outcomes["applied"].inc()
 
     async def run(self) -> None:
         """Follow every partition of the scores topic from the checkpoint's offsets (the start without one)."""

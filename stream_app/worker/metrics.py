@@ -87,7 +87,9 @@ class Metrics:
         self.drift_detected = Gauge("stream_app_drift_detected", "1 while a feature's drift is detected.",
                                     ["feature"], registry=r)
         self.entity_records = Counter("stream_app_entity_records", "Score records read back by the entity replica, "
-                                      "by outcome (applied, unreadable).", ["outcome"], registry=r)
+                                      "by outcome: applied, own (scored here, folded then), already_applied "
+                                      "(at or below an offset applied: a resumed checkpoint), unreadable.",
+                                      ["outcome"], registry=r)
         self.entity_lag = Gauge("stream_app_entity_lag_seconds", "From a score record's production to the entity "
                                 "replica applying it, last record.", registry=r)
         self.card_replica_lag = Gauge("stream_app_card_replica_lag_seconds", "stream-app door: from a card state "

@@ -168,3 +168,6 @@ def test_the_replica_folds_other_workers_records_once_and_skips_its_own() -> Non
     replica.apply_record(1, 1, b"t3", b"{not json")
     assert as_dict(replica.table.profiles[("merchant", "m1")])["n"] == 2 and replica.state.pending == set()
     assert replica.state.offsets == {0: 0, 1: 1}
+    counted = {o: replica.metrics.registry.get_sample_value("stream_app_entity_records_total", {"outcome": o})
+               for o in ("applied", "own", "already_applied", "unreadable")}
+    assert counted == {"applied": 1, "own": 1, "already_applied": 1, "unreadable": 1}  # every record read, once
