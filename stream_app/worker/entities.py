@@ -110,23 +110,26 @@ class EntityReplica:
             self._outcomes["already_applied"].inc()  # before the checkpoint this replica resumed from
             return
         self.state.offsets[partition] = offset
-        own = key.decode(errors="replace") if key is not None else None
-        if own in self.state.pending:  # score records are keyed by tx_id: this worker's own, applied already
-            self.state.pending.discard(own)
-            self._outcomes["own"].inc()
+        # Score records are keyed by tx_id: the key tells this worker's own (folded when scored) without parsing.
+        if key is not None and self._own(key.decode(errors="replace")):
             return
         try:
             record = orjson.loads(value or b"")
-            tx_id = str(record["tx_id"])
-            if tx_id in self.state.pending:
-                self.state.pending.discard(tx_id)
-                self._outcomes["own"].inc()
+            if self._own(str(record["tx_id"])):
                 return
             self.state.table.observe(observation_of(record, self.state.table))
         except (KeyError, TypeError, ValueError, InvalidEvent):  # orjson's decode error is a ValueError
             self._outcomes["unreadable"].inc()
             return
         self._outcomes["applied"].inc()
+
+    def _own(self, tx_id: str) -> bool:
+        """Whether ``tx_id`` was scored and folded here (its record is then skipped, once)."""
+        if tx_id not in self.state.pending:
+            return False
+        self.state.pending.discard(tx_id)
+        self._outcomes["own"].inc()
+        return True
 
     async def run(self) -> None:
         """Follow every partition of the scores topic from the checkpoint's offsets (the start without one)."""
